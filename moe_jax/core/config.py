@@ -1,0 +1,131 @@
+"""MoEConfig: every knob of an MoE layer, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from moe_jax.core import capacity as capacity_lib
+from moe_jax.core import routers
+from moe_jax.core.dispatch import DISPATCHERS
+from moe_jax.core.experts import EXPERT_TYPES
+from moe_jax.errors import UserInputError
+
+ROUTERS = ('switch', 'gshard', 'topk')
+# The number of choices a router makes, where the router fixes it.
+_ROUTER_K = {'switch': 1, 'gshard': 2}
+
+
+def _check_choice(name: str, value, allowed) -> None:
+  if value not in allowed:
+    raise UserInputError(
+        f'{name}={value!r} is not valid; allowed values: {", ".join(map(repr, allowed))}.')
+
+
+def _check_positive(name: str, value, kind=int) -> None:
+  if not isinstance(value, kind) or isinstance(value, bool) or not value > 0:
+    raise UserInputError(f'{name}={value!r} must be a positive {kind.__name__}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+  """Configuration of one MoE feed-forward layer.
+
+  Attributes:
+    num_experts: E.
+    top_k: K, choices per token. 'switch' needs 1 and 'gshard' needs 2.
+    router: 'switch' (top-1, raw gate), 'gshard' (top-2, pair-renormalised
+      gates) or 'topk' (Mixtral: softmax over the top-k logits).
+    dispatcher: 'index' (gather/scatter, the default), 'einsum' (one-hot
+      GShard reference) or 'dropless' (sort + grouped matmul, no capacity).
+      Index and einsum give identical results; dropless matches them when
+      nothing is dropped.
+    expert_type: 'gelu' or 'swiglu' expert MLP.
+    d_ff: F, each expert's hidden width.
+    capacity_factor: train capacity factor (ST-MoE recommends 1.25).
+    eval_capacity_factor: capacity factor when train=False (ST-MoE: 2.0).
+    min_capacity: lower bound on C, so tiny groups still route.
+    capacity_scales_with_k: True: C = ceil(K·S·cf/E) (vmoe, MaxText);
+      False: C = round(S·cf/E) (Switch, flaxformer). See core/capacity.py.
+    group_size: S, tokens per routing group; None routes each sequence as a
+      group (S = L) so results do not depend on the batch size.
+    second_policy: GShard second-expert policy in training: 'all',
+      'random' (route if 2·g2 > U) or 'sampling'.
+    second_policy_eval: the same at eval; 'all' keeps eval deterministic.
+    jitter_eps: multiplicative router-input jitter in training (Switch used
+      1e-2); 0 disables it.
+    load_balance_weight: α on the Switch load-balancing loss (1e-2).
+    z_loss_weight: c_z on the router z-loss (ST-MoE: 1e-3).
+    init_scale: variance-scaling factor of router and expert weights
+      (Switch Table 3 found 0.1 much more stable than 1.0).
+  """
+
+  num_experts: int = 8
+  top_k: int = 1
+  router: str = 'switch'
+  dispatcher: str = 'index'
+  expert_type: str = 'gelu'
+  d_ff: int = 1024
+  capacity_factor: float = 1.25
+  eval_capacity_factor: float = 2.0
+  min_capacity: int = 4
+  capacity_scales_with_k: bool = True
+  group_size: int | None = None
+  second_policy: str = 'random'
+  second_policy_eval: str = 'all'
+  jitter_eps: float = 0.0
+  load_balance_weight: float = 1e-2
+  z_loss_weight: float = 1e-3
+  init_scale: float = 0.1
+
+  def __post_init__(self):
+    _check_positive('num_experts', self.num_experts)
+    _check_positive('top_k', self.top_k)
+    _check_positive('d_ff', self.d_ff)
+    _check_choice('router', self.router, ROUTERS)
+    _check_choice('dispatcher', self.dispatcher, tuple(DISPATCHERS))
+    _check_choice('expert_type', self.expert_type, EXPERT_TYPES)
+    _check_choice('second_policy', self.second_policy, routers.SECOND_POLICIES)
+    _check_choice('second_policy_eval', self.second_policy_eval,
+                  routers.SECOND_POLICIES)
+    if self.top_k > self.num_experts:
+      raise UserInputError(
+          f'top_k={self.top_k} must be <= num_experts={self.num_experts}; '
+          'lower top_k or add experts.')
+    wanted_k = _ROUTER_K.get(self.router)
+    if wanted_k is not None and self.top_k != wanted_k:
+      raise UserInputError(
+          f'router={self.router!r} routes to exactly {wanted_k} expert(s) but '
+          f"top_k={self.top_k}; set top_k={wanted_k} or use router='topk'.")
+    for name in ('capacity_factor', 'eval_capacity_factor'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not value > 0:
+        raise UserInputError(
+            f'{name}={value!r} must be > 0 (e.g. 1.25 train, 2.0 eval); for '
+            "no capacity limit use dispatcher='dropless'.")
+    if not isinstance(self.min_capacity, int) or self.min_capacity < 1:
+      raise UserInputError(f'min_capacity={self.min_capacity!r} must be >= 1.')
+    if self.group_size is not None:
+      _check_positive('group_size', self.group_size)
+    for name in ('jitter_eps', 'load_balance_weight', 'z_loss_weight'):
+      if not getattr(self, name) >= 0:
+        raise UserInputError(f'{name}={getattr(self, name)!r} must be >= 0.')
+    _check_positive('init_scale', self.init_scale, float)
+
+  def capacity(self, group_size: int, train: bool) -> int | None:
+    """C for a group of `group_size` tokens; None for the dropless dispatcher."""
+    if not DISPATCHERS[self.dispatcher].needs_capacity:
+      return None
+    cf = self.capacity_factor if train else self.eval_capacity_factor
+    return capacity_lib.expert_capacity(
+        group_size, self.num_experts, self.top_k, cf, self.min_capacity,
+        self.capacity_scales_with_k)
+
+  def router_fn(self, train: bool) -> routers.Router:
+    """The pure router, with this config's options bound."""
+    if self.router == 'switch':
+      return routers.switch_top1
+    if self.router == 'gshard':
+      policy = self.second_policy if train else self.second_policy_eval
+      return functools.partial(routers.gshard_top2, second_policy=policy)
+    return functools.partial(routers.top_k, k=self.top_k)

@@ -1,0 +1,56 @@
+"""Routing metrics researchers look at for each MoE layer.
+
+All are computed from arrays the router already has; none takes a gradient
+(they are wrapped in stop_gradient) so they can be logged freely.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def routing_metrics(probs: jax.Array, expert_index: jax.Array,
+                    routed: jax.Array, kept: jax.Array) -> dict[str, jax.Array]:
+  """Load, drop and confidence statistics of one routing decision.
+
+  Args:
+    probs: float [G, S, E] router probabilities.
+    expert_index: int [G, S, K] chosen experts.
+    routed: bool [G, S, K] the router meant to send the choice (False for a
+      second choice a random policy skipped).
+    kept: bool [G, S, K] the choice was dispatched (routed and within
+      capacity).
+
+  Returns:
+    expert_fraction: [E] share of routed choices per expert (sums to 1).
+    dropped_fraction: [K] share of tokens whose k-th choice was routed but
+      dropped for lack of capacity.
+    unrouted_fraction: share of tokens that reached no expert at all (their
+      MoE output is 0; only the residual carries them).
+    router_entropy: mean over tokens of the entropy of probs, in nats.
+    top_gate: mean over tokens of max_e probs (router confidence).
+    max_violation: MaxVio = max_e load_e / mean_e load_e - 1 (Wang et al.
+      2024), with load the routed choices per expert, before capacity.
+    dead_expert_fraction: share of experts that received no routed choice.
+  """
+  probs, expert_index, routed, kept = jax.lax.stop_gradient(
+      (probs.astype(jnp.float32), expert_index, routed, kept))
+  num_experts = probs.shape[-1]
+  top_k = expert_index.shape[-1]
+  routed_f = routed.astype(jnp.float32)
+  load = jnp.sum(
+      jax.nn.one_hot(expert_index, num_experts) * routed_f[..., None],
+      axis=tuple(range(expert_index.ndim)))  # [E]
+  total = jnp.maximum(jnp.sum(load), 1.0)
+  dropped = (routed & ~kept).astype(jnp.float32).reshape(-1, top_k)
+  entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
+  return {
+      'expert_fraction': load / total,
+      'dropped_fraction': jnp.mean(dropped, axis=0),
+      'unrouted_fraction': jnp.mean(~jnp.any(kept, axis=-1)),
+      'router_entropy': jnp.mean(entropy),
+      'top_gate': jnp.mean(jnp.max(probs, axis=-1)),
+      'max_violation': jnp.max(load) / (total / num_experts) - 1.0,
+      'dead_expert_fraction': jnp.mean(load == 0),
+  }

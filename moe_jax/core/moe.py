@@ -1,0 +1,72 @@
+"""The MoE feed-forward layer as one pure function of (params, tokens)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from moe_jax.core import routers
+from moe_jax.core.config import MoEConfig
+from moe_jax.core.dispatch import DISPATCHERS
+from moe_jax.core.experts import EXPERT_FNS
+from moe_jax.errors import UserInputError
+
+
+def group_tokens(x: jax.Array, group_size: int | None) -> jax.Array:
+  """[..., L, D] -> [G, S, D]; S = group_size, or L when it is None."""
+  d = x.shape[-1]
+  tokens = x.reshape(-1, d)
+  t = tokens.shape[0]
+  s = group_size or (x.shape[-2] if x.ndim >= 2 else t)
+  if t % s:
+    raise UserInputError(
+        f'group_size={s} does not divide the {t} tokens of the batch; pick a '
+        'group_size that divides batch_size·seq_len.')
+  return tokens.reshape(t // s, s, d)
+
+
+def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
+              train: bool = False, key: jax.Array | None = None,
+              dtype=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Routes tokens to experts and combines their outputs.
+
+  Args:
+    params: router_kernel [D, E] plus the expert weights (wi, wo, and
+      wi_gate for SwiGLU; see core/experts.py).
+    x: [..., L, D] tokens (e.g. [B, L, D]).
+    config: the layer's MoEConfig.
+    train: selects the train capacity factor, jitter and second policy.
+    key: PRNG key, needed when training uses jitter or a random policy.
+    dtype: compute dtype of the experts (default x.dtype). The router always
+      runs in float32.
+
+  Returns:
+    y: like x, the MoE output (0 for tokens every expert dropped).
+    aux: 'aux_loss' (α·load_balance + c_z·z, add it to the training loss),
+      the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
+  """
+  dtype = dtype or x.dtype
+  xg = group_tokens(x, config.group_size)  # [G, S, D]
+  jitter_key = route_key = None
+  if key is not None:
+    jitter_key, route_key = jax.random.split(key)
+  router_in = xg.astype(jnp.float32)
+  if train and config.jitter_eps > 0:
+    if key is None:
+      raise UserInputError('jitter_eps > 0 needs a PRNG key in training.')
+    router_in = routers.multiplicative_jitter(router_in, jitter_key,
+                                              config.jitter_eps)
+  logits = router_in @ params['router_kernel'].astype(jnp.float32)  # [G,S,E]
+
+  capacity = config.capacity(xg.shape[1], train)
+  plan, aux = config.router_fn(train)(logits, capacity=capacity, key=route_key)
+
+  dispatcher = DISPATCHERS[config.dispatcher]
+  inputs, ctx = dispatcher.dispatch(xg.astype(dtype), plan)
+  expert_params = {k: v for k, v in params.items() if k != 'router_kernel'}
+  y = EXPERT_FNS[config.expert_type](expert_params, inputs)
+  out = dispatcher.combine(y, plan, ctx)
+
+  aux['aux_loss'] = (config.load_balance_weight * aux['load_balance_loss'] +
+                     config.z_loss_weight * aux['z_loss'])
+  return out.reshape(x.shape).astype(x.dtype), aux

@@ -1,0 +1,66 @@
+"""The routing plan: the one data structure routers hand to dispatchers.
+
+A router decides, for every token, K (expert, weight, slot) triples; a
+dispatcher only reads them. Keeping this contract small is what lets a new
+router (expert choice, Soft-MoE-style, loss-free balancing) arrive without
+touching dispatcher or expert code.
+
+Shape letters (see README): G groups, S tokens per group, K choices per token,
+E experts, C expert capacity.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+DROPPED = -1  # The slot of a choice that was not dispatched.
+
+
+@struct.dataclass
+class RoutingPlan:
+  """Where each of a token's K choices goes.
+
+  Attributes:
+    expert_index: int32 [G, S, K]. The expert of each choice.
+    combine_weights: float32 [G, S, K]. The gate that scales the expert's
+      output for this choice; exactly 0 where the choice was dropped.
+    slot: int32 [G, S, K]. Position of the choice in its expert's buffer for
+      its group, in [0, C), or DROPPED (-1) when the choice is not dispatched
+      (over capacity, or a second choice the routing policy skipped). In
+      dropless mode the slot is the position in an unbounded buffer.
+    num_experts: E (static).
+    capacity: C (static), or None for dropless routing.
+  """
+
+  expert_index: jax.Array
+  combine_weights: jax.Array
+  slot: jax.Array
+  num_experts: int = struct.field(pytree_node=False)
+  capacity: int | None = struct.field(pytree_node=False)
+
+  @property
+  def kept(self) -> jax.Array:
+    """bool [G, S, K]: the choice is dispatched to its expert."""
+    return self.slot >= 0
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    """(G, S, K)."""
+    return self.expert_index.shape
+
+  def buffer_index(self) -> jax.Array:
+    """int32 [G, S, K]: row of each choice in an [E, G, C] expert buffer.
+
+    Expert-major layout (e, g, c) -> e·G·C + g·C + c, so the flat buffer
+    reshapes to [E, G·C, D] with no transpose. Dropped choices point one past
+    the end (E·G·C), which gathers and scatters treat as a padding row.
+    """
+    if self.capacity is None:
+      raise ValueError('buffer_index needs a capacity; this plan is dropless.')
+    g, _, _ = self.shape
+    c = self.capacity
+    group = jnp.arange(g, dtype=jnp.int32)[:, None, None]
+    row = self.expert_index * (g * c) + group * c + self.slot
+    return jnp.where(self.kept, row, self.num_experts * g * c)

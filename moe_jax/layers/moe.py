@@ -1,0 +1,75 @@
+"""MoELayer: a thin Flax NNX module over the pure `moe_apply`.
+
+It owns the parameters (with logical axis names for sharding) and nothing
+else; all routing, dispatch and loss math lives in moe_jax.core.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moe_jax.core.config import MoEConfig
+from moe_jax.core.moe import moe_apply
+
+# Logical axis names; the sharding rules map them to mesh axes in one place.
+ROUTER_AXES = ('embed', None)  # Small; replicated everywhere.
+EXPERT_IN_AXES = ('expert', 'embed', 'mlp')  # wi, wi_gate [E, D, F]
+EXPERT_OUT_AXES = ('expert', 'mlp', 'embed')  # wo [E, F, D]
+
+
+def scaled_init(scale: float):
+  """Truncated-normal fan-in init with variance scale/fan_in.
+
+  The last two axes are (fan_in, fan_out); a leading expert axis is a batch
+  axis, so each expert is initialised like a dense layer of its own.
+  """
+  return nnx.initializers.variance_scaling(
+      scale, 'fan_in', 'truncated_normal', in_axis=-2, out_axis=-1,
+      batch_axis=(0,))
+
+
+def param(rngs: nnx.Rngs, init, shape, axes, dtype=jnp.float32) -> nnx.Param:
+  """A parameter annotated with logical axes, created without a mesh.
+
+  eager_sharding=False keeps creation mesh-free (single-device code and
+  tests need no mesh); the parallel code reads the annotations and places
+  the parameters itself.
+  """
+  return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=axes,
+                   eager_sharding=False)
+
+
+class MoELayer(nnx.Module):
+  """Router -> dispatcher -> experts -> combine, configured by MoEConfig.
+
+  Call it as `y, aux = layer(x, train=..., key=...)` with x [..., L, D];
+  see moe_jax.core.moe.moe_apply for the contract.
+  """
+
+  def __init__(self, config: MoEConfig, d_model: int, *, rngs: nnx.Rngs,
+               dtype=jnp.float32):
+    self.config = config
+    self.dtype = dtype
+    e, d, f = config.num_experts, d_model, config.d_ff
+    init = scaled_init(config.init_scale)
+    self.router_kernel = param(
+        rngs, nnx.initializers.variance_scaling(
+            config.init_scale, 'fan_in', 'truncated_normal'),
+        (d, e), ROUTER_AXES)
+    self.wi = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
+    if config.expert_type == 'swiglu':
+      self.wi_gate = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
+    self.wo = param(rngs, init, (e, f, d), EXPERT_OUT_AXES)
+
+  def params(self) -> dict[str, jax.Array]:
+    names = ['router_kernel', 'wi', 'wo']
+    if self.config.expert_type == 'swiglu':
+      names.append('wi_gate')
+    return {name: getattr(self, name)[...] for name in names}
+
+  def __call__(self, x: jax.Array, *, train: bool = False,
+               key: jax.Array | None = None):
+    return moe_apply(self.params(), x, self.config, train=train, key=key,
+                     dtype=self.dtype)
