@@ -12,33 +12,12 @@ from flax import nnx
 
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.moe import moe_apply
+from moe_jax.layers.params import param, scaled_init
 
 # Logical axis names; the sharding rules map them to mesh axes in one place.
 ROUTER_AXES = ('embed', None)  # Small; replicated everywhere.
 EXPERT_IN_AXES = ('expert', 'embed', 'mlp')  # wi, wi_gate [E, D, F]
 EXPERT_OUT_AXES = ('expert', 'mlp', 'embed')  # wo [E, F, D]
-
-
-def scaled_init(scale: float):
-  """Truncated-normal fan-in init with variance scale/fan_in.
-
-  The last two axes are (fan_in, fan_out); a leading expert axis is a batch
-  axis, so each expert is initialised like a dense layer of its own.
-  """
-  return nnx.initializers.variance_scaling(
-      scale, 'fan_in', 'truncated_normal', in_axis=-2, out_axis=-1,
-      batch_axis=(0,))
-
-
-def param(rngs: nnx.Rngs, init, shape, axes, dtype=jnp.float32) -> nnx.Param:
-  """A parameter annotated with logical axes, created without a mesh.
-
-  eager_sharding=False keeps creation mesh-free (single-device code and
-  tests need no mesh); the parallel code reads the annotations and places
-  the parameters itself.
-  """
-  return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=axes,
-                   eager_sharding=False)
 
 
 class MoELayer(nnx.Module):
@@ -53,11 +32,9 @@ class MoELayer(nnx.Module):
     self.config = config
     self.dtype = dtype
     e, d, f = config.num_experts, d_model, config.d_ff
-    init = scaled_init(config.init_scale)
-    self.router_kernel = param(
-        rngs, nnx.initializers.variance_scaling(
-            config.init_scale, 'fan_in', 'truncated_normal'),
-        (d, e), ROUTER_AXES)
+    init = scaled_init(config.init_scale, batch_axes=(0,))
+    self.router_kernel = param(rngs, scaled_init(config.init_scale), (d, e),
+                               ROUTER_AXES)
     self.wi = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
     if config.expert_type == 'swiglu':
       self.wi_gate = param(rngs, init, (e, d, f), EXPERT_IN_AXES)

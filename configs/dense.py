@@ -1,0 +1,20 @@
+"""Dense twin of switch_top1.py: every FFN dense, same active params/token.
+
+Command:
+  python -m moe_jax.main --config=configs/dense.py --workdir=/tmp/dense
+Data: the Python standard library's own source (found on every machine).
+Model: switch_top1.py with model.moe_every=0, so each MoE FFN (one expert of
+  width F=512 per token) becomes a dense FFN of width d_ff=512.
+Measured on a 2-core CPU: see the RESULTS block below.
+Tiny variant for tests: --config=configs/dense.py:tiny
+"""
+
+from moe_jax.train.default_config import get_default_config, shrink_for_tests
+
+
+def get_config(arg: str | None = None):
+  c = get_default_config()
+  c.model.moe_every = 0
+  if arg == 'tiny':
+    shrink_for_tests(c)
+  return c

@@ -1,0 +1,13 @@
+"""Byte-level corpora, train/val splits and deterministic batches."""
+
+from moe_jax.data.pipeline import BatchIterator
+from moe_jax.data.pipeline import eval_batches
+from moe_jax.data.pipeline import split_corpus
+from moe_jax.data.sources import CORPUS_KINDS
+from moe_jax.data.sources import Corpus
+from moe_jax.data.sources import load_corpus
+from moe_jax.data.sources import read_text_path
+from moe_jax.data.sources import stdlib_corpus
+from moe_jax.data.sources import synthetic_mixture
+from moe_jax.data.sources import tinyshakespeare
+from moe_jax.data.sources import VOCAB_SIZE

@@ -1,0 +1,71 @@
+"""Command-line entry point.
+
+  python -m moe_jax.main --config=configs/switch_top1.py --workdir=/tmp/run
+  python -m moe_jax.main --config=configs/switch_top1.py:tiny --workdir=... \
+      --config.moe.num_experts=16
+
+Bad input (an unknown config field, a wrong value, missing data, an
+incompatible workdir) ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from moe_jax.errors import UserInputError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, optionally with :arg.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints and metrics; a run resumes '
+    'from the checkpoints already there.')
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _one_line(error: BaseException) -> str:
+  # ml_collections embeds escaped newlines and quotes in its KeyErrors.
+  text = str(error).replace('\\n', ' ').replace("\\'", '')
+  return ' '.join(text.split())
+
+
+def _parse_flags(argv):
+  try:
+    argv = flags.FLAGS(argv)
+    # The config file loads lazily; touch it so a bad path fails here.
+    _CONFIG.value.to_dict()
+    return argv
+  except OSError as e:
+    _fail(f'could not load the config file: {str(e).splitlines()[-1].strip()}'
+          '; pass --config=configs/<name>.py from the repository root.')
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    # absl and ml_collections would print tracebacks; one line says enough.
+    message = _one_line(e)
+    if isinstance(e, (AttributeError, KeyError)):
+      message = f'unknown config field {message.strip(chr(39))}'
+    _fail(message)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}; pass --config and --workdir.')
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail('both --config=configs/<name>.py and --workdir=<dir> are required.')
+  # Orbax logs every file it renames at INFO; keep the terminal readable.
+  logging.set_verbosity(logging.WARNING)
+  from moe_jax.train.trainer import NonFiniteLossError, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (UserInputError, NonFiniteLossError) as e:
+    _fail(str(e))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,4 @@
+"""Models built from moe_jax layers."""
+
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.transformer import TransformerLM

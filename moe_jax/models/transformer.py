@@ -1,0 +1,120 @@
+"""Decoder-only byte-level transformer LM with interleaved MoE FFNs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moe_jax.core.dispatch import ExpertInputs
+from moe_jax.core.experts import EXPERT_FNS
+from moe_jax.layers.moe import MoELayer
+from moe_jax.layers.params import param, scaled_init
+from moe_jax.models.attention import CausalSelfAttention
+from moe_jax.models.config import ModelConfig
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm (Zhang & Sennrich 2019), computed in float32."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs):
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), ('embed',))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + 1e-6)
+    return (x32 * self.scale[...]).astype(x.dtype)
+
+
+class DenseFFN(nnx.Module):
+  """The dense FFN: the expert MLP with a single expert, so a dense layer and
+  an MoE layer compute exactly the same function per token."""
+
+  def __init__(self, d_model: int, d_ff: int, expert_type: str,
+               init_scale: float, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.expert_type = expert_type
+    self.dtype = dtype
+    init = scaled_init(init_scale)
+    self.wi = param(rngs, init, (d_model, d_ff), ('embed', 'mlp'))
+    if expert_type == 'swiglu':
+      self.wi_gate = param(rngs, init, (d_model, d_ff), ('embed', 'mlp'))
+    self.wo = param(rngs, init, (d_ff, d_model), ('mlp', 'embed'))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    names = ['wi', 'wo'] + (['wi_gate'] if self.expert_type == 'swiglu' else [])
+    params = {n: getattr(self, n)[...][None] for n in names}  # E = 1
+    flat = x.astype(self.dtype).reshape(1, -1, x.shape[-1])
+    y = EXPERT_FNS[self.expert_type](params, ExpertInputs(flat))
+    return y.reshape(x.shape)
+
+
+class Block(nnx.Module):
+  """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+  def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    c = config
+    dt = c.compute_dtype
+    self.attn_norm = RMSNorm(c.d_model, rngs=rngs)
+    self.attn = CausalSelfAttention(
+        c.d_model, c.num_heads, rope=c.position == 'rope',
+        init_scale=c.init_scale, rngs=rngs, dtype=dt)
+    self.ffn_norm = RMSNorm(c.d_model, rngs=rngs)
+    self.is_moe = c.is_moe_layer(layer)
+    if self.is_moe:
+      self.ffn = MoELayer(c.moe, c.d_model, rngs=rngs, dtype=dt)
+    else:
+      self.ffn = DenseFFN(c.d_model, c.d_ff, c.moe.expert_type, c.init_scale,
+                          rngs=rngs, dtype=dt)
+
+  def __call__(self, x, *, train: bool, key):
+    x = x + self.attn(self.attn_norm(x)).astype(x.dtype)
+    h = self.ffn_norm(x)
+    aux = {}
+    if self.is_moe:
+      h, aux = self.ffn(h, train=train, key=key)
+    else:
+      h = self.ffn(h)
+    return x + h.astype(x.dtype), aux
+
+
+class TransformerLM(nnx.Module):
+  """Bytes [B, L] -> next-byte logits [B, L, V] (float32) and MoE aux."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.embed = param(rngs, nnx.initializers.normal(1.0),
+                       (c.vocab_size, c.d_model), ('vocab', 'embed'))
+    if c.position == 'learned':
+      self.pos_embed = param(rngs, nnx.initializers.normal(0.02),
+                             (c.max_len, c.d_model), (None, 'embed'))
+    self.blocks = nnx.List(
+        [Block(c, i, rngs=rngs) for i in range(c.num_layers)])
+    self.final_norm = RMSNorm(c.d_model, rngs=rngs)
+    self.head = param(rngs, scaled_init(c.init_scale), (c.d_model, c.vocab_size),
+                      ('embed', 'vocab'))
+
+  def __call__(self, tokens: jax.Array, *, train: bool = False,
+               key: jax.Array | None = None):
+    """Returns (logits float32 [B, L, V], aux).
+
+    aux['aux_loss'] is the weighted router loss summed over MoE layers (add
+    it to the task loss); aux['moe_<i>/<metric>'] are layer i's metrics.
+    """
+    c = self.config
+    dt = c.compute_dtype
+    length = tokens.shape[-1]
+    x = self.embed[...][tokens]  # [B, L, D]
+    if c.position == 'learned':
+      x = x + self.pos_embed[...][:length]
+    x = x.astype(dt)
+    aux = {'aux_loss': jnp.zeros((), jnp.float32)}
+    for i, block in enumerate(self.blocks):
+      block_key = None if key is None else jax.random.fold_in(key, i)
+      x, block_aux = block(x, train=train, key=block_key)
+      if block_aux:
+        aux['aux_loss'] += block_aux.pop('aux_loss')
+        aux.update({f'moe_{i}/{k}': v for k, v in block_aux.items()})
+    x = self.final_norm(x)
+    logits = jnp.einsum('bld,dv->blv', x, self.head[...].astype(dt))
+    return logits.astype(jnp.float32), aux

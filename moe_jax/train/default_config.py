@@ -1,0 +1,92 @@
+"""The default experiment config every file in configs/ starts from.
+
+One comment per field. Any field can be overridden on the command line, e.g.
+`--config.moe.num_experts=16`; the config is locked, so a typo fails.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds init, data order and routing noise.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.kind = 'stdlib'  # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic'.
+  c.data.path = config_dict.placeholder(str)  # File or folder for 'text'.
+  c.data.max_bytes = config_dict.placeholder(int)  # Truncate the corpus.
+  c.data.num_domains = 4  # Domains of 'synthetic'.
+  c.data.val_fraction = 0.05  # The last 5% of the bytes are validation.
+
+  c.batch_size = 16  # Sequences per step (B).
+  c.seq_len = 128  # Bytes per sequence (L).
+
+  c.model = ml_collections.ConfigDict()
+  c.model.d_model = 128  # D.
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.d_ff = 512  # Dense FFN width; equal to moe.d_ff for a top-1 twin.
+  c.model.position = 'rope'  # 'rope' | 'learned'.
+  c.model.moe_every = 2  # Every 2nd FFN is MoE (Switch); 0 = dense model.
+  c.model.dtype = 'float32'  # Compute dtype; params and router stay f32.
+  c.model.init_scale = 1.0  # Variance scale of dense/attention weights.
+
+  c.moe = ml_collections.ConfigDict()
+  c.moe.num_experts = 8  # E.
+  c.moe.top_k = 1  # K.
+  c.moe.router = 'switch'  # 'switch' | 'gshard' | 'topk'.
+  c.moe.dispatcher = 'index'  # 'index' | 'einsum' | 'dropless'.
+  c.moe.expert_type = 'gelu'  # 'gelu' | 'swiglu' (also the dense FFN's).
+  c.moe.d_ff = 512  # F, per expert.
+  c.moe.capacity_factor = 1.25  # Train cf (ST-MoE).
+  c.moe.eval_capacity_factor = 2.0  # Eval cf (ST-MoE).
+  c.moe.min_capacity = 4  # Floor on C.
+  c.moe.capacity_scales_with_k = True  # C = ceil(K·S·cf/E); False: Switch's.
+  c.moe.group_size = config_dict.placeholder(int)  # S; unset = per sequence.
+  c.moe.second_policy = 'random'  # GShard second expert in training.
+  c.moe.second_policy_eval = 'all'  # ... and at eval.
+  c.moe.jitter_eps = 0.0  # Router input jitter (Switch used 1e-2).
+  c.moe.load_balance_weight = 1e-2  # α (Switch).
+  c.moe.z_loss_weight = 1e-3  # c_z (ST-MoE).
+  c.moe.init_scale = 0.1  # Router/expert init scale (Switch Table 3).
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 3e-3  # Peak AdamW learning rate.
+  c.optim.warmup_steps = 50  # Linear warmup from 0.
+  c.optim.final_lr_fraction = 0.1  # Cosine decays to this × peak.
+  c.optim.weight_decay = 0.1  # Decoupled; matrices only.
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.grad_clip = 1.0  # Global-norm clipping.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 600  # Optimizer steps.
+  c.train.log_every = 25  # Steps between metric lines.
+  c.train.eval_every = 200  # Steps between validation passes (and at end).
+  c.train.eval_batches = 8  # Validation batches per pass.
+  c.train.checkpoint_every = 200  # Steps between checkpoints (and at end).
+  c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
+  return c
+
+
+def shrink_for_tests(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The 'tiny' variant: the same experiment in seconds (`:tiny` suffix)."""
+  c.data.max_bytes = 200_000
+  c.batch_size = 4
+  c.seq_len = 32
+  c.model.d_model = 32
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  # Keep the expert/dense width ratio, so a config's dense twin stays a twin.
+  c.moe.d_ff = max(1, c.moe.d_ff * 64 // c.model.d_ff)
+  c.model.d_ff = 64
+  c.train.num_steps = 6
+  c.train.log_every = 2
+  c.train.eval_every = 3
+  c.train.eval_batches = 2
+  c.train.checkpoint_every = 3
+  c.optim.warmup_steps = 2
+  return c

@@ -1,0 +1,198 @@
+"""train_and_evaluate: the whole training run, from config to checkpoints.
+
+Order matters for "bad input loses nothing": the config, the data and the
+workdir's existing checkpoint are all validated before the first write.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from moe_jax.core.config import MoEConfig
+from moe_jax.data.pipeline import BatchIterator, eval_batches, split_corpus
+from moe_jax.data.sources import load_corpus
+from moe_jax.errors import UserInputError
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.param_count import count_params
+from moe_jax.models.transformer import TransformerLM
+from moe_jax.train import optim
+from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.metric_writer import MetricWriter, Progress
+from moe_jax.train.step import TrainState, eval_step, train_step
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss."""
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The validated ModelConfig (with its MoEConfig) of an experiment."""
+  return ModelConfig(max_len=config.seq_len, moe=MoEConfig(**config.moe),
+                     **config.model)
+
+
+def _check_train_config(config) -> None:
+  t = config.train
+  for name in ('num_steps', 'log_every', 'eval_every', 'eval_batches',
+               'checkpoint_every', 'keep_checkpoints'):
+    value = t[name]
+    if not isinstance(value, int) or value <= 0:
+      raise UserInputError(
+          f'train.{name}={value!r} must be a positive int; set '
+          f'--config.train.{name}.')
+
+
+def load_data(config):
+  """(train iterator, validation batches) from the config's data section."""
+  d = config.data
+  corpus = load_corpus(d.kind, d.path, max_bytes=d.max_bytes,
+                       num_domains=d.num_domains, seed=config.seed)
+  train, val = split_corpus(corpus, d.val_fraction)
+  batches = BatchIterator(train, config.batch_size, config.seq_len,
+                          config.seed)
+  val_batches = eval_batches(val, config.batch_size, config.seq_len,
+                             config.train.eval_batches)
+  return corpus, batches, val_batches
+
+
+def init_state(mcfg: ModelConfig, config):
+  """(graphdef, TrainState at step 0, optimizer)."""
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+
+  def init():
+    model = TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))
+    params = nnx.state(model, nnx.Param)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params),
+                      rng=jax.random.PRNGKey(config.seed))
+
+  graphdef = nnx.graphdef(nnx.eval_shape(
+      lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))))
+  return graphdef, jax.jit(init)(), tx
+
+
+def evaluate(eval_fn, params, batches) -> dict[str, float]:
+  sums = [jax.device_get(eval_fn(params, b)) for b in batches]
+  ce = sum(float(s['ce_sum']) for s in sums) / sum(float(s['count']) for s in sums)
+  return {'eval/loss': ce, 'eval/bits_per_byte': ce / math.log(2),
+          'eval/unrouted_fraction': float(np.mean(
+              [s['unrouted_fraction'] for s in sums]))}
+
+
+def _host(metrics: dict[str, Any]) -> dict[str, Any]:
+  return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Trains the configured model, evaluating and checkpointing as it goes.
+
+  Resumes from the latest checkpoint in `workdir` when there is one.
+
+  Returns:
+    The final evaluation metrics ('eval/loss', 'eval/bits_per_byte', ...).
+
+  Raises:
+    UserInputError: bad config, data or workdir (nothing is written).
+    NonFiniteLossError: the loss became NaN/inf (the last good checkpoint
+      is kept and nothing after it is saved).
+  """
+  workdir = pathlib.Path(workdir)
+  _check_train_config(config)
+  mcfg = model_config(config)
+  corpus, batches, val_batches = load_data(config)
+  ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
+  config_dict = config.to_dict()
+  ckpt.check_compatible(config_dict)
+
+  graphdef, state, tx = init_state(mcfg, config)
+  total, active = count_params(state.params, mcfg.moe.top_k,
+                               mcfg.moe.num_experts)
+  print(f'model: {mcfg.num_layers} layers ({mcfg.num_moe_layers} MoE, '
+        f'E={mcfg.moe.num_experts}, K={mcfg.moe.top_k}), params total '
+        f'{total:,} active/token {active:,}; data {corpus.name} '
+        f'({len(corpus):,} bytes)', flush=True)
+  if ckpt.latest_step() is not None:
+    state, _ = ckpt.restore(jax.eval_shape(lambda: state))
+    print(f'resumed from step {int(state.step)} in {ckpt.directory}',
+          flush=True)
+
+  step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
+                    donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef))
+  lr_at = optim.learning_rate_schedule(config.optim, config.train.num_steps)
+  t = config.train
+  start = int(state.step)
+  writer = MetricWriter(workdir, resume_step=start)
+  progress = Progress(t.num_steps, start_step=start)
+  meta = {'config': config_dict}
+  tokens_per_step = config.batch_size * config.seq_len
+  eval_metrics: dict[str, float] = {}
+  pending = None  # (step, loss) of the previous step: checked one step late
+  # so the host never waits on the step it just dispatched.
+  clock, clock_step = None, start
+  try:
+    for step in range(start, t.num_steps):
+      state, metrics = step_fn(state, batches.batch_at(step))
+      if pending is not None:
+        _check_finite(*pending, ckpt)
+      pending = (step + 1, metrics['loss'])
+      done = step + 1
+      if clock is None:  # Exclude the first step's compilation from tokens/s.
+        jax.block_until_ready(metrics['loss'])
+        clock, clock_step = time.perf_counter(), done
+      if done % t.log_every == 0 or done == t.num_steps:
+        host = _host(metrics)
+        _check_finite(done, host['loss'], ckpt)
+        now = time.perf_counter()
+        if done > clock_step:
+          host['tokens_per_sec'] = (done - clock_step) * tokens_per_step / (
+              now - clock)
+          clock, clock_step = now, done
+        host['learning_rate'] = float(lr_at(done - 1))
+        writer.write(done, host)
+        progress.update(done, loss=float(host['loss']))
+      else:
+        progress.update(done)
+      if done % t.eval_every == 0 or done == t.num_steps:
+        eval_metrics = evaluate(eval_fn, state.params, val_batches)
+        writer.write(done, eval_metrics)
+      if done % t.checkpoint_every == 0 or done == t.num_steps:
+        _check_finite(*pending, ckpt)
+        ckpt.save(done, state, meta)
+      if done % t.eval_every == 0 or done % t.checkpoint_every == 0:
+        clock, clock_step = time.perf_counter(), done  # Train time only.
+    if pending is not None:
+      _check_finite(*pending, ckpt)
+    if not eval_metrics:  # Resumed at the end: evaluate what was restored.
+      eval_metrics = evaluate(eval_fn, state.params, val_batches)
+  finally:
+    progress.close()
+    writer.close()
+    ckpt.close()
+  print(f'final validation loss {eval_metrics["eval/loss"]:.4f} nats/byte '
+        f'({eval_metrics["eval/bits_per_byte"]:.4f} bits/byte) at step '
+        f'{t.num_steps}\ncheckpoints: {ckpt.directory}\nmetrics: '
+        f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
+        f'{workdir.absolute() / "tb"})', flush=True)
+  return eval_metrics
+
+
+def _check_finite(step: int, loss, ckpt: Checkpointer) -> None:
+  loss = float(loss)
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(
+        f'loss became {loss} at step {step}; stopped without saving. The last '
+        f'good checkpoint (step {ckpt.latest_step()}) is kept in '
+        f'{ckpt.directory}; lower --config.optim.learning_rate or raise '
+        '--config.moe.z_loss_weight.')
