@@ -10,6 +10,7 @@ from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.experts import EXPERT_FNS
 from moe_jax.errors import UserInputError
+from moe_jax.parallel import expert_parallel
 
 
 def group_tokens(x: jax.Array, group_size: int | None) -> jax.Array:
@@ -61,11 +62,10 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   capacity = config.capacity(xg.shape[1], train)
   plan, aux = config.router_fn(train)(logits, capacity=capacity, key=route_key)
 
-  dispatcher = DISPATCHERS[config.dispatcher]
-  inputs, ctx = dispatcher.dispatch(xg.astype(dtype), plan)
   expert_params = {k: v for k, v in params.items() if k != 'router_kernel'}
-  y = EXPERT_FNS[config.expert_type](expert_params, inputs)
-  out = dispatcher.combine(y, plan, ctx)
+  out = expert_parallel.run_experts(
+      xg.astype(dtype), plan, expert_params, DISPATCHERS[config.dispatcher],
+      EXPERT_FNS[config.expert_type])
 
   aux['aux_loss'] = (config.load_balance_weight * aux['load_balance_loss'] +
                      config.z_loss_weight * aux['z_loss'])

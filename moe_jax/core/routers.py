@@ -39,6 +39,24 @@ def multiplicative_jitter(x: jax.Array, key: jax.Array,
   return x * noise
 
 
+def top_k_experts(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """The k largest scores over the last axis and their indices, descending.
+
+  Same result as jax.lax.top_k (ties go to the lower index), but written as
+  k argmax passes: the SPMD partitioner keeps those local to each device,
+  whereas top_k made it all-gather the router scores across the batch.
+  """
+  values, indices = [], []
+  for _ in range(k):
+    index = jnp.argmax(scores, axis=-1)[..., None]
+    values.append(jnp.take_along_axis(scores, index, axis=-1))
+    indices.append(index)
+    scores = jnp.where(
+        jax.nn.one_hot(index[..., 0], scores.shape[-1], dtype=bool), -jnp.inf,
+        scores)
+  return jnp.concatenate(values, -1), jnp.concatenate(indices, -1)
+
+
 def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
                gates: jax.Array, routed: jax.Array,
                capacity: int | None) -> tuple[RoutingPlan, dict]:
@@ -106,7 +124,7 @@ def gshard_top2(logits: jax.Array, *, capacity: int | None,
         "use second_policy='all' (the deterministic eval policy).")
   logits = logits.astype(jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
-  top_p, top_e = jax.lax.top_k(probs, 2)
+  top_p, top_e = top_k_experts(probs, 2)
   e1, p1 = top_e[..., 0], top_p[..., 0]
   if second_policy == 'sampling':
     without_e1 = jnp.where(
@@ -136,7 +154,7 @@ def top_k(logits: jax.Array, *, capacity: int | None, k: int,
   """
   del key
   logits = logits.astype(jnp.float32)
-  top_logits, expert_index = jax.lax.top_k(logits, k)
+  top_logits, expert_index = top_k_experts(logits, k)
   gates = jax.nn.softmax(top_logits, axis=-1)
   probs = jax.nn.softmax(logits, axis=-1)
   routed = jnp.ones(gates.shape, bool)

@@ -1,0 +1,84 @@
+"""Device meshes from config, checked before anything compiles.
+
+Axis names are fixed: 'data' (pure data parallelism), 'expert' (expert
+parallelism; it also carries batch, so the tokens of a step are sharded over
+data × expert) and 'model' (tensor parallelism of the FFN hidden width and
+attention heads). Axes are created as Auto so the compiler propagates
+shardings from the annotations we give it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+from moe_jax.errors import UserInputError
+
+AXES = ('data', 'expert', 'model')
+# Mesh axes that split the batch (tokens) of a step.
+BATCH_AXES = ('data', 'expert')
+
+
+def make_mesh(shape: Sequence[int],
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, expert, model) mesh over `devices` (default: all devices).
+
+  Args:
+    shape: sizes of the three axes, e.g. (2, 4, 1). One entry may be -1: it
+      takes whatever the device count leaves.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = [int(s) for s in shape]
+  if len(shape) != len(AXES):
+    raise UserInputError(
+        f'mesh shape {tuple(shape)} must have one size per axis {AXES}; set '
+        '--config.mesh.shape, e.g. "(1, 8, 1)".')
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise UserInputError(
+        f'mesh shape {tuple(shape)}: sizes must be positive, with at most '
+        'one -1 (fill with the remaining devices).')
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1)
+    if len(devices) % rest:
+      raise UserInputError(
+          f'mesh shape {tuple(shape)} cannot fill {len(devices)} devices; '
+          'make the product of the fixed sizes divide the device count.')
+    shape[shape.index(-1)] = len(devices) // rest
+  if math.prod(shape) != len(devices):
+    raise UserInputError(
+        f'mesh shape {tuple(shape)} needs {math.prod(shape)} devices but '
+        f'{len(devices)} are available; set --config.mesh.shape so the '
+        'product of its sizes equals the device count (or use -1 for one axis).')
+  return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def axis_size(mesh, name: str) -> int:
+  return dict(zip(mesh.axis_names, mesh.axis_sizes)).get(name, 1)
+
+
+def batch_parallelism(mesh) -> int:
+  return math.prod(axis_size(mesh, a) for a in BATCH_AXES)
+
+
+def check_fits(mesh, *, num_experts: int, batch_size: int,
+               num_heads: int | None = None, d_ff: int | None = None) -> None:
+  """Raises UserInputError for a model or batch that the mesh cannot split."""
+  ep = axis_size(mesh, 'expert')
+  if num_experts % ep:
+    raise UserInputError(
+        f'num_experts={num_experts} is not divisible by the expert axis '
+        f'({ep}); use a multiple of {ep} experts or a smaller mesh expert axis.')
+  dp = batch_parallelism(mesh)
+  if batch_size % dp:
+    raise UserInputError(
+        f'batch_size={batch_size} is not divisible by the data × expert axes '
+        f'({dp}); use a multiple of {dp}.')
+  mp = axis_size(mesh, 'model')
+  for name, value in (('num_heads', num_heads), ('d_ff', d_ff)):
+    if value is not None and value % mp:
+      raise UserInputError(
+          f'{name}={value} is not divisible by the model axis ({mp}).')
