@@ -22,9 +22,10 @@ def _check_choice(name: str, value, allowed) -> None:
         f'{name}={value!r} is not valid; allowed values: {", ".join(map(repr, allowed))}.')
 
 
-def _check_positive(name: str, value, kind=int) -> None:
-  if not isinstance(value, kind) or isinstance(value, bool) or not value > 0:
-    raise UserInputError(f'{name}={value!r} must be a positive {kind.__name__}.')
+def _check_positive(name: str, value, kinds=(int,)) -> None:
+  if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0:
+    kind = 'int' if kinds == (int,) else 'number'
+    raise UserInputError(f'{name}={value!r} must be a positive {kind}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,8 @@ class MoEConfig:
           f"top_k={self.top_k}; set top_k={wanted_k} or use router='topk'.")
     for name in ('capacity_factor', 'eval_capacity_factor'):
       value = getattr(self, name)
-      if not isinstance(value, (int, float)) or not value > 0:
+      if (not isinstance(value, (int, float)) or isinstance(value, bool) or
+          not value > 0):
         raise UserInputError(
             f'{name}={value!r} must be > 0 (e.g. 1.25 train, 2.0 eval); for '
             "no capacity limit use dispatcher='dropless'.")
@@ -110,7 +112,7 @@ class MoEConfig:
     for name in ('jitter_eps', 'load_balance_weight', 'z_loss_weight'):
       if not getattr(self, name) >= 0:
         raise UserInputError(f'{name}={getattr(self, name)!r} must be >= 0.')
-    _check_positive('init_scale', self.init_scale, float)
+    _check_positive('init_scale', self.init_scale, (int, float))
 
   def capacity(self, group_size: int, train: bool) -> int | None:
     """C for a group of `group_size` tokens; None for the dropless dispatcher."""

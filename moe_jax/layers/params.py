@@ -25,5 +25,5 @@ def param(rngs: nnx.Rngs, init, shape, axes, dtype=jnp.float32) -> nnx.Param:
   tests need no mesh); the parallel code reads the annotations and places
   the parameters itself, from one table of logical-to-mesh rules.
   """
-  return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=axes,
+  return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=axes,
                    eager_sharding=False)

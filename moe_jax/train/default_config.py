@@ -53,6 +53,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.z_loss_weight = 1e-3  # c_z (ST-MoE).
   c.moe.init_scale = 0.1  # Router/expert init scale (Switch Table 3).
 
+  c.mesh = ml_collections.ConfigDict()
+  # (data, expert, model) sizes; -1 takes the remaining devices. The expert
+  # axis also splits the batch. E.g. (2, 4, 1) on 8 devices.
+  c.mesh.shape = (-1, 1, 1)
+
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 3e-3  # Peak AdamW learning rate.
   c.optim.warmup_steps = 50  # Linear warmup from 0.

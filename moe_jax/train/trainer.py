@@ -25,6 +25,8 @@ from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
+from moe_jax.parallel import mesh as mesh_lib
+from moe_jax.parallel import placement
 from moe_jax.train import optim
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.metric_writer import MetricWriter, Progress
@@ -65,8 +67,8 @@ def load_data(config):
   return corpus, batches, val_batches
 
 
-def init_state(mcfg: ModelConfig, config):
-  """(graphdef, TrainState at step 0, optimizer)."""
+def init_state(mcfg: ModelConfig, config, mesh):
+  """(graphdef, TrainState at step 0 placed on `mesh`, its shardings, tx)."""
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
 
   def init():
@@ -78,10 +80,21 @@ def init_state(mcfg: ModelConfig, config):
 
   graphdef = nnx.graphdef(nnx.eval_shape(
       lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))))
-  return graphdef, jax.jit(init)(), tx
+  state, shardings = placement.init_sharded(init, mesh)
+  return graphdef, state, shardings, tx
+
+
+def make_mesh(config, mcfg: ModelConfig):
+  """The config's mesh, checked against the model and batch before compiling."""
+  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
+  mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
+                      batch_size=config.batch_size, num_heads=mcfg.num_heads,
+                      d_ff=mcfg.d_ff)
+  return mesh
 
 
 def evaluate(eval_fn, params, batches) -> dict[str, float]:
+  """Mean loss over the validation batches (already placed on devices)."""
   sums = [jax.device_get(eval_fn(params, b)) for b in batches]
   ce = sum(float(s['ce_sum']) for s in sums) / sum(float(s['count']) for s in sums)
   return {'eval/loss': ce, 'eval/bits_per_byte': ce / math.log(2),
@@ -111,11 +124,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   _check_train_config(config)
   mcfg = model_config(config)
   corpus, batches, val_batches = load_data(config)
+  mesh = make_mesh(config, mcfg)
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   config_dict = config.to_dict()
   ckpt.check_compatible(config_dict)
 
-  graphdef, state, tx = init_state(mcfg, config)
+  graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
   total, active = count_params(state.params, mcfg.moe.top_k,
                                mcfg.moe.num_experts)
   print(f'model: {mcfg.num_layers} layers ({mcfg.num_moe_layers} MoE, '
@@ -123,13 +137,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f'{total:,} active/token {active:,}; data {corpus.name} '
         f'({len(corpus):,} bytes)', flush=True)
   if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(jax.eval_shape(lambda: state))
+    state, _ = ckpt.restore(placement.abstract_with_shardings(state, shardings))
     print(f'resumed from step {int(state.step)} in {ckpt.directory}',
           flush=True)
 
+  batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
+  replicated = placement.replicated(mesh)
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
-                    donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef))
+                    in_shardings=(shardings, batch_sh),
+                    out_shardings=(shardings, replicated), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef),
+                    in_shardings=(shardings.params, batch_sh),
+                    out_shardings=replicated)
+  val_batches = [placement.shard_batch(b, batch_sh) for b in val_batches]
   lr_at = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   t = config.train
   start = int(state.step)
@@ -143,7 +163,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   clock, clock_step = None, start
   try:
     for step in range(start, t.num_steps):
-      state, metrics = step_fn(state, batches.batch_at(step))
+      batch = placement.shard_batch(batches.batch_at(step), batch_sh)
+      with jax.set_mesh(mesh):  # Lets the MoE layer trace its all-to-alls.
+        state, metrics = step_fn(state, batch)
       if pending is not None:
         _check_finite(*pending, ckpt)
       pending = (step + 1, metrics['loss'])
@@ -165,7 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       else:
         progress.update(done)
       if done % t.eval_every == 0 or done == t.num_steps:
-        eval_metrics = evaluate(eval_fn, state.params, val_batches)
+        with jax.set_mesh(mesh):
+          eval_metrics = evaluate(eval_fn, state.params, val_batches)
         writer.write(done, eval_metrics)
       if done % t.checkpoint_every == 0 or done == t.num_steps:
         _check_finite(*pending, ckpt)
@@ -175,7 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if pending is not None:
       _check_finite(*pending, ckpt)
     if not eval_metrics:  # Resumed at the end: evaluate what was restored.
-      eval_metrics = evaluate(eval_fn, state.params, val_batches)
+      with jax.set_mesh(mesh):
+        eval_metrics = evaluate(eval_fn, state.params, val_batches)
   finally:
     progress.close()
     writer.close()

@@ -1,0 +1,63 @@
+"""Shared benchmark plumbing: timing, table printing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import statistics
+import time
+from typing import Callable
+
+import jax
+
+
+def time_fn(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 5,
+            inner: int = 3) -> dict[str, float]:
+  """Median and min seconds per call of `fn` (which must block on its result).
+
+  Each repeat times `inner` back-to-back calls, so one slow scheduler tick
+  does not decide the figure; the median over repeats is what we report.
+  """
+  for _ in range(warmup):
+    fn()
+  samples = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(inner):
+      fn()
+    samples.append((time.perf_counter() - start) / inner)
+  return {'median_s': statistics.median(samples), 'min_s': min(samples)}
+
+
+def environment() -> dict[str, str]:
+  return {'jax': jax.__version__, 'backend': jax.default_backend(),
+          'device': str(jax.devices()[0].device_kind),
+          'devices': str(jax.device_count()),
+          'cpu': platform.processor() or platform.machine(),
+          'date': time.strftime('%Y-%m-%d')}
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+  cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+  widths = [max(len(c), *(len(row[i]) for row in cells))
+            for i, c in enumerate(columns)]
+  line = lambda vals: '| ' + ' | '.join(v.ljust(w) for v, w in zip(vals, widths)) + ' |'
+  print(line(columns))
+  print('|' + '|'.join('-' * (w + 2) for w in widths) + '|')
+  for row in cells:
+    print(line(row))
+
+
+def _fmt(value) -> str:
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  return '' if value is None else str(value)
+
+
+def write_json(path: str | pathlib.Path, payload: dict) -> None:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({'environment': environment(), **payload},
+                             indent=2) + '\n')
+  print(f'wrote {path}')

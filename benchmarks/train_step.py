@@ -1,0 +1,80 @@
+"""MoE LM train step against its dense twin at equal active params/token.
+
+  python benchmarks/train_step.py [--config=configs/switch_top1.py] \
+      [--out=benchmarks/results/train_step.json]
+
+Times the jitted train step of the config and of the same config with
+model.moe_every=0 (the dense twin), on the config's batch shape, and reports
+step time, tokens/s and the MoE/dense step-time ratio. The issue's target on
+a 2-core CPU is a ratio <= 1.25.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import pathlib
+import sys
+
+import jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from moe_jax.models.param_count import count_params
+from moe_jax.train.step import train_step
+from moe_jax.train.trainer import init_state, load_data, make_mesh, model_config
+
+
+def load_config(path: str):
+  spec = importlib.util.spec_from_file_location('bench_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def measure(config, repeats: int) -> dict:
+  mcfg = model_config(config)
+  mesh = make_mesh(config, mcfg)
+  graphdef, state, _, tx = init_state(mcfg, config, mesh)
+  total, active = count_params(state.params, mcfg.moe.top_k,
+                               mcfg.moe.num_experts)
+  batch = load_data(config)[1].batch_at(0)
+  step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
+                 donate_argnums=0)
+  holder = {'state': state}
+
+  def run():
+    holder['state'], metrics = step(holder['state'], batch)
+    jax.block_until_ready(metrics['loss'])
+
+  timing = common.time_fn(run, repeats=repeats)
+  tokens = config.batch_size * config.seq_len
+  return {'params_total': total, 'params_active': active,
+          'step_ms': 1e3 * timing['median_s'],
+          'tokens_per_s': tokens / timing['median_s']}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', default='configs/switch_top1.py')
+  parser.add_argument('--repeats', type=int, default=7)
+  parser.add_argument('--out', default='benchmarks/results/train_step.json')
+  args = parser.parse_args()
+
+  moe_cfg = load_config(args.config)
+  dense_cfg = load_config(args.config)
+  dense_cfg.model.moe_every = 0
+  rows = []
+  for name, cfg in (('dense twin', dense_cfg), (args.config, moe_cfg)):
+    rows.append({'model': name, **measure(cfg, args.repeats)})
+  ratio = rows[1]['step_ms'] / rows[0]['step_ms']
+  common.print_table(rows, ['model', 'params_total', 'params_active',
+                            'step_ms', 'tokens_per_s'])
+  print(f'MoE / dense step time: {ratio:.3f} (target <= 1.25)')
+  common.write_json(args.out, {'config': args.config, 'rows': rows,
+                               'moe_over_dense': ratio})
+
+
+if __name__ == '__main__':
+  main()
