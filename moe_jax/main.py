@@ -20,6 +20,13 @@ from moe_jax.errors import UserInputError
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally with :arg.',
     lock_config=True)
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for multi-process '
+    'runs (or set JAX_COORDINATOR_ADDRESS; SLURM and TPU pods are detected).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Number of processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'This process\'s index in a multi-process run.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints and metrics; a run resumes '
     'from the checkpoints already there.')
@@ -60,8 +67,11 @@ def main(argv) -> None:
     _fail('both --config=configs/<name>.py and --workdir=<dir> are required.')
   # Orbax logs every file it renames at INFO; keep the terminal readable.
   logging.set_verbosity(logging.WARNING)
+  from moe_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from moe_jax.train.trainer import NonFiniteLossError, train_and_evaluate  # pylint: disable=g-import-not-at-top
   try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (UserInputError, NonFiniteLossError) as e:
     _fail(str(e))

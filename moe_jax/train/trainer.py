@@ -153,8 +153,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lr_at = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   t = config.train
   start = int(state.step)
-  writer = MetricWriter(workdir, resume_step=start)
-  progress = Progress(t.num_steps, start_step=start)
+  # One process writes metrics and draws progress; all of them checkpoint
+  # (each writes its own shards).
+  main = jax.process_index() == 0
+  writer = MetricWriter(workdir, resume_step=start) if main else _Silent()
+  progress = Progress(t.num_steps, start_step=start) if main else _Silent()
   meta = {'config': config_dict}
   tokens_per_step = config.batch_size * config.seq_len
   eval_metrics: dict[str, float] = {}
@@ -210,6 +213,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
         f'{workdir.absolute() / "tb"})', flush=True)
   return eval_metrics
+
+
+class _Silent:
+  """Stands in for the metric writer and progress bar on other processes."""
+
+  def __getattr__(self, name):
+    return lambda *args, **kwargs: None
 
 
 def _check_finite(step: int, loss, ckpt: Checkpointer) -> None:
