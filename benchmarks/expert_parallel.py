@@ -1,0 +1,120 @@
+"""Expert-parallel MoE layer on 8 host devices: time, all-to-all bytes, memory.
+
+  python benchmarks/expert_parallel.py [--out=benchmarks/results/expert_parallel.json]
+
+A fixed MoE layer (B·L = 64·128 tokens, D=256, F=1024, E=8, Switch top-1,
+capacity factor 1.25, index dispatcher) runs forward + backward, jitted with
+real input shardings, on each (data, expert, model) mesh of the 8 CPU host
+devices. Reported per layout:
+  step_ms        median time of one forward + backward;
+  a2a_count      all-to-all ops in the compiled HLO;
+  a2a_MiB/step   bytes that leave their device in all-to-alls per step,
+                 from shapes: 4 exchanges (2 forward, 2 backward) of each
+                 device's [E, G_l·C, D] buffer, of which (EP-1)/EP moves;
+  expert_MiB/dev expert weights held by one device (total / EP).
+On CPU the 8 "devices" share 2 cores, so times show overhead, not speedup.
+
+Each layout runs twice: 'shard_map' is the library's path (explicit
+jax.lax.all_to_all); 'constraints' writes the same math on global arrays and
+only constrains the dispatched buffer [E, G·C, D] to be split over the expert
+axis, leaving the collectives to the SPMD partitioner.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import argparse  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common
+from moe_jax.core import MoEConfig, moe_apply
+from moe_jax.core.dispatch import INDEX
+from moe_jax.core.experts import gelu_mlp
+from moe_jax.core.moe import group_tokens
+from moe_jax.layers.moe import EXPERT_IN_AXES, EXPERT_OUT_AXES
+from moe_jax.parallel import make_mesh
+from moe_jax.parallel.rules import logical_to_spec
+
+B, L, D, F, E = 64, 128, 256, 1024, 8
+LAYOUTS = [(8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (1, 4, 2)]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--out', default='benchmarks/results/expert_parallel.json')
+  args = parser.parse_args()
+
+  cfg = MoEConfig(num_experts=E, d_ff=F, capacity_factor=1.25)
+  capacity = cfg.capacity(L, train=True)
+  keys = jax.random.split(jax.random.key(0), 4)
+  params = {'router_kernel': 0.02 * jax.random.normal(keys[0], (D, E)),
+            'wi': 0.02 * jax.random.normal(keys[1], (E, D, F)),
+            'wo': 0.02 * jax.random.normal(keys[2], (E, F, D))}
+  x = jax.random.normal(keys[3], (B, L, D))
+
+  def loss(p, x):
+    y, aux = moe_apply(p, x, cfg, train=True)
+    return jnp.mean(jnp.square(y)) + aux['aux_loss']
+
+  def constrained_loss(p, x):
+    """The same layer with sharding constraints instead of shard_map."""
+    xg = group_tokens(x, cfg.group_size)
+    logits = xg @ p['router_kernel']
+    plan, aux = cfg.router_fn(True)(logits, capacity=capacity, key=None)
+    inputs, ctx = INDEX.dispatch(xg, plan)
+    buffers = P('expert', 'data', None)  # Experts split, rows over data.
+    xe = jax.lax.with_sharding_constraint(inputs.x, buffers)
+    y = gelu_mlp({'wi': p['wi'], 'wo': p['wo']}, inputs._replace(x=xe))
+    y = jax.lax.with_sharding_constraint(y, buffers)
+    out = INDEX.combine(y, plan, ctx)
+    return jnp.mean(jnp.square(out)) + cfg.load_balance_weight * aux[
+        'load_balance_loss'] + cfg.z_loss_weight * aux['z_loss']
+
+  rows = []
+  for layout, (variant, fn) in [(l, v) for l in LAYOUTS for v in (
+      ('shard_map', loss), ('constraints', constrained_loss))]:
+    if variant == 'constraints' and layout[1] == 1:
+      continue  # Without an expert axis both variants are the same program.
+    mesh = make_mesh(layout)
+    spec = lambda axes: NamedSharding(mesh, logical_to_spec(axes, mesh=mesh))
+    p_sh = {'router_kernel': spec(('embed', None)), 'wi': spec(EXPERT_IN_AXES),
+            'wo': spec(EXPERT_OUT_AXES)}
+    x_sh = spec(('batch', None, None))
+    p, xs = jax.device_put(params, p_sh), jax.device_put(x, x_sh)
+    with jax.set_mesh(mesh):
+      step = jax.jit(jax.grad(fn, argnums=(0, 1)), in_shardings=(p_sh, x_sh),
+                     out_shardings=(p_sh, x_sh))
+      hlo = step.lower(p, xs).compile().as_text()
+      timing = common.time_fn(lambda: jax.block_until_ready(step(p, xs)),
+                              repeats=args.repeats)
+    data, ep, _ = layout
+    groups_per_device = B // (data * ep)
+    buffer_bytes = E * groups_per_device * capacity * D * 4
+    moved = 4 * (ep - 1) / ep * buffer_bytes * len(jax.devices())
+    expert_bytes = p['wi'].addressable_shards[0].data.nbytes + (
+        p['wo'].addressable_shards[0].data.nbytes)
+    rows.append({'mesh (data,expert,model)': str(layout), 'variant': variant,
+                 'step_ms': 1e3 * timing['median_s'],
+                 'a2a_count': hlo.count('all-to-all('),
+                 'all_gathers': hlo.count('all-gather('),
+                 'all_reduces': hlo.count('all-reduce('),
+                 'a2a_MiB/step': moved / 2**20,
+                 'expert_MiB/dev': expert_bytes / 2**20})
+  common.print_table(rows, list(rows[0]))
+  common.write_json(args.out, {'layer': dict(B=B, L=L, D=D, F=F, E=E, K=1,
+                                             capacity_factor=1.25, C=capacity),
+                               'rows': rows})
+
+
+if __name__ == '__main__':
+  main()
