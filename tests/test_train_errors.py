@@ -1,0 +1,159 @@
+"""Bad input to the CLI: one `error:` line, a non-zero exit, nothing touched.
+
+Every case runs `python -m moe_jax.main` against one shared workdir that
+already holds a real checkpoint and metrics, and checks that the failed run
+left every file there exactly as it was.
+"""
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from moe_jax.train import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
+CONFIG_FILE = 'configs/switch_top1.py'
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """A persistent XLA cache shared by this session's training tests."""
+  options = {
+      'jax_compilation_cache_dir': str(
+          tmp_path_factory.getbasetemp() / 'jax_cache'),
+      'jax_persistent_cache_min_compile_time_secs': 0,
+      'jax_persistent_cache_min_entry_size_bytes': 0,
+  }
+  old = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()  # Picks the new directory up.
+  yield
+  for name, value in old.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def _snapshot(directory):
+  """{relative path: (size, mtime_ns, sha256)} of every file, and the dirs."""
+  directory = pathlib.Path(directory)
+  listing = {}
+  for path in sorted(directory.rglob('*')):
+    rel = path.relative_to(directory).as_posix()
+    if path.is_dir():
+      listing[rel] = ('dir', path.stat().st_mtime_ns)
+    else:
+      stat = path.stat()
+      listing[rel] = (stat.st_size, stat.st_mtime_ns,
+                      hashlib.sha256(path.read_bytes()).hexdigest())
+  return listing
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  """A workdir with the checkpoints and metrics of a finished tiny run."""
+  spec = importlib.util.spec_from_file_location('_errors_config',
+                                                REPO / CONFIG_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  workdir = tmp_path_factory.mktemp('trained')
+  with contextlib.redirect_stdout(io.StringIO()):
+    trainer.train_and_evaluate(module.get_config('tiny'), str(workdir))
+  assert (workdir / 'checkpoints' / '6').is_dir()
+  return workdir
+
+
+def _run_cli(workdir, *flags):
+  return subprocess.run(
+      [sys.executable, '-m', 'moe_jax.main', f'--config={CONFIG_FILE}:tiny',
+       f'--workdir={workdir}', *flags],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def _assert_one_error_line(result, *needles):
+  assert result.returncode == 2, (result.returncode, result.stderr)
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith('error: '), lines[0]
+  for needle in needles:
+    assert needle in lines[0], (needle, lines[0])
+  # Nothing ran: no progress line, no model summary.
+  assert 'model:' not in result.stdout
+
+
+@pytest.fixture(scope='module')
+def data_paths(tmp_path_factory):
+  """Paths the cases name: {missing} does not exist, {empty} has 0 bytes."""
+  directory = tmp_path_factory.mktemp('data')
+  (directory / 'empty.txt').write_bytes(b'')
+  return {'missing': str(directory / 'missing.txt'),
+          'empty': str(directory / 'empty.txt')}
+
+
+# Flags of each kind of bad input, and words its error line must contain.
+CASES = {
+    'missing_data_file': (
+        ['--config.data.kind=text', '--config.data.path={missing}'],
+        ['{missing}', 'does not exist']),
+    'empty_data_file': (
+        ['--config.data.kind=text', '--config.data.path={empty}'],
+        ['{empty}', 'empty']),
+    'unknown_field': (['--config.moe.num_expert=3'], ['num_expert']),
+    'top_k_above_num_experts': (
+        ['--config.moe.router=topk', '--config.moe.top_k=9'],
+        ['top_k=9', 'num_experts=8']),
+    'zero_capacity_factor': (['--config.moe.capacity_factor=0'],
+                             ['capacity_factor=0.0', '> 0']),
+    'negative_eval_capacity_factor': (
+        ['--config.moe.eval_capacity_factor=-1'],
+        ['eval_capacity_factor=-1.0', '> 0']),
+    'incompatible_checkpoint': (['--config.moe.num_experts=4'],
+                                ['moe.num_experts', '8 -> 4']),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', list(CASES))
+def test_bad_input_fails_with_one_line_and_touches_nothing(
+    case, trained_workdir, data_paths):
+  flags, needles = ([x.format(**data_paths) for x in xs] for xs in CASES[case])
+  before = _snapshot(trained_workdir)
+  result = _run_cli(trained_workdir, *flags)
+  _assert_one_error_line(result, *needles)
+  assert _snapshot(trained_workdir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('seq_len, split', [
+    (2_000_000, 'train'),  # Longer than the whole file.
+    (20_000, 'val'),  # Fits the training split but not the validation one.
+])
+def test_sequence_longer_than_the_data(seq_len, split, trained_workdir):
+  if not SHAKESPEARE.is_file():
+    pytest.skip(f'{SHAKESPEARE} is absent')
+  before = _snapshot(trained_workdir)
+  result = _run_cli(
+      trained_workdir, '--config.data.kind=text',
+      f'--config.data.path={SHAKESPEARE}', '--config.data.max_bytes=300000',
+      f'--config.seq_len={seq_len}')
+  _assert_one_error_line(result, f'L={seq_len}', f'{split} split')
+  assert _snapshot(trained_workdir) == before
+
+
+@pytest.mark.slow
+def test_bad_input_creates_no_workdir(tmp_path):
+  workdir = tmp_path / 'new_run'
+  result = _run_cli(workdir, '--config.moe.capacity_factor=-0.5')
+  _assert_one_error_line(result, 'capacity_factor=-0.5')
+  assert not workdir.exists()
