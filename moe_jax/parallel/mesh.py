@@ -65,8 +65,13 @@ def batch_parallelism(mesh) -> int:
 
 
 def check_fits(mesh, *, num_experts: int, batch_size: int,
-               num_heads: int | None = None, d_ff: int | None = None) -> None:
-  """Raises UserInputError for a model or batch that the mesh cannot split."""
+               num_heads: int | None = None, d_ff: int | None = None,
+               num_groups: int | None = None) -> None:
+  """Raises UserInputError for a model or batch that the mesh cannot split.
+
+  num_groups: routing groups per batch (G) when moe.group_size sets it;
+    expert parallelism splits groups, not sequences, over data × expert.
+  """
   ep = axis_size(mesh, 'expert')
   if num_experts % ep:
     raise UserInputError(
@@ -77,6 +82,12 @@ def check_fits(mesh, *, num_experts: int, batch_size: int,
     raise UserInputError(
         f'batch_size={batch_size} is not divisible by the data × expert axes '
         f'({dp}); use a multiple of {dp}.')
+  if num_groups is not None and num_groups % dp:
+    raise UserInputError(
+        f'{num_groups} routing groups (batch_size·seq_len / moe.group_size) '
+        f'are not divisible by the data × expert axes ({dp}); use a '
+        f'group_size that leaves a multiple of {dp} groups, or leave it unset '
+        '(one group per sequence).')
   mp = axis_size(mesh, 'model')
   for name, value in (('num_heads', num_heads), ('d_ff', d_ff)):
     if value is not None and value % mp:

@@ -1,0 +1,156 @@
+"""Training and checkpoints on 8 CPU devices: meshes change no numbers.
+
+The multi-device work runs once, in a subprocess of tests/_parallel_train.py
+with XLA forced to 8 host devices (JAX fixes the device count when its
+backend starts, and the rest of the suite runs on one device). It saves
+parameters, losses, restored states and where their shards live; the
+assertions are here. All of it uses the tiny switch config with batch 8.
+"""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / 'tests' / '_parallel_train.py'
+NUM_DEVICES = 8
+TRAIN_STEPS = 8  # As in the script: checkpoints at 4 and 8.
+RTOL = 1e-5  # float32; a mesh only reorders reductions.
+
+pytestmark = pytest.mark.slow
+
+
+def _multi_device_env(num_devices):
+  """os.environ with XLA forced to `num_devices` CPU devices.
+
+  Backend optimisation level 0 compiles ~3x faster. It only changes the CPU
+  code generation, identically for every mesh compared here.
+  """
+  flags = os.environ.get('XLA_FLAGS', '')
+  flags = re.sub(r'--xla_(force_host_platform_device_count|'
+                 r'backend_optimization_level)=\S+', '', flags)
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+      f'{flags} --xla_force_host_platform_device_count={num_devices} '
+      '--xla_backend_optimization_level=0').strip())
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory):
+  """The directory the helper script filled (see its docstring)."""
+  out = tmp_path_factory.mktemp('parallel_train')
+  proc = subprocess.run(
+      [sys.executable, str(SCRIPT), str(out)], cwd=REPO,
+      env=_multi_device_env(NUM_DEVICES), capture_output=True, text=True,
+      timeout=400)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  return out
+
+
+def _load(path):
+  with np.load(path) as data:
+    return dict(data)
+
+
+def _assert_close(have, want, what):
+  assert have.shape == want.shape and have.dtype == want.dtype, what
+  if want.dtype.kind != 'f':  # Step counters and keys: exact.
+    np.testing.assert_array_equal(have, want, err_msg=what)
+    return
+  # Relative to the array's scale: elementwise rtol alone would be
+  # meaningless for entries that are 0 up to rounding.
+  np.testing.assert_allclose(have, want, rtol=RTOL,
+                             atol=RTOL * float(np.max(np.abs(want))),
+                             err_msg=what)
+
+
+def _assert_trees(have, want, what):
+  assert sorted(have) == sorted(want), what
+  for key in want:
+    _assert_close(have[key], want[key], f'{what}: {key}')
+
+
+def _is_expert_weight(key, shape):
+  """MoE FFN weights (and their moments): [E, ...]; dense FFNs are 2-D."""
+  return (re.search(r'/ffn/(wi|wi_gate|wo)/', key) is not None and
+          len(shape) == 3)
+
+
+def _records(workdir):
+  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+  return {r['step']: r for r in map(json.loads, lines) if 'loss' in r}
+
+
+# ------------------------------------------------------------ train step --
+
+
+def test_train_step_on_2x4x1_matches_one_device(results):
+  one = _load(results / 'step_single.npz')
+  ep = _load(results / 'step_2x4x1.npz')
+  # Same initial parameters (init is jitted straight into the shards).
+  init = [k for k in one if k.startswith('init/')]
+  assert init and sorted(init) == sorted(k for k in ep if k.startswith('init/'))
+  for key in init:
+    np.testing.assert_array_equal(ep[key], one[key], err_msg=key)
+  # The model has MoE expert weights, and every parameter moved: the check
+  # below compares real updates (the first step's learning rate is 0).
+  final = [k for k in one if k.startswith('final/')]
+  assert any(_is_expert_weight(k, one[k].shape) for k in final)
+  for key in final:
+    assert not np.array_equal(one[key], one['init/' + key[len('final/'):]]), key
+  _assert_trees(ep, one, 'train_step on (2,4,1) vs one device')
+
+
+# ----------------------------------------------------------- checkpoints --
+
+
+@pytest.mark.parametrize('mesh', ['1x1x1', '4x2x1'])
+def test_checkpoint_from_2x4x1_restores_identically(results, mesh):
+  saved_on = _load(results / 'restored_2x4x1.npz')
+  restored = _load(results / f'restored_{mesh}.npz')
+  assert sorted(restored) == sorted(saved_on)
+  assert any(k.startswith('opt_state/') for k in saved_on)
+  for key, want in saved_on.items():
+    have = restored[key]
+    assert (have.dtype, have.shape) == (want.dtype, want.shape), key
+    assert have.tobytes() == want.tobytes(), key  # Bitwise.
+
+
+@pytest.mark.parametrize('mesh,expert_axis',
+                         [('2x4x1', 4), ('1x1x1', 1), ('4x2x1', 2)])
+def test_restored_state_is_placed_on_the_target_mesh(results, mesh,
+                                                     expert_axis):
+  report = json.loads((results / 'report.json').read_text())[
+      f'restored_{mesh}']
+  expert_leaves = 0
+  for key, leaf in report['leaves'].items():
+    assert leaf['sharding_matches'], key
+    assert leaf['devices'] == report['mesh_devices'], key
+    if _is_expert_weight(key, leaf['shape']):  # Params and Adam moments.
+      expert_leaves += 1
+      assert leaf['per_device'] == leaf['total'] // expert_axis, (key, leaf)
+  assert expert_leaves >= 6  # wi and wo, each with its mu and nu.
+
+
+def test_training_resumes_on_another_mesh(results):
+  """Killed after the step-4 checkpoint on (2,4,1), resumed on (4,2,1)."""
+  resumed = results / 'resumed'
+  stdout = (resumed / 'stdout.txt').read_text()
+  assert f'resumed from step {TRAIN_STEPS // 2}' in stdout, stdout
+  assert (resumed / 'checkpoints' / str(TRAIN_STEPS)).is_dir()
+  # It continues the same trajectory as the uninterrupted run on (2,4,1).
+  reference, continued = _records(results / 'run'), _records(resumed)
+  assert sorted(continued) == sorted(reference) == list(
+      range(1, TRAIN_STEPS + 1))
+  for step in range(TRAIN_STEPS // 2 + 1, TRAIN_STEPS + 1):
+    np.testing.assert_allclose(continued[step]['loss'],
+                               reference[step]['loss'], rtol=RTOL,
+                               err_msg=f'step {step}')
+  _assert_trees(_load(results / 'resumed_final.npz'),
+                _load(results / 'restored_1x1x1.npz'),
+                'final state resumed on (4,2,1) vs uninterrupted on (2,4,1)')
