@@ -30,6 +30,27 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 5,
   return {'median_s': statistics.median(samples), 'min_s': min(samples)}
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 2,
+                     rounds: int = 7, inner: int = 3) -> dict[str, float]:
+  """Median seconds per call of each fn, timed in alternating rounds.
+
+  Alternating A, B, A, B... spreads slow drifts of a shared machine (another
+  process, thermal state) over every candidate instead of biasing whichever
+  ran during the slow spell.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  samples = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      for _ in range(inner):
+        fn()
+      samples[name].append((time.perf_counter() - start) / inner)
+  return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def environment() -> dict[str, str]:
   return {'jax': jax.__version__, 'backend': jax.default_backend(),
           'device': str(jax.devices()[0].device_kind),

@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import pathlib
 import sys
+from typing import Callable
 
 import jax
 
@@ -33,7 +34,8 @@ def load_config(path: str):
   return module.get_config()
 
 
-def measure(config, repeats: int) -> dict:
+def build(config) -> tuple[dict, Callable[[], None]]:
+  """(parameter counts, a function running one blocking train step)."""
   mcfg = model_config(config)
   mesh = make_mesh(config, mcfg)
   graphdef, state, _, tx = init_state(mcfg, config, mesh)
@@ -48,11 +50,7 @@ def measure(config, repeats: int) -> dict:
     holder['state'], metrics = step(holder['state'], batch)
     jax.block_until_ready(metrics['loss'])
 
-  timing = common.time_fn(run, repeats=repeats)
-  tokens = config.batch_size * config.seq_len
-  return {'params_total': total, 'params_active': active,
-          'step_ms': 1e3 * timing['median_s'],
-          'tokens_per_s': tokens / timing['median_s']}
+  return {'params_total': total, 'params_active': active}, run
 
 
 def main():
@@ -65,9 +63,13 @@ def main():
   moe_cfg = load_config(args.config)
   dense_cfg = load_config(args.config)
   dense_cfg.model.moe_every = 0
-  rows = []
+  counts, runs = {}, {}
   for name, cfg in (('dense twin', dense_cfg), (args.config, moe_cfg)):
-    rows.append({'model': name, **measure(cfg, args.repeats)})
+    counts[name], runs[name] = build(cfg)
+  seconds = common.time_interleaved(runs, rounds=args.repeats)
+  tokens = moe_cfg.batch_size * moe_cfg.seq_len
+  rows = [{'model': name, **counts[name], 'step_ms': 1e3 * seconds[name],
+           'tokens_per_s': tokens / seconds[name]} for name in runs]
   ratio = rows[1]['step_ms'] / rows[0]['step_ms']
   common.print_table(rows, ['model', 'params_total', 'params_active',
                             'step_ms', 'tokens_per_s'])

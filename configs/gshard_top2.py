@@ -7,7 +7,9 @@ Model: as switch_top1.py, but router='gshard', top_k=2 (pair-renormalised
   gates, random second-expert policy in training, 'all' at eval). Capacity is
   per choice, C = ceil(K·S·cf/E), so top-2 has twice top-1's buffer room and
   does twice the expert FLOPs per token.
-Measured on a 2-core CPU: see the RESULTS block below.
+Measured on a 2-core CPU (2026-11-22, jax 0.10.2), running the command above:
+  600 steps in 245 s wall, start-up and compilation included; final
+  validation loss 1.2660 nats/byte (1.826 bits/byte).
 Tiny variant for tests: --config=configs/gshard_top2.py:tiny
 """
 

@@ -6,13 +6,12 @@ and compile to stderr, so "exactly one stderr line" also proves the error
 came before anything was traced or compiled.
 """
 
-import os
 import pathlib
-import re
 import subprocess
 import sys
 
 import pytest
+from testlib import multi_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_DEVICES = 8
@@ -21,11 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def _env(num_devices):
-  flags = os.environ.get('XLA_FLAGS', '')
-  flags = re.sub(r'--xla_force_host_platform_device_count=\S+', '', flags)
-  return dict(os.environ, JAX_PLATFORMS='cpu', JAX_LOG_COMPILES='1',
-              XLA_FLAGS=(f'{flags} --xla_force_host_platform_device_count='
-                         f'{num_devices}').strip())
+  # JAX_LOG_COMPILES makes any tracing or compiling show up on stderr, so the
+  # one-line check also proves the error came before compiling.
+  return dict(multi_device_env(num_devices), JAX_LOG_COMPILES='1')
 
 
 # Flags of each bad mesh, and words its error line must contain.

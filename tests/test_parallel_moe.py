@@ -13,14 +13,12 @@ a mesh.
 """
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from testlib import run_device_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'tests' / '_parallel_moe.py'
@@ -33,23 +31,11 @@ RTOL = 1e-5  # float32; the meshes only reorder the batch reductions.
 pytestmark = pytest.mark.slow
 
 
-def _multi_device_env(num_devices):
-  """os.environ with XLA forced to `num_devices` CPU devices."""
-  flags = os.environ.get('XLA_FLAGS', '')
-  flags = re.sub(r'--xla_force_host_platform_device_count=\S+', '', flags)
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'{flags} --xla_force_host_platform_device_count={num_devices}').strip())
-
-
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
   """The directory the helper script filled (see its docstring)."""
   out = tmp_path_factory.mktemp('parallel_moe')
-  proc = subprocess.run(
-      [sys.executable, str(SCRIPT), str(out)], cwd=REPO,
-      env=_multi_device_env(NUM_DEVICES), capture_output=True, text=True,
-      timeout=300)
-  assert proc.returncode == 0, proc.stderr[-5000:]
+  run_device_script(SCRIPT, out, NUM_DEVICES, timeout=300)
   return out
 
 

@@ -10,9 +10,7 @@ rendezvous or collective fails the test instead of hanging CI.
 """
 
 import json
-import os
 import pathlib
-import re
 import socket
 import subprocess
 import sys
@@ -22,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from testlib import multi_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 4
@@ -37,17 +36,7 @@ pytestmark = pytest.mark.slow
 
 
 def _env(num_devices):
-  """os.environ with XLA forced to `num_devices` CPU devices.
-
-  Backend optimisation level 0 compiles ~3x faster; it only changes CPU code
-  generation, the same way in every process compared here.
-  """
-  flags = os.environ.get('XLA_FLAGS', '')
-  flags = re.sub(r'--xla_(force_host_platform_device_count|'
-                 r'backend_optimization_level)=\S+', '', flags)
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'{flags} --xla_force_host_platform_device_count={num_devices} '
-      '--xla_backend_optimization_level=0').strip())
+  env = multi_device_env(num_devices, fast_compile=True)
   for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES',
                'JAX_PROCESS_ID'):
     env.pop(name, None)  # Only the flags below decide who joins.

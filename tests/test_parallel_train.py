@@ -8,14 +8,12 @@ assertions are here. All of it uses the tiny switch config with batch 8.
 """
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from testlib import run_device_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'tests' / '_parallel_train.py'
@@ -26,29 +24,11 @@ RTOL = 1e-5  # float32; a mesh only reorders reductions.
 pytestmark = pytest.mark.slow
 
 
-def _multi_device_env(num_devices):
-  """os.environ with XLA forced to `num_devices` CPU devices.
-
-  Backend optimisation level 0 compiles ~3x faster. It only changes the CPU
-  code generation, identically for every mesh compared here.
-  """
-  flags = os.environ.get('XLA_FLAGS', '')
-  flags = re.sub(r'--xla_(force_host_platform_device_count|'
-                 r'backend_optimization_level)=\S+', '', flags)
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'{flags} --xla_force_host_platform_device_count={num_devices} '
-      '--xla_backend_optimization_level=0').strip())
-
-
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
   """The directory the helper script filled (see its docstring)."""
   out = tmp_path_factory.mktemp('parallel_train')
-  proc = subprocess.run(
-      [sys.executable, str(SCRIPT), str(out)], cwd=REPO,
-      env=_multi_device_env(NUM_DEVICES), capture_output=True, text=True,
-      timeout=400)
-  assert proc.returncode == 0, proc.stderr[-5000:]
+  run_device_script(SCRIPT, out, NUM_DEVICES, timeout=400, fast_compile=True)
   return out
 
 

@@ -14,9 +14,7 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from moe_jax.train import trainer
 
@@ -26,22 +24,8 @@ CONFIG_FILE = 'configs/switch_top1.py'
 
 
 @pytest.fixture(scope='module', autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """A persistent XLA cache shared by this session's training tests."""
-  options = {
-      'jax_compilation_cache_dir': str(
-          tmp_path_factory.getbasetemp() / 'jax_cache'),
-      'jax_persistent_cache_min_compile_time_secs': 0,
-      'jax_persistent_cache_min_entry_size_bytes': 0,
-  }
-  old = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()  # Picks the new directory up.
-  yield
-  for name, value in old.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+def _cache(compilation_cache_on):
+  del compilation_cache_on  # Active for the whole module.
 
 
 def _snapshot(directory):

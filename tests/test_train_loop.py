@@ -23,7 +23,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
-from jax.experimental.compilation_cache import compilation_cache
 
 from moe_jax.core import routers
 from moe_jax.models.param_count import count_params
@@ -40,21 +39,8 @@ LN_VOCAB = math.log(256)  # The loss of a uniform guess over bytes.
 
 
 @pytest.fixture(scope='module', autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """A persistent XLA cache shared by this session's training tests."""
-  names = ('jax_compilation_cache_dir',
-           'jax_persistent_cache_min_compile_time_secs',
-           'jax_persistent_cache_min_entry_size_bytes')
-  old = {name: getattr(jax.config, name) for name in names}
-  jax.config.update('jax_compilation_cache_dir',
-                    str(tmp_path_factory.getbasetemp() / 'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  compilation_cache.reset_cache()  # Picks the new directory up.
-  yield
-  for name, value in old.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+def _cache(compilation_cache_on):
+  del compilation_cache_on  # Active for the whole module.
 
 
 def _load_config(path, arg=None, **overrides):

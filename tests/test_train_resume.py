@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from moe_jax.data import pipeline
 from moe_jax.train import trainer
@@ -45,30 +44,9 @@ WALL_CLOCK_FIELDS = ('tokens_per_sec',)
 
 # ---------------------------------------------------------------- helpers --
 
-_CACHE_OPTIONS = {
-    'jax_compilation_cache_dir': None,  # Set by the fixture.
-    'jax_persistent_cache_min_compile_time_secs': 0,
-    'jax_persistent_cache_min_entry_size_bytes': 0,
-}
-
-
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.getbasetemp() / 'jax_cache')
-
-
 @pytest.fixture(scope='module', autouse=True)
-def _compilation_cache(cache_dir):
-  """A persistent XLA cache shared by this session's training tests."""
-  options = dict(_CACHE_OPTIONS, jax_compilation_cache_dir=cache_dir)
-  old = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()  # Picks the new directory up.
-  yield
-  for name, value in old.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+def _cache(compilation_cache_on):
+  del compilation_cache_on  # Active for the whole module.
 
 
 def _config(**overrides):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moe_jax.layers.params import param, scaled_init
+from moe_jax.layers.params import param
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0):

@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-from jax.sharding import PartitionSpec as P
 
 from moe_jax.core.dispatch import Dispatcher, ExpertInputs
 from moe_jax.core.plan import RoutingPlan

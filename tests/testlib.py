@@ -1,0 +1,37 @@
+"""Helpers for tests that need several CPU devices or processes."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def multi_device_env(num_devices: int, fast_compile: bool = False) -> dict:
+  """os.environ with XLA forced to `num_devices` CPU devices.
+
+  JAX fixes the device count when its backend starts and the suite itself
+  runs on one device, so multi-device work runs in subprocesses with this
+  environment. fast_compile sets backend optimisation level 0 (~3x faster
+  compiles; CPU code generation only, the same for every mesh compared).
+  """
+  flags = os.environ.get('XLA_FLAGS', '')
+  flags = re.sub(r'--xla_(force_host_platform_device_count|'
+                 r'backend_optimization_level)=\S+', '', flags)
+  flags += f' --xla_force_host_platform_device_count={num_devices}'
+  if fast_compile:
+    flags += ' --xla_backend_optimization_level=0'
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=flags.strip())
+
+
+def run_device_script(script: pathlib.Path, out_dir, num_devices: int, *,
+                      timeout: int, fast_compile: bool = False) -> None:
+  """Runs a tests/_parallel_*.py script on `num_devices` devices; it must
+  exit 0 after writing its results into out_dir."""
+  proc = subprocess.run(
+      [sys.executable, str(script), str(out_dir)], cwd=REPO,
+      env=multi_device_env(num_devices, fast_compile), capture_output=True,
+      text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-5000:]
