@@ -53,7 +53,7 @@ def train_step(state: TrainState, batch: dict[str, Any], *,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': loss, 'cross_entropy': ce,
-             'grad_norm': optax.global_norm(grads), **aux}
+             'grad_norm': optax.tree.norm(grads), **aux}
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
   return new_state, metrics
