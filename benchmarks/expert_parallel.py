@@ -48,6 +48,11 @@ B, L, D, F, E = 64, 128, 256, 1024, 8
 LAYOUTS = [(8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (1, 4, 2)]
 
 
+def _run(step, p, xs, mesh):
+  with jax.set_mesh(mesh):
+    jax.block_until_ready(step(p, xs))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=5)
@@ -80,13 +85,14 @@ def main():
     return jnp.mean(jnp.square(out)) + cfg.load_balance_weight * aux[
         'load_balance_loss'] + cfg.z_loss_weight * aux['z_loss']
 
-  rows = []
+  rows, runs = [], {}
   for layout, (variant, fn) in [(l, v) for l in LAYOUTS for v in (
       ('shard_map', loss), ('constraints', constrained_loss))]:
     if variant == 'constraints' and layout[1] == 1:
       continue  # Without an expert axis both variants are the same program.
     mesh = make_mesh(layout)
-    spec = lambda axes: NamedSharding(mesh, logical_to_spec(axes, mesh=mesh))
+    spec = lambda axes, mesh=mesh: NamedSharding(
+        mesh, logical_to_spec(axes, mesh=mesh))
     p_sh = {'router_kernel': spec(('embed', None)), 'wi': spec(EXPERT_IN_AXES),
             'wo': spec(EXPERT_OUT_AXES)}
     x_sh = spec(('batch', None, None))
@@ -95,8 +101,8 @@ def main():
       step = jax.jit(jax.grad(fn, argnums=(0, 1)), in_shardings=(p_sh, x_sh),
                      out_shardings=(p_sh, x_sh))
       hlo = step.lower(p, xs).compile().as_text()
-      timing = common.time_fn(lambda: jax.block_until_ready(step(p, xs)),
-                              repeats=args.repeats)
+    runs[(layout, variant)] = (
+        lambda step=step, p=p, xs=xs, mesh=mesh: _run(step, p, xs, mesh))
     data, ep, _ = layout
     groups_per_device = B // (data * ep)
     buffer_bytes = E * groups_per_device * capacity * D * 4
@@ -104,13 +110,18 @@ def main():
     expert_bytes = p['wi'].addressable_shards[0].data.nbytes + (
         p['wo'].addressable_shards[0].data.nbytes)
     rows.append({'mesh (data,expert,model)': str(layout), 'variant': variant,
-                 'step_ms': 1e3 * timing['median_s'],
                  'a2a_count': hlo.count('all-to-all('),
                  'all_gathers': hlo.count('all-gather('),
                  'all_reduces': hlo.count('all-reduce('),
                  'a2a_MiB/step': moved / 2**20,
                  'expert_MiB/dev': expert_bytes / 2**20})
-  common.print_table(rows, list(rows[0]))
+  # Interleaved rounds, so machine drift does not favour one layout.
+  seconds = common.time_interleaved(runs, rounds=args.repeats)
+  for row, key in zip(rows, runs):
+    row['step_ms'] = 1e3 * seconds[key]
+  common.print_table(rows, ['mesh (data,expert,model)', 'variant', 'step_ms',
+                            'a2a_count', 'all_gathers', 'all_reduces',
+                            'a2a_MiB/step', 'expert_MiB/dev'])
   common.write_json(args.out, {'layer': dict(B=B, L=L, D=D, F=F, E=E, K=1,
                                              capacity_factor=1.25, C=capacity),
                                'rows': rows})

@@ -186,11 +186,11 @@ def test_dropped_tokens_output_exactly_zero():
 def _dropless_inputs(x, logits, key):
   plan, _ = routers.gshard_top2(logits, capacity=None, key=key,
                                 second_policy='random')
-  inputs, _ = DISPATCHERS['dropless'].dispatch(x, plan)
+  inputs, _ = DISPATCHERS['dropless_ragged'].dispatch(x, plan)
   return inputs, plan
 
 
-def test_dropless_groups_hold_only_routed_choices():
+def test_dropless_ragged_groups_hold_only_routed_choices():
   # Unrouted second choices must fall outside every group, so the grouped
   # matmul does not spend compute on rows whose weight is 0 anyway.
   params = _params(10)

@@ -37,10 +37,12 @@ class MoEConfig:
     top_k: K, choices per token. 'switch' needs 1 and 'gshard' needs 2.
     router: 'switch' (top-1, raw gate), 'gshard' (top-2, pair-renormalised
       gates) or 'topk' (Mixtral: softmax over the top-k logits).
-    dispatcher: 'index' (gather/scatter, the default), 'einsum' (one-hot
-      GShard reference) or 'dropless' (sort + grouped matmul, no capacity).
-      Index and einsum give identical results; dropless matches them when
-      nothing is dropped.
+    dispatcher: 'index' (gathers into capacity buffers, the default),
+      'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
+      expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
+      (no capacity: sort + jax.lax.ragged_dot, for backends with a grouped
+      matmul kernel). Index and einsum give identical results; the dropless
+      ones match them when nothing is dropped.
     expert_type: 'gelu' or 'swiglu' expert MLP.
     d_ff: F, each expert's hidden width.
     capacity_factor: train capacity factor (ST-MoE recommends 1.25).

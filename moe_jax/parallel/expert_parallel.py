@@ -23,7 +23,7 @@ from typing import Callable
 
 import jax
 
-from moe_jax.core.dispatch import Dispatcher, ExpertInputs
+from moe_jax.core.dispatch import Dispatcher
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import rules as rules_lib
@@ -81,7 +81,7 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
     xe = inputs.x
     if ep > 1:  # [E, N, D] -> [E/EP, EP·N, D]: rows travel to their expert.
       xe = jax.lax.all_to_all(xe, EXPERT_AXIS, 0, 1, tiled=True)
-    y = expert_fn(params, ExpertInputs(xe, inputs.group_sizes))
+    y = expert_fn(params, inputs._replace(x=xe))
     if tp > 1:  # F is split over 'model': sum the partial products.
       y = jax.lax.psum(y, MODEL_AXIS)
     if ep > 1:  # [E/EP, EP·N, D] -> [E, N, D]: results return home.

@@ -38,7 +38,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
   c.moe.router = 'switch'  # 'switch' | 'gshard' | 'topk'.
-  c.moe.dispatcher = 'index'  # 'index' | 'einsum' | 'dropless'.
+  # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
+  c.moe.dispatcher = 'index'
   c.moe.expert_type = 'gelu'  # 'gelu' | 'swiglu' (also the dense FFN's).
   c.moe.d_ff = 512  # F, per expert.
   c.moe.capacity_factor = 1.25  # Train cf (ST-MoE).

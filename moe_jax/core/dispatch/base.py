@@ -20,17 +20,29 @@ import jax
 
 
 class ExpertInputs(NamedTuple):
-  """Tokens laid out for the experts.
+  """Tokens laid out for the experts, in one of three layouts.
+
+  padded (capacity modes): x [E, N, D], N = G·C; group_sizes and
+    block_expert None.
+  sorted (dropless_ragged): x [M, D] rows sorted by expert, M = G·S·K;
+    group_sizes set, block_expert None.
+  blocked (dropless): x [NB, blk, D], rows sorted by expert and each
+    expert's rows padded to whole blocks, so block b belongs to expert
+    block_expert[b] alone; both fields set.
 
   Attributes:
-    x: [E, N, D] padded per-expert batches (capacity modes, N = G·C), or
-      [M, D] rows sorted by expert (dropless, M = G·S·K).
-    group_sizes: None for the padded layout; int32 [E] rows per expert for
-      the sorted layout (rows past their sum are padding).
+    x: the rows, shaped as above.
+    group_sizes: None for the padded layout; else int32 [E] real rows per
+      expert (in the sorted layout rows past their sum are padding; in the
+      blocked layout the experts skip the trailing blocks past the
+      sum_e ceil(n_e / blk) in use, which are all padding).
+    block_expert: None, or int32 [NB] the expert of each block (blocked
+      layout). Rows that hold no choice are zero whatever their block.
   """
 
   x: jax.Array
   group_sizes: jax.Array | None = None
+  block_expert: jax.Array | None = None
 
 
 class Dispatcher(NamedTuple):

@@ -1,0 +1,75 @@
+"""Fine-grained experts: MoE layer time as the number of experts grows.
+
+  python benchmarks/fine_grained.py [--dispatcher=index] \
+      [--out=benchmarks/results/fine_grained.json]
+
+T = 8192 tokens (G = 8 groups of 1024), D = 256, float32, forward + backward,
+top-k routing (Mixtral-style gates), train capacity factor 1.25.
+
+  fixed active FLOPs: E ∈ {8, 16, 32, 64}, F = 1024·8/E, K = E/8, so every
+    token always uses K·F = 1024 hidden units (DeepSeekMoE's fine-grained
+    split). Target: E = 64 costs <= 1.3x E = 8.
+  fixed F: E ∈ {8, 16, 32, 64}, F = 1024, K = 1; active FLOPs are constant
+    and total parameters grow with E.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from moe_jax.core import MoEConfig, moe_apply
+
+T, S, D = 8192, 1024, 256
+EXPERTS = (8, 16, 32, 64)
+
+
+def layer_step(e: int, f: int, k: int, dispatcher: str):
+  cfg = MoEConfig(num_experts=e, top_k=k, router='topk' if k > 1 else 'switch',
+                  d_ff=f, dispatcher=dispatcher, group_size=S)
+  keys = jax.random.split(jax.random.key(e * 1000 + f), 4)
+  params = {'router_kernel': 0.02 * jax.random.normal(keys[0], (D, e)),
+            'wi': 0.02 * jax.random.normal(keys[1], (e, D, f)),
+            'wo': 0.02 * jax.random.normal(keys[2], (e, f, D))}
+  x = jax.random.normal(keys[3], (T // S, S, D))
+
+  def loss(p, x):
+    y, aux = moe_apply(p, x, cfg, train=True)
+    return jnp.mean(jnp.square(y)) + aux['aux_loss']
+
+  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return lambda: jax.block_until_ready(step(params, x))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--dispatcher', default='index')
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--out', default='benchmarks/results/fine_grained.json')
+  args = parser.parse_args()
+
+  rows = []
+  for series, shape_of in (
+      ('fixed active FLOPs', lambda e: (1024 * 8 // e, e // 8)),
+      ('fixed F, K=1', lambda e: (1024, 1))):
+    runs = {e: layer_step(e, *shape_of(e), args.dispatcher) for e in EXPERTS}
+    seconds = common.time_interleaved(runs, rounds=args.repeats)
+    for e in EXPERTS:
+      f, k = shape_of(e)
+      rows.append({'series': series, 'E': e, 'F': f, 'K': k,
+                   'ms': 1e3 * seconds[e],
+                   'vs E=8': seconds[e] / seconds[EXPERTS[0]]})
+      print(rows[-1], flush=True)
+  common.print_table(rows, ['series', 'E', 'F', 'K', 'ms', 'vs E=8'])
+  common.write_json(args.out, {'dispatcher': args.dispatcher,
+                               'shapes': dict(T=T, S=S, D=D), 'rows': rows})
+
+
+if __name__ == '__main__':
+  main()
