@@ -20,11 +20,10 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import common  # pylint: disable=g-import-not-at-top
-from moe_jax.core import MoEConfig, moe_apply
+from benchmarks import common, moe_layer  # pylint: disable=g-import-not-at-top
+from moe_jax.core import MoEConfig
 
 T, S, D = 8192, 1024, 256
 EXPERTS = (8, 16, 32, 64)
@@ -38,13 +37,7 @@ def layer_step(e: int, f: int, k: int, dispatcher: str):
             'wi': 0.02 * jax.random.normal(keys[1], (e, D, f)),
             'wo': 0.02 * jax.random.normal(keys[2], (e, f, D))}
   x = jax.random.normal(keys[3], (T // S, S, D))
-
-  def loss(p, x):
-    y, aux = moe_apply(p, x, cfg, train=True)
-    return jnp.mean(jnp.square(y)) + aux['aux_loss']
-
-  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return lambda: jax.block_until_ready(step(params, x))
+  return moe_layer.moe_step(params, x, cfg)
 
 
 def main():

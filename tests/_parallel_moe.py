@@ -22,7 +22,6 @@ mesh compiles exactly one program, which serves both the values and the HLO.
 """
 
 import json
-import os
 import pathlib
 import sys
 
@@ -34,6 +33,7 @@ from flax import nnx
 # Run as a script, the checkout is not on the path the way pytest puts it.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from testlib import require_devices  # tests/ is sys.path[0] for scripts.
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.moe import moe_apply
 from moe_jax.layers.moe import MoELayer
@@ -138,10 +138,7 @@ def run_case(name, config, out_dir: pathlib.Path, shard_report: dict) -> None:
 
 
 def main(out_dir: str) -> None:
-  if jax.device_count() != NUM_DEVICES:
-    sys.exit(f'needs {NUM_DEVICES} devices (XLA_FLAGS='
-             f'--xla_force_host_platform_device_count={NUM_DEVICES}), got '
-             f'{jax.device_count()}; XLA_FLAGS={os.environ.get("XLA_FLAGS")!r}')
+  require_devices(NUM_DEVICES)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   shard_report = {}

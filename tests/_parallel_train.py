@@ -31,7 +31,6 @@ import contextlib
 import functools
 import io
 import json
-import os
 import pathlib
 import shutil
 import sys
@@ -44,6 +43,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from testlib import require_devices  # tests/ is sys.path[0] for scripts.
 from configs import switch_top1
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
@@ -167,10 +167,7 @@ def checkpoints(all_meshes, out: pathlib.Path, report: dict) -> None:
 
 
 def main(out_dir: str) -> None:
-  if jax.device_count() != NUM_DEVICES:
-    sys.exit(f'needs {NUM_DEVICES} devices (XLA_FLAGS='
-             f'--xla_force_host_platform_device_count={NUM_DEVICES}), got '
-             f'{jax.device_count()}; XLA_FLAGS={os.environ.get("XLA_FLAGS")!r}')
+  require_devices(NUM_DEVICES)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   cache = tempfile.mkdtemp(prefix='jax_cache_', dir=out)

@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from testlib import moe_params
 import pytest
 
 from moe_jax.core import routers
@@ -25,14 +26,7 @@ B, L = 2, 8  # Two sequences -> G=2 groups of S=8 by default.
 
 
 def _params(seed, expert_type='gelu'):
-  rng = np.random.default_rng(seed)
-  shapes = {'router_kernel': (D, E), 'wi': (E, D, F), 'wo': (E, F, D)}
-  if expert_type == 'swiglu':
-    shapes['wi_gate'] = (E, D, F)
-  # Fan-in scaling keeps activations and logits O(1): gates are far from
-  # uniform, so router gradients are not tiny.
-  return {k: jnp.asarray(rng.normal(size=s) / np.sqrt(s[-2]), jnp.float32)
-          for k, s in shapes.items()}
+  return moe_params(seed, D, F, E, expert_type)
 
 
 def _inputs(seed):

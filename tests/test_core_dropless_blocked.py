@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from testlib import moe_params
 import pytest
 
 from moe_jax.core.config import MoEConfig
@@ -31,12 +32,7 @@ _jit = functools.partial(
 
 
 def _params(seed, expert_type='gelu'):
-  rng = np.random.default_rng(seed)
-  shapes = {'router_kernel': (D, E), 'wi': (E, D, F), 'wo': (E, F, D)}
-  if expert_type == 'swiglu':
-    shapes['wi_gate'] = (E, D, F)
-  return {k: jnp.asarray(rng.normal(size=s) / np.sqrt(s[-2]), jnp.float32)
-          for k, s in shapes.items()}
+  return moe_params(seed, D, F, E, expert_type)
 
 
 def _inputs(seed):

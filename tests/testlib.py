@@ -35,3 +35,28 @@ def run_device_script(script: pathlib.Path, out_dir, num_devices: int, *,
       env=multi_device_env(num_devices, fast_compile), capture_output=True,
       text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-5000:]
+
+
+def moe_params(seed: int, d: int, f: int, e: int, expert_type: str = 'gelu'):
+  """Random MoE layer params with fan-in scaling.
+
+  Fan-in scaling keeps activations and logits O(1): gates are far from
+  uniform, so router gradients are not tiny.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  shapes = {'router_kernel': (d, e), 'wi': (e, d, f), 'wo': (e, f, d)}
+  if expert_type == 'swiglu':
+    shapes['wi_gate'] = (e, d, f)
+  return {k: jnp.asarray(rng.normal(size=s) / np.sqrt(s[-2]), jnp.float32)
+          for k, s in shapes.items()}
+
+
+def require_devices(count: int) -> None:
+  """Exits a multi-device script with a clear message if JAX has too few."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.device_count() != count:
+    sys.exit(f'needs {count} devices (XLA_FLAGS='
+             f'--xla_force_host_platform_device_count={count}), got '
+             f'{jax.device_count()}; XLA_FLAGS={os.environ.get("XLA_FLAGS")!r}')
