@@ -37,7 +37,7 @@ def layer_step(e: int, f: int, k: int, dispatcher: str):
             'wi': 0.02 * jax.random.normal(keys[1], (e, D, f)),
             'wo': 0.02 * jax.random.normal(keys[2], (e, f, D))}
   x = jax.random.normal(keys[3], (T // S, S, D))
-  return moe_layer.moe_step(params, x, cfg)
+  return moe_layer.moe_step(params, x, cfg, with_cost=True)
 
 
 def main():
@@ -51,15 +51,20 @@ def main():
   for series, shape_of in (
       ('fixed active FLOPs', lambda e: (1024 * 8 // e, e // 8)),
       ('fixed F, K=1', lambda e: (1024, 1))):
-    runs = {e: layer_step(e, *shape_of(e), args.dispatcher) for e in EXPERTS}
-    seconds = common.time_interleaved(runs, rounds=args.repeats)
+    built = {e: layer_step(e, *shape_of(e), args.dispatcher) for e in EXPERTS}
+    seconds = common.time_interleaved({e: b[0] for e, b in built.items()},
+                                      rounds=args.repeats)
     for e in EXPERTS:
       f, k = shape_of(e)
+      # XLA's static cost analysis of the step: FLOPs and bytes accessed show
+      # whether a slowdown is compute or data movement.
       rows.append({'series': series, 'E': e, 'F': f, 'K': k,
                    'ms': 1e3 * seconds[e],
-                   'vs E=8': seconds[e] / seconds[EXPERTS[0]]})
+                   'vs E=8': seconds[e] / seconds[EXPERTS[0]],
+                   **built[e][1]})
       print(rows[-1], flush=True)
-  common.print_table(rows, ['series', 'E', 'F', 'K', 'ms', 'vs E=8'])
+  common.print_table(rows, ['series', 'E', 'F', 'K', 'ms', 'vs E=8', 'GFLOP',
+                            'GB_accessed'])
   common.write_json(args.out, {'dispatcher': args.dispatcher,
                                'shapes': dict(T=T, S=S, D=D), 'rows': rows})
 

@@ -51,14 +51,20 @@ def dense_step(params, x):
   return lambda: jax.block_until_ready(step(dense, x))
 
 
-def moe_step(params, x, cfg):
-  """A blocking fwd+bwd of the MoE layer."""
+def moe_step(params, x, cfg, with_cost: bool = False):
+  """A blocking fwd+bwd of the MoE layer (and XLA's cost analysis of it)."""
   def loss(p, x):
     y, aux = moe_apply(p, x, cfg, train=True)
     return jnp.mean(jnp.square(y)) + aux['aux_loss']
 
-  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return lambda: jax.block_until_ready(step(params, x))
+  step = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile()
+  run = lambda: jax.block_until_ready(step(params, x))
+  if not with_cost:
+    return run
+  cost = step.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return run, {'GFLOP': cost.get('flops', 0.0) / 1e9,
+               'GB_accessed': cost.get('bytes accessed', 0.0) / 1e9}
 
 
 def main():
