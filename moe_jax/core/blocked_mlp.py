@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.core.dispatch.base import ExpertInputs
+from moe_jax.core.plan import segment_of
 
 
 # Heights in rows of the tiles the blocked layout runs in, biggest first;
@@ -48,8 +49,7 @@ def _tiles(per_expert: jax.Array, first_row: jax.Array, tile_rows: int,
   """per_expert[e] consecutive tiles of `tile_rows` rows from first_row[e]."""
   end = jnp.cumsum(per_expert)
   t = jnp.arange(max_tiles, dtype=jnp.int32)
-  expert = jnp.sum(end[None, :] <= t[:, None], axis=1)
-  expert = jnp.minimum(expert, per_expert.shape[0] - 1).astype(jnp.int32)
+  expert = segment_of(end, t)
   start = first_row[expert] + (t - (end - per_expert)[expert]) * tile_rows
   return _Tiles(expert, start.astype(jnp.int32), end[-1])
 

@@ -20,6 +20,14 @@ from moe_jax.core.dispatch.base import ExpertInputs
 
 EXPERT_TYPES = ('gelu', 'swiglu')
 
+# Logical axis names of the stacked expert weights; the sharding rules map
+# them to mesh axes (expert -> 'expert', mlp -> 'model').
+PARAM_AXES = {
+    'wi': ('expert', 'embed', 'mlp'),  # [E, D, F]
+    'wi_gate': ('expert', 'embed', 'mlp'),  # [E, D, F], SwiGLU only
+    'wo': ('expert', 'mlp', 'embed'),  # [E, F, D]
+}
+
 
 def _matmul_pre(w, x):
   return x @ w

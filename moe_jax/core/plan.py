@@ -18,6 +18,16 @@ from flax import struct
 DROPPED = -1  # The slot of a choice that was not dispatched.
 
 
+def segment_of(ends: jax.Array, index: jax.Array) -> jax.Array:
+  """int32: the segment holding each index, for segments ending at `ends`.
+
+  ends: int [E], cumulative segment ends; index: int [N]. Indices past the
+  last end clip to the last segment.
+  """
+  segment = jnp.sum(ends[None, :] <= index[:, None], axis=1)
+  return jnp.minimum(segment, ends.shape[0] - 1).astype(jnp.int32)
+
+
 @struct.dataclass
 class RoutingPlan:
   """Where each of a token's K choices goes.
@@ -64,3 +74,14 @@ class RoutingPlan:
     group = jnp.arange(g, dtype=jnp.int32)[:, None, None]
     row = self.expert_index * (g * c) + group * c + self.slot
     return jnp.where(self.kept, row, self.num_experts * g * c)
+
+  def expert_sort_key(self) -> tuple[jax.Array, jax.Array]:
+    """(key [G·S·K], group_sizes [E]) for sorting choices by expert.
+
+    Unrouted choices get key E: they sort last and belong to no expert, so
+    dropless layouts spend no compute on rows whose weight is 0 anyway.
+    """
+    e = self.num_experts
+    key = jnp.where(self.kept, self.expert_index, e).reshape(-1)
+    sizes = jnp.sum(jax.nn.one_hot(key, e, dtype=jnp.int32), axis=0)
+    return key, sizes

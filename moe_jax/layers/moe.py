@@ -11,13 +11,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.core.config import MoEConfig
+from moe_jax.core.experts import PARAM_AXES
 from moe_jax.core.moe import moe_apply
 from moe_jax.layers.params import param, scaled_init
 
 # Logical axis names; the sharding rules map them to mesh axes in one place.
 ROUTER_AXES = ('embed', None)  # Small; replicated everywhere.
-EXPERT_IN_AXES = ('expert', 'embed', 'mlp')  # wi, wi_gate [E, D, F]
-EXPERT_OUT_AXES = ('expert', 'mlp', 'embed')  # wo [E, F, D]
+EXPERT_IN_AXES = PARAM_AXES['wi']  # wi, wi_gate [E, D, F]
+EXPERT_OUT_AXES = PARAM_AXES['wo']  # wo [E, F, D]
 
 
 class MoELayer(nnx.Module):

@@ -24,6 +24,7 @@ from typing import Callable
 import jax
 
 from moe_jax.core.dispatch import Dispatcher
+from moe_jax.core.experts import PARAM_AXES
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import rules as rules_lib
@@ -65,13 +66,10 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
         f"dispatcher={dispatcher.name!r} has no fixed-size expert buffers to "
         "exchange; with an expert mesh axis > 1 use dispatcher='index'.")
   mesh = jax.sharding.get_abstract_mesh()
-  tokens = rules_lib.logical_to_spec(('batch', None, None), mesh=mesh)
-  plan_spec = rules_lib.logical_to_spec(('batch', None, None), mesh=mesh)
-  weights = {
-      name: rules_lib.logical_to_spec(
-          ('expert',) + (('mlp', 'embed') if name == 'wo' else ('embed', 'mlp')),
-          mesh=mesh)
-      for name in params}
+  # Tokens [G, S, D] and plan arrays [G, S, K] split alike over the groups.
+  groups = rules_lib.logical_to_spec(('batch', None, None), mesh=mesh)
+  weights = {name: rules_lib.logical_to_spec(PARAM_AXES[name], mesh=mesh)
+             for name in params}
 
   def local(x, expert_index, combine_weights, slot, params):
     local_plan = RoutingPlan(expert_index, combine_weights, slot,
@@ -89,6 +87,6 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
     return dispatcher.combine(y, local_plan, ctx)
 
   return jax.shard_map(
-      local, in_specs=(tokens, plan_spec, plan_spec, plan_spec, weights),
-      out_specs=tokens)(x, plan.expert_index, plan.combine_weights, plan.slot,
+      local, in_specs=(groups, groups, groups, groups, weights),
+      out_specs=groups)(x, plan.expert_index, plan.combine_weights, plan.slot,
                         params)

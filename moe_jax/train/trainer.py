@@ -169,43 +169,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # so the host never waits on the step it just dispatched.
   clock, clock_step = None, start
   try:
-    for step in range(start, t.num_steps):
-      batch = placement.shard_batch(batches.batch_at(step), batch_sh)
-      with jax.set_mesh(mesh):  # Lets the MoE layer trace its all-to-alls.
+    # The mesh in context lets the MoE layer trace its all-to-alls.
+    with jax.set_mesh(mesh):
+      for step in range(start, t.num_steps):
+        batch = placement.shard_batch(batches.batch_at(step), batch_sh)
         state, metrics = step_fn(state, batch)
+        if pending is not None:
+          _check_finite(*pending, ckpt)
+        pending = (step + 1, metrics['loss'])
+        done = step + 1
+        if clock is None:  # tokens/s leaves out the first step's compile.
+          jax.block_until_ready(metrics['loss'])
+          clock, clock_step = time.perf_counter(), done
+        if done % t.log_every == 0 or done == t.num_steps:
+          host = _host(metrics)
+          _check_finite(done, host['loss'], ckpt)
+          now = time.perf_counter()
+          if done > clock_step:
+            host['tokens_per_sec'] = (done - clock_step) * tokens_per_step / (
+                now - clock)
+            clock, clock_step = now, done
+          host['learning_rate'] = float(lr_at(done - 1))
+          writer.write(done, host)
+          progress.update(done, loss=float(host['loss']))
+        else:
+          progress.update(done)
+        if done % t.eval_every == 0 or done == t.num_steps:
+          eval_metrics = evaluate(eval_fn, state.params, val_batches)
+          writer.write(done, eval_metrics)
+        if done % t.checkpoint_every == 0 or done == t.num_steps:
+          _check_finite(*pending, ckpt)
+          ckpt.save(done, state, meta)
+        if done % t.eval_every == 0 or done % t.checkpoint_every == 0:
+          clock, clock_step = time.perf_counter(), done  # Train time only.
       if pending is not None:
         _check_finite(*pending, ckpt)
-      pending = (step + 1, metrics['loss'])
-      done = step + 1
-      if clock is None:  # Exclude the first step's compilation from tokens/s.
-        jax.block_until_ready(metrics['loss'])
-        clock, clock_step = time.perf_counter(), done
-      if done % t.log_every == 0 or done == t.num_steps:
-        host = _host(metrics)
-        _check_finite(done, host['loss'], ckpt)
-        now = time.perf_counter()
-        if done > clock_step:
-          host['tokens_per_sec'] = (done - clock_step) * tokens_per_step / (
-              now - clock)
-          clock, clock_step = now, done
-        host['learning_rate'] = float(lr_at(done - 1))
-        writer.write(done, host)
-        progress.update(done, loss=float(host['loss']))
-      else:
-        progress.update(done)
-      if done % t.eval_every == 0 or done == t.num_steps:
-        with jax.set_mesh(mesh):
-          eval_metrics = evaluate(eval_fn, state.params, val_batches)
-        writer.write(done, eval_metrics)
-      if done % t.checkpoint_every == 0 or done == t.num_steps:
-        _check_finite(*pending, ckpt)
-        ckpt.save(done, state, meta)
-      if done % t.eval_every == 0 or done % t.checkpoint_every == 0:
-        clock, clock_step = time.perf_counter(), done  # Train time only.
-    if pending is not None:
-      _check_finite(*pending, ckpt)
-    if not eval_metrics:  # Resumed at the end: evaluate what was restored.
-      with jax.set_mesh(mesh):
+      if not eval_metrics:  # Resumed at the end: evaluate what was restored.
         eval_metrics = evaluate(eval_fn, state.params, val_batches)
   finally:
     progress.close()

@@ -17,14 +17,12 @@ from moe_jax.core.plan import RoutingPlan
 def dispatch(x: jax.Array, plan: RoutingPlan):
   """[G, S, D] -> ExpertInputs with x [G·S·K, D] sorted by expert."""
   g, s, k = plan.shape
-  e = plan.num_experts
-  # Unrouted choices sort last (key E) and fall outside every group, so the
-  # grouped matmul leaves their rows at zero instead of computing them.
-  key = jnp.where(plan.kept, plan.expert_index, e).reshape(-1)
+  # Unrouted choices sort last and fall outside every group, so the grouped
+  # matmul leaves their rows at zero instead of computing them.
+  key, group_sizes = plan.expert_sort_key()
   order = jnp.argsort(key, stable=True)  # [G·S·K]
   token = order // k
   sorted_x = x.reshape(g * s, x.shape[-1])[token]
-  group_sizes = jnp.sum(jax.nn.one_hot(key, e, dtype=jnp.int32), axis=0)
   return ExpertInputs(sorted_x, group_sizes), order
 
 
@@ -37,4 +35,5 @@ def combine(y: jax.Array, plan: RoutingPlan, order: jax.Array) -> jax.Array:
   return out.reshape(g, s, -1)
 
 
-DROPLESS = Dispatcher('dropless', dispatch, combine, needs_capacity=False)
+DROPLESS_RAGGED = Dispatcher('dropless_ragged', dispatch, combine,
+                             needs_capacity=False)

@@ -3,7 +3,7 @@
 The MegaBlocks idea (Gale et al. 2022) with static shapes. Choices are sorted
 by expert and each expert's rows are padded up to a multiple of `blk`, so
 every block of `blk` rows belongs to a single expert. The experts then run
-plain matmuls over runs of blocks (experts._blocked) instead of
+plain matmuls over runs of blocks (core/blocked_mlp.py) instead of
 `jax.lax.ragged_dot`, which on CPU costs several dense matmuls' worth (kept
 as 'dropless_ragged' for GPU/TPU).
 
@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.core.dispatch.base import Dispatcher, ExpertInputs
-from moe_jax.core.dispatch.index import permute_rows
-from moe_jax.core.plan import RoutingPlan
+from moe_jax.core.dispatch.index import combine_rows, rows_from_choices
+from moe_jax.core.plan import RoutingPlan, segment_of
 
 # The buffer's padding, up to E·blk rows, stays between M / (2·PAD_DIVISOR)
 # and M / PAD_DIVISOR (before clipping). The experts skip unused blocks and
-# run runs of blocks as big tiles (experts._block_schedule), so small blocks
+# run runs of blocks as big tiles (blocked_mlp._block_schedule), so small blocks
 # cost little: 8, 16 and 32 timed alike on CPU at M = 8192, E = 8.
 PAD_DIVISOR = 16
 MIN_BLOCK, MAX_BLOCK = 8, 512
@@ -84,13 +84,11 @@ def block_layout(plan: RoutingPlan, block_size: int) -> BlockLayout:
   e, blk = plan.num_experts, block_size
   m = g * s * k
   nb = num_blocks(m, e, blk)
-  # Unrouted choices get key E: they sort last and belong to no expert.
-  key = jnp.where(plan.kept, plan.expert_index, e).reshape(-1)
+  key, sizes = plan.expert_sort_key()
   order = jnp.argsort(key, stable=True)  # Sorted position -> choice.
   # The inverse permutation by a second sort: a scatter would do it in
   # O(M), but sorts keep the whole program, gradient included, scatter-free.
   position = jnp.argsort(order)  # Choice -> sorted position.
-  sizes = jnp.sum(jax.nn.one_hot(key, e, dtype=jnp.int32), axis=0)  # [E]
   first = jnp.cumsum(sizes) - sizes  # Sorted position of expert e's rows.
   blocks = (sizes + blk - 1) // blk
   block_end = jnp.cumsum(blocks)
@@ -98,8 +96,7 @@ def block_layout(plan: RoutingPlan, block_size: int) -> BlockLayout:
   # Block b belongs to the first expert whose blocks end after b; blocks
   # past the used ones clip to the last expert (they hold no choice).
   b = jnp.arange(nb, dtype=jnp.int32)
-  block_expert = jnp.sum(block_end[None, :] <= b[:, None], axis=1)
-  block_expert = jnp.minimum(block_expert, e - 1).astype(jnp.int32)
+  block_expert = segment_of(block_end, b)
 
   expert = jnp.minimum(key, e - 1)
   row = row_start[expert] + position - first[expert]
@@ -128,10 +125,7 @@ def dispatch(x: jax.Array, plan: RoutingPlan, *,
   m = g * s * k
   blk = block_size or default_block_size(m, plan.num_experts)
   layout = block_layout(plan, blk)
-  # [M, D]: each token once per choice; the broadcast's gradient is a sum
-  # over K, cheap and scatter-free.
-  choices_x = jnp.broadcast_to(x[:, :, None, :], (g, s, k, d)).reshape(m, d)
-  rows = permute_rows(choices_x, layout.choice, layout.row)  # [NB·blk, D]
+  rows = rows_from_choices(x, plan, layout.choice, layout.row)  # [NB·blk, D]
   inputs = ExpertInputs(rows.reshape(-1, blk, d), layout.group_sizes,
                         layout.block_expert)
   return inputs, layout
@@ -139,11 +133,8 @@ def dispatch(x: jax.Array, plan: RoutingPlan, *,
 
 def combine(y: jax.Array, plan: RoutingPlan, layout: BlockLayout) -> jax.Array:
   """[NB, blk, D] -> [G, S, D], each token the gate-weighted sum of its rows."""
-  g, s, k = plan.shape
-  d = y.shape[-1]
-  picked = permute_rows(y.reshape(-1, d), layout.row, layout.choice)
-  weights = plan.combine_weights.astype(y.dtype)
-  return jnp.einsum('gskd,gsk->gsd', picked.reshape(g, s, k, d), weights)
+  return combine_rows(y.reshape(-1, y.shape[-1]), plan, layout.row,
+                      layout.choice)
 
 
 DROPLESS_BLOCKED = Dispatcher('dropless', dispatch, combine,

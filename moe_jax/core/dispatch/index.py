@@ -52,10 +52,38 @@ def _permute_rows_bwd(residuals, dy):
 permute_rows.defvjp(_permute_rows_fwd, _permute_rows_bwd)
 
 
+def rows_from_choices(x: jax.Array, plan: RoutingPlan, choice: jax.Array,
+                      row: jax.Array) -> jax.Array:
+  """[G, S, D] tokens -> buffer rows [R, D], row r holding choice[r].
+
+  Args:
+    x: [G, S, D] tokens.
+    plan: the plan (gives K).
+    choice: int32 [R], the choice (flat g, s, k) in each row; G·S·K: empty.
+    row: int32 [G·S·K], its inverse; R where a choice is not dispatched.
+  """
+  g, s, k = plan.shape
+  d = x.shape[-1]
+  # [G·S·K, D]: each token once per choice; the broadcast's gradient is a
+  # sum over K, cheap and scatter-free.
+  choices_x = jnp.broadcast_to(x[:, :, None, :], (g, s, k, d))
+  return permute_rows(choices_x.reshape(g * s * k, d), choice, row)
+
+
+def combine_rows(y: jax.Array, plan: RoutingPlan, row: jax.Array,
+                 choice: jax.Array) -> jax.Array:
+  """Buffer rows [R, D] -> [G, S, D], each token the gate-weighted sum of the
+  rows of its choices (the inverse move of rows_from_choices)."""
+  g, s, k = plan.shape
+  d = y.shape[-1]
+  picked = permute_rows(y, row, choice).reshape(g, s, k, d)
+  weights = plan.combine_weights.astype(y.dtype)
+  return jnp.einsum('gskd,gsk->gsd', picked, weights)
+
+
 def dispatch(x: jax.Array, plan: RoutingPlan):
   """[G, S, D] -> ExpertInputs with x [E, G·C, D]."""
   g, s, k = plan.shape
-  d = x.shape[-1]
   num_rows = plan.num_experts * g * plan.capacity
   num_choices = g * s * k
   row = plan.buffer_index().reshape(-1)  # [G·S·K], num_rows where dropped.
@@ -63,21 +91,15 @@ def dispatch(x: jax.Array, plan: RoutingPlan):
   choice = jnp.full((num_rows,), num_choices, jnp.int32)
   choice = choice.at[row].set(jnp.arange(num_choices, dtype=jnp.int32),
                               mode='drop')
-  # [G·S·K, D]: each token once per choice; the broadcast's gradient is a
-  # sum over K, cheap and scatter-free.
-  choices_x = jnp.broadcast_to(x[:, :, None, :], (g, s, k, d))
-  expert_x = permute_rows(choices_x.reshape(num_choices, d), choice, row)
-  return ExpertInputs(expert_x.reshape(plan.num_experts, -1, d)), (row, choice)
+  expert_x = rows_from_choices(x, plan, choice, row)
+  return (ExpertInputs(expert_x.reshape(plan.num_experts, -1, x.shape[-1])),
+          (row, choice))
 
 
 def combine(y: jax.Array, plan: RoutingPlan, ctx) -> jax.Array:
   """[E, G·C, D] -> [G, S, D], each token the gate-weighted sum of its rows."""
   row, choice = ctx
-  g, s, k = plan.shape
-  d = y.shape[-1]
-  picked = permute_rows(y.reshape(-1, d), row, choice).reshape(g, s, k, d)
-  weights = plan.combine_weights.astype(y.dtype)
-  return jnp.einsum('gskd,gsk->gsd', picked, weights)
+  return combine_rows(y.reshape(-1, y.shape[-1]), plan, row, choice)
 
 
 INDEX = Dispatcher('index', dispatch, combine, needs_capacity=True)
