@@ -67,6 +67,11 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
       xg.astype(dtype), plan, expert_params, DISPATCHERS[config.dispatcher],
       EXPERT_FNS[config.expert_type])
 
+  # The size of the router logits, which the z-loss exists to control
+  # (ST-MoE Sec. 3.1); logged, not trained on.
+  sg_logits = jax.lax.stop_gradient(logits)
+  aux['router_logit_max'] = jnp.max(jnp.abs(sg_logits))
+  aux['router_logsumexp'] = jnp.mean(jax.nn.logsumexp(sg_logits, axis=-1))
   aux['aux_loss'] = (config.load_balance_weight * aux['load_balance_loss'] +
                      config.z_loss_weight * aux['z_loss'])
   return out.reshape(x.shape).astype(x.dtype), aux

@@ -59,12 +59,25 @@ def train_step(state: TrainState, batch: dict[str, Any], *,
   return new_state, metrics
 
 
+# Per-layer routing metrics averaged over MoE layers at eval; a dense model
+# reports zeros. dropped_fraction is [K] per layer and is averaged over k too.
+EVAL_ROUTING_METRICS = ('unrouted_fraction', 'dropped_fraction',
+                        'max_violation', 'dead_expert_fraction',
+                        'router_logit_max', 'router_logsumexp')
+
+
 def eval_step(params: nnx.State, batch: dict[str, Any], *,
               graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
-  """Summed cross-entropy (nats) and token count at the eval capacity factor."""
+  """Summed cross-entropy (nats), token count and routing metrics of a batch.
+
+  Runs at the eval capacity factor. Routing metrics are means over the MoE
+  layers (see EVAL_ROUTING_METRICS).
+  """
   _, (ce, aux) = lm_loss(params, graphdef, batch, train=False, key=None)
   count = jnp.asarray(batch['targets'].size, jnp.float32)
-  return {'ce_sum': ce * count, 'count': count,
-          'unrouted_fraction': jnp.mean(jnp.stack(
-              [v for k, v in aux.items() if k.endswith('/unrouted_fraction')]
-              or [jnp.zeros(())]))}
+  out = {'ce_sum': ce * count, 'count': count}
+  for name in EVAL_ROUTING_METRICS:
+    per_layer = [jnp.mean(v) for k, v in aux.items()
+                 if k.endswith('/' + name)]
+    out[name] = jnp.mean(jnp.stack(per_layer or [jnp.zeros(())]))
+  return out

@@ -30,7 +30,8 @@ from moe_jax.parallel import placement
 from moe_jax.train import optim
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.metric_writer import MetricWriter, Progress
-from moe_jax.train.step import TrainState, eval_step, train_step
+from moe_jax.train.step import (EVAL_ROUTING_METRICS, TrainState,
+                                 eval_step, train_step)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -98,12 +99,17 @@ def make_mesh(config, mcfg: ModelConfig):
 
 
 def evaluate(eval_fn, params, batches) -> dict[str, float]:
-  """Mean loss over the validation batches (already placed on devices)."""
+  """Mean loss and routing metrics over the validation batches (on devices).
+
+  'eval/max_violation' etc. are means over batches of the per-batch value
+  (itself a mean over MoE layers), so MaxVio is that of a batch's routing.
+  """
   sums = [jax.device_get(eval_fn(params, b)) for b in batches]
   ce = sum(float(s['ce_sum']) for s in sums) / sum(float(s['count']) for s in sums)
-  return {'eval/loss': ce, 'eval/bits_per_byte': ce / math.log(2),
-          'eval/unrouted_fraction': float(np.mean(
-              [s['unrouted_fraction'] for s in sums]))}
+  out = {'eval/loss': ce, 'eval/bits_per_byte': ce / math.log(2)}
+  for name in EVAL_ROUTING_METRICS:
+    out[f'eval/{name}'] = float(np.mean([s[name] for s in sums]))
+  return out
 
 
 def _host(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Paper ablations: one file per ablation, run by `python -m experiments.run`."""

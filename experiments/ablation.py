@@ -1,0 +1,87 @@
+"""What an ablation is: a base config, named variants, and the claims to check.
+
+Each file experiments/<name>.py defines `ABLATION = Ablation(...)`; the
+runner (experiments/run.py) trains every variant at every seed and judges
+each Comparison by the rule in experiments/verdict.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A named set of config overrides, e.g. {'moe.top_k': 2}."""
+  name: str
+  overrides: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """A paper's claim that `better` scores lower than `worse` on a metric.
+
+  Each side is (variant name, runs.csv column), e.g.
+  ('top1_cf1.0', 'eval_loss'). `paired` compares the same seeds' runs (e.g.
+  one checkpoint evaluated two ways) with a paired test.
+  """
+  claim: str
+  better: tuple[str, str]
+  worse: tuple[str, str]
+  paired: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+  """One ablation of experiments/README.md.
+
+  Attributes:
+    name: also the results folder, experiments/results/<name>/.
+    title: one line for the summary's heading.
+    source: the paper (and table) the claims come from.
+    base: num_steps -> the ConfigDict every variant starts from.
+    variants: the runs to train, each at every seed.
+    comparisons: the claims to give a verdict on.
+    steps: training steps of the full run; quick_steps for --quick.
+    extra_evals: name -> eval-only overrides (see moe_jax/train/evaluate.py)
+      applied to each finished run's checkpoint, recorded as
+      eval_loss@<name> and eval_dropped_fraction@<name>.
+    notes: text for the summary (e.g. the capacity convention).
+    plot: optional (rows, curves, out_dir) -> list of PNG names, the
+      ablation's own figure.
+  """
+  name: str
+  title: str
+  source: str
+  base: Callable[[int], ml_collections.ConfigDict]
+  variants: Sequence[Variant]
+  comparisons: Sequence[Comparison]
+  steps: int
+  quick_steps: int
+  extra_evals: dict[str, dict[str, Any]] = dataclasses.field(
+      default_factory=dict)
+  notes: str = ''
+  plot: Callable[..., list[str]] | None = None
+
+  def variant(self, name: str) -> Variant:
+    for v in self.variants:
+      if v.name == name:
+        return v
+    raise KeyError(f'{self.name} has no variant {name!r}')
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted fields ('moe.top_k') in place; an unknown field raises."""
+  for field, value in overrides.items():
+    *path, name = field.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    if name not in node:
+      raise KeyError(f'unknown config field {field!r}')
+    node[name] = value
+  return config

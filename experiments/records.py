@@ -1,0 +1,191 @@
+"""One run's record: train it, read its metrics, and keep runs.csv/curves.csv.
+
+runs.csv has one row per (variant, seed); curves.csv the validation loss and
+routing metrics over steps. Both are rewritten atomically after each run, so
+an interrupted ablation keeps every finished run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+
+from moe_jax.errors import UserInputError
+
+# Eval metrics copied into runs.csv as eval_<name> (see train/step.py).
+EVAL_FIELDS = ('loss', 'bits_per_byte', 'dropped_fraction',
+               'unrouted_fraction', 'max_violation', 'dead_expert_fraction',
+               'router_logit_max', 'router_logsumexp')
+# Training-log metrics (means over MoE layers) kept as curves.
+CURVE_TRAIN_METRICS = ('max_violation', 'router_logit_max', 'router_logsumexp',
+                       'dropped_fraction')
+
+
+def config_hash(config) -> str:
+  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _read_jsonl(workdir: pathlib.Path) -> list[dict]:
+  path = workdir / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.open() if line.strip()]
+
+
+def _layer_mean(record: dict, name: str) -> float | None:
+  values = [np.mean(v) for k, v in record.items()
+            if k.startswith('moe_') and k.endswith('/' + name)]
+  return float(np.mean(values)) if values else None
+
+
+def train_run(ab, variant: str, seed: int, config,
+              workdir: pathlib.Path) -> dict:
+  """Trains (or resumes) one run, then its extra evals; returns its row."""
+  from moe_jax.train.evaluate import evaluate_checkpoint  # Slow imports.
+  from moe_jax.train.trainer import train_and_evaluate
+  t0 = time.perf_counter()
+  final = train_and_evaluate(config, str(workdir))
+  wall = time.perf_counter() - t0
+  logs = _read_jsonl(workdir)
+  rates = [r['tokens_per_sec'] for r in logs if 'tokens_per_sec' in r]
+  last_train = [r for r in logs if 'loss' in r and 'eval/loss' not in r][-1]
+  fractions = [last_train[k] for k in sorted(last_train)
+               if k.endswith('/expert_fraction')]
+  tokens_per_step = config.batch_size * config.seq_len
+  tps = float(np.mean(rates)) if rates else math.nan
+  row = {
+      'variant': variant, 'seed': seed, 'steps': config.train.num_steps,
+      'status': 'ok', 'config_hash': config_hash(config),
+      **{f'eval_{k}': final[f'eval/{k}'] for k in EVAL_FIELDS},
+      'tokens_per_sec': tps,
+      'train_s': config.train.num_steps * tokens_per_step / tps,
+      'wall_s': wall,
+      'expert_fraction': json.dumps(
+          [[round(x, 4) for x in f] for f in fractions]),
+  }
+  for name, eval_overrides in ab.extra_evals.items():
+    kwargs = {k.replace('.', '__'): v for k, v in eval_overrides.items()}
+    metrics = evaluate_checkpoint(config, str(workdir), **kwargs)
+    row[f'eval_loss@{name}'] = metrics['eval/loss']
+    row[f'eval_dropped_fraction@{name}'] = metrics['eval/dropped_fraction']
+  return row
+
+
+def diverged_row(variant: str, seed: int, config, message: str) -> dict:
+  return {'variant': variant, 'seed': seed, 'steps': config.train.num_steps,
+          'status': 'diverged: ' + message.split(';')[0],
+          'config_hash': config_hash(config), 'eval_loss': math.nan}
+
+
+def read_curves(workdir: pathlib.Path, variant: str, seed: int) -> list[dict]:
+  """Long-format rows (variant, seed, step, metric, value) of one run."""
+  rows = []
+  for r in _read_jsonl(workdir):
+    step = r.get('step')
+    if 'eval/loss' in r:
+      rows.append(dict(variant=variant, seed=seed, step=step,
+                       metric='eval_loss', value=r['eval/loss']))
+    elif 'loss' in r:
+      rows.append(dict(variant=variant, seed=seed, step=step,
+                       metric='train_loss', value=r['loss']))
+      for name in CURVE_TRAIN_METRICS:
+        value = _layer_mean(r, name)
+        if value is not None:
+          rows.append(dict(variant=variant, seed=seed, step=step,
+                           metric=name, value=value))
+  return rows
+
+
+class RunStore:
+  """runs.csv and curves.csv of one ablation's results folder."""
+
+  def __init__(self, out: pathlib.Path):
+    self.out = pathlib.Path(out)
+    self.csv_path = self.out / 'runs.csv'
+    self.curves_path = self.out / 'curves.csv'
+    self._rows = _read_csv(self.csv_path)
+    self._curves = _read_csv(self.curves_path)
+
+  def rows(self) -> list[dict]:
+    return list(self._rows)
+
+  def curves(self) -> list[dict]:
+    return list(self._curves)
+
+  def _find(self, variant: str, seed: int) -> dict | None:
+    for r in self._rows:
+      if r['variant'] == variant and int(r['seed']) == seed:
+        return r
+    return None
+
+  def has(self, variant: str, seed: int) -> bool:
+    return self._find(variant, seed) is not None
+
+  def check_same_config(self, variant: str, seed: int, config) -> None:
+    row = self._find(variant, seed)
+    if row is not None and row['config_hash'] != config_hash(config):
+      raise UserInputError(
+          f'{self.csv_path} already holds {variant} seed {seed} from another '
+          'config (other steps or overrides); pass a new --out, or delete '
+          'that folder to start over.')
+
+  def add(self, row: dict, curves: list[dict]) -> None:
+    self._rows = [r for r in self._rows if not (
+        r['variant'] == row['variant'] and int(r['seed']) == row['seed'])]
+    self._rows.append(row)
+    self._curves = [c for c in self._curves if not (
+        c['variant'] == row['variant'] and int(c['seed']) == row['seed'])]
+    self._curves.extend(curves)
+    self.out.mkdir(parents=True, exist_ok=True)
+    _write_csv(self.csv_path, self._rows)
+    _write_csv(self.curves_path, self._curves)
+
+
+def _read_csv(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  with path.open(newline='') as f:
+    return [{k: v if k in _TEXT_COLUMNS else _parse(v) for k, v in r.items()}
+            for r in csv.DictReader(f)]
+
+
+# Columns kept as text even when they look like numbers (a hash of digits).
+_TEXT_COLUMNS = ('variant', 'status', 'config_hash', 'expert_fraction',
+                 'metric')
+
+
+def _parse(value: str):
+  if value == '':
+    return math.nan
+  for kind in (int, float):
+    try:
+      return kind(value)
+    except ValueError:
+      pass
+  return value
+
+
+def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+  fields = []
+  for r in rows:
+    fields.extend(k for k in r if k not in fields)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.tmp')
+  try:
+    with os.fdopen(fd, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=fields, restval='')
+      writer.writeheader()
+      writer.writerows(rows)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

@@ -1,0 +1,145 @@
+"""Runs an ablation: every variant at every seed, one after another.
+
+  python -m experiments.run <ablation> [--seeds 3] [--steps N] [--quick]
+      [--out DIR] [--report-only] [--config.<field>=<value> ...]
+
+<ablation> is a file experiments/<ablation>.py defining ABLATION. The
+--config overrides apply to every run (e.g. --config.data.kind=text
+--config.data.path=my.txt reruns the ablation on other data). Results go to
+experiments/results/<ablation>/ (…-quick/ for --quick): runs.csv,
+curves.csv, summary.md and PNG plots; each run trains in its own workdir
+under workdirs/. A rerun skips runs already in runs.csv and resumes an
+interrupted one from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import pathlib
+import re
+import sys
+import time
+
+from absl import logging
+
+from experiments import records, report
+from experiments.ablation import Ablation, apply_overrides
+from moe_jax.errors import UserInputError
+
+RESULTS = pathlib.Path(__file__).parent / 'results'
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.run', description=__doc__.splitlines()[0])
+  parser.add_argument('ablation', help='experiments/<ablation>.py')
+  parser.add_argument('--seeds', type=int, default=None,
+                      help='seeds 0..N-1 (default 3; 2 with --quick)')
+  parser.add_argument('--steps', type=int, default=None,
+                      help="training steps (default: the ablation's)")
+  parser.add_argument('--quick', action='store_true',
+                      help='fewer steps and seeds, same tables and plots')
+  parser.add_argument('--out', default=None, help='results folder')
+  parser.add_argument('--report-only', action='store_true',
+                      help='only rebuild summary.md and plots from runs.csv')
+  args, rest = parser.parse_known_args(argv)
+  overrides = {}
+  for item in rest:
+    if not item.startswith('--config.') or '=' not in item:
+      parser.error(f'unexpected argument {item!r}; overrides look like '
+                   '--config.moe.top_k=2')
+    field, value = item[len('--config.'):].split('=', 1)
+    try:
+      overrides[field] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[field] = value  # A bare string, e.g. a path.
+  return args, overrides
+
+
+def load_ablation(name: str) -> Ablation:
+  try:
+    module = importlib.import_module(f'experiments.{name}')
+  except ModuleNotFoundError as e:
+    raise UserInputError(
+        f'no ablation {name!r} ({e}); pick one of {available()}.') from None
+  if not isinstance(getattr(module, 'ABLATION', None), Ablation):
+    raise UserInputError(f'experiments/{name}.py defines no ABLATION; pick '
+                         f'one of {available()}.')
+  return module.ABLATION
+
+
+def available() -> list[str]:
+  here = pathlib.Path(__file__).parent
+  return sorted(p.stem for p in here.glob('*.py')
+                if re.search(r'^ABLATION = Ablation\(', p.read_text(), re.M))
+
+
+def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
+                 overrides: dict, command: str) -> list[dict]:
+  """Trains what runs.csv lacks; returns all rows. Rebuilds the report."""
+  from moe_jax.train.trainer import NonFiniteLossError  # Slow import.
+  store = records.RunStore(out)
+  plan = [(v, s) for v in ab.variants for s in range(seeds)]
+  configs = {}
+  for v, s in plan:
+    c = ab.base(steps)
+    apply_overrides(c, {**v.overrides, **overrides, 'seed': s})
+    configs[v.name, s] = c
+    store.check_same_config(v.name, s, c)  # Before training anything.
+  todo = [(v, s) for v, s in plan if not store.has(v.name, s)]
+  print(f'[{ab.name}] {len(plan)} runs ({len(ab.variants)} variants x '
+        f'{seeds} seeds, {steps} steps); {len(plan) - len(todo)} already in '
+        f'{store.csv_path}', flush=True)
+  started, done_walls = time.perf_counter(), []
+  for i, (v, s) in enumerate(todo):
+    eta = (f'ETA {sum(done_walls) / len(done_walls) * (len(todo) - i) / 60:.0f}'
+           ' min' if done_walls else 'ETA after the first run')
+    print(f'[{ab.name}] run {len(plan) - len(todo) + i + 1}/{len(plan)}: '
+          f'{v.name} seed {s} | {eta}', flush=True)
+    t0 = time.perf_counter()
+    workdir = out / 'workdirs' / v.name / f'seed{s}'
+    try:
+      row = records.train_run(ab, v.name, s, configs[v.name, s], workdir)
+    except NonFiniteLossError as e:
+      row = records.diverged_row(v.name, s, configs[v.name, s], str(e))
+    store.add(row, records.read_curves(workdir, v.name, s))
+    done_walls.append(time.perf_counter() - t0)
+    report.write(ab, store.rows(), store.curves(), out, command)
+  rows = store.rows()
+  report.write(ab, rows, store.curves(), out, command)
+  print(f'[{ab.name}] done in {(time.perf_counter() - started) / 60:.1f} min;'
+        f' summary: {out / "summary.md"}', flush=True)
+  return rows
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  args, overrides = parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  try:
+    ab = load_ablation(args.ablation)
+    seeds = args.seeds or (2 if args.quick else 3)
+    steps = args.steps or (ab.quick_steps if args.quick else ab.steps)
+    if seeds < 1 or steps < 1:
+      raise UserInputError('--seeds and --steps must be positive.')
+    out = pathlib.Path(args.out) if args.out else RESULTS / (
+        ab.name + ('-quick' if args.quick else ''))
+    command = 'python -m experiments.run ' + ' '.join(argv)
+    if args.report_only:
+      store = records.RunStore(out)
+      report.write(ab, store.rows(), store.curves(), out, command)
+      print(f'summary: {out / "summary.md"}')
+      return 0
+    run_ablation(ab, seeds=seeds, steps=steps, out=out, overrides=overrides,
+                 command=command)
+  except (UserInputError, KeyError) as e:
+    print(f'error: {str(e).strip(chr(39))}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,73 @@
+"""Evaluate a saved checkpoint under other eval settings, without retraining.
+
+The capacity-factor counterfactual (ST-MoE Table 8): train once, then ask
+what the same parameters score at eval capacity factor 1.0, 2.0, 4.0 or with
+the dropless dispatcher. Only eval-time fields may differ from the run's
+config; anything that changes the parameters is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import ml_collections
+
+from moe_jax.errors import UserInputError
+from moe_jax.models.transformer import TransformerLM
+from moe_jax.parallel import placement
+from moe_jax.train import trainer
+from moe_jax.train.checkpoint import Checkpointer, config_differences
+from moe_jax.train.step import eval_step
+
+# Fields that change how a checkpoint is evaluated but not what it holds.
+EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
+                    'moe.second_policy_eval', 'moe.min_capacity',
+                    'train.eval_batches')
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        **eval_overrides) -> dict[str, float]:
+  """Eval metrics of the latest checkpoint in `workdir` (as the trainer's).
+
+  Args:
+    config: the config the checkpoint was trained with.
+    workdir: the run's workdir.
+    **eval_overrides: EVAL_ONLY_FIELDS with '.' written as '__', e.g.
+      moe__eval_capacity_factor=4.0 or moe__dispatcher='dropless'.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in eval_overrides.items():
+    field = key.replace('__', '.')
+    if field not in EVAL_ONLY_FIELDS:
+      raise UserInputError(
+          f'{field} changes what a checkpoint holds; only {EVAL_ONLY_FIELDS} '
+          'can differ at evaluation.')
+    section, name = field.split('.')
+    config[section][name] = value
+  mcfg = trainer.model_config(config)
+  _, _, val_batches = trainer.load_data(config)
+  mesh = trainer.make_mesh(config, mcfg)
+  ckpt = Checkpointer(pathlib.Path(workdir), config.train.keep_checkpoints)
+  try:
+    if ckpt.latest_step() is None:
+      raise UserInputError(f'no checkpoint in {ckpt.directory}; train first.')
+    graphdef, state, shardings, _ = trainer.init_state(mcfg, config, mesh)
+    state, meta = ckpt.restore(
+        placement.abstract_with_shardings(state, shardings))
+  finally:
+    ckpt.close()
+  trained = ml_collections.ConfigDict(meta['config'])
+  diffs = [d for d in config_differences(trained.to_dict(), config.to_dict())
+           if d.split(':')[0] not in EVAL_ONLY_FIELDS]
+  if diffs:
+    raise UserInputError(f'the checkpoint in {workdir} was trained with '
+                         f'another config ({"; ".join(diffs)}).')
+  batch_sh = placement.batch_shardings(mesh, val_batches[0])
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef),
+                    in_shardings=(shardings.params, batch_sh),
+                    out_shardings=placement.replicated(mesh))
+  batches = [placement.shard_batch(b, batch_sh) for b in val_batches]
+  with jax.set_mesh(mesh):
+    return trainer.evaluate(eval_fn, state.params, batches)

@@ -1,0 +1,146 @@
+"""The ablation runner (experiments/) end to end, and the verdict rule.
+
+The runner test trains a 2-variant x 2-seed ablation of `:tiny` configs for a
+few steps; CI never runs the real ablations.
+"""
+
+import csv
+import pathlib
+
+import numpy as np
+import pytest
+
+from configs import switch_top1
+from experiments import records, run, verdict
+from experiments.ablation import Ablation, Comparison, Variant
+
+
+# --------------------------------------------------------------- verdicts --
+
+def test_verdict_clear_win_agrees():
+  v = verdict.judge([1.00, 1.01, 0.99, 1.00], [1.20, 1.21, 1.19, 1.22])
+  assert v.verdict == 'agrees' and v.difference < 0 and v.p_value < 0.001
+
+
+def test_verdict_clear_loss_disagrees():
+  v = verdict.judge([1.20, 1.21, 1.19], [1.00, 1.01, 0.99])
+  assert v.verdict == 'disagrees' and v.difference > 0
+
+
+def test_verdict_noise_is_inconclusive():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(1.0, 0.05, 3), rng.normal(1.0, 0.05, 3)
+  assert verdict.judge(a, b).verdict == 'inconclusive'
+
+
+def test_verdict_paired_sees_a_consistent_small_shift():
+  # Seeds differ a lot, but each seed's pair differs by the same 0.01: only a
+  # paired test (one checkpoint evaluated two ways) can see it.
+  base = np.array([1.0, 1.3, 0.8, 1.1])
+  noise = np.array([0.0, 0.001, -0.001, 0.0005])
+  assert verdict.judge(base - 0.01 + noise, base).verdict == 'inconclusive'
+  assert verdict.judge(base - 0.01 + noise, base,
+                       paired=True).verdict == 'agrees'
+
+
+def test_verdict_needs_two_seeds_a_side():
+  assert verdict.judge([1.0], [2.0, 2.1]).verdict == 'inconclusive'
+
+
+# ----------------------------------------------------------------- runner --
+
+def _tiny(steps):
+  c = switch_top1.get_config('tiny')
+  c.train.num_steps = steps
+  c.train.eval_every = c.train.checkpoint_every = steps
+  c.train.log_every = 1
+  return c
+
+
+TINY = Ablation(
+    name='tiny', title='test', source='none',
+    base=_tiny,
+    variants=(Variant('top1', {}), Variant('dense', {'model.moe_every': 0})),
+    comparisons=(Comparison('top1 beats dense', ('top1', 'eval_loss'),
+                            ('dense', 'eval_loss')),
+                 Comparison('cf 4 beats cf 1', ('top1', 'eval_loss@cf4'),
+                            ('top1', 'eval_loss'), paired=True)),
+    steps=3, quick_steps=2,
+    extra_evals={'cf4': {'moe.eval_capacity_factor': 4.0}})
+
+
+def _rows(out):
+  with (out / 'runs.csv').open() as f:
+    return list(csv.DictReader(f))
+
+
+def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
+                                                    compilation_cache_on):
+  out = tmp_path / 'tiny'
+  run.run_ablation(TINY, seeds=2, steps=3, out=out, overrides={},
+                   command='test')
+  rows = _rows(out)
+  assert sorted((r['variant'], r['seed']) for r in rows) == [
+      ('dense', '0'), ('dense', '1'), ('top1', '0'), ('top1', '1')]
+  for r in rows:
+    assert r['status'] == 'ok' and int(r['steps']) == 3
+    assert 0 < float(r['eval_loss']) < 6 and float(r['tokens_per_sec']) > 0
+    assert float(r['eval_loss@cf4']) > 0
+  # Seeds differ; the dense model routes nothing.
+  top1 = [float(r['eval_loss']) for r in rows if r['variant'] == 'top1']
+  assert top1[0] != top1[1]
+  assert all(float(r['eval_max_violation']) == 0 for r in rows
+             if r['variant'] == 'dense')
+  with (out / 'curves.csv').open() as f:
+    curves = list(csv.DictReader(f))
+  assert {c['metric'] for c in curves} >= {'eval_loss', 'train_loss'}
+  summary = (out / 'summary.md').read_text()
+  assert '| top1 |' in summary and '| dense |' in summary
+  assert 'top1 beats dense' in summary and 'cf 4 beats cf 1' in summary
+  for png in ('val_loss_curves.png', 'final_loss.png'):
+    assert (out / png).stat().st_size > 1000 and png in summary
+
+  # A rerun trains nothing; one missing row is retrained on its own.
+  calls = []
+  real = records.train_run
+  monkeypatch.setattr(records, 'train_run',
+                      lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+  run.run_ablation(TINY, seeds=2, steps=3, out=out, overrides={},
+                   command='test')
+  assert calls == []
+  kept = [r for r in rows if (r['variant'], r['seed']) != ('dense', '1')]
+  with (out / 'runs.csv').open('w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(kept)
+  run.run_ablation(TINY, seeds=2, steps=3, out=out, overrides={},
+                   command='test')
+  assert calls == [('dense', 1)]
+  assert len(_rows(out)) == 4
+
+  # Other steps into the same folder would mix configs: refused up front.
+  with pytest.raises(run.UserInputError, match='another config'):
+    run.run_ablation(TINY, seeds=2, steps=4, out=out, overrides={},
+                     command='test')
+
+
+def test_cli_rejects_unknown_ablation_and_bad_override(capsys):
+  assert run.main(['no_such_ablation']) == 2
+  assert 'no ablation' in capsys.readouterr().err
+  assert run.main(['regime_scan', '--config.model.no_such_field=1',
+                   '--out', '/nonexistent/x']) == 2
+  assert 'no_such_field' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    run.main(['regime_scan', 'stray'])
+
+
+def test_every_ablation_file_builds_its_configs():
+  for name in run.available():
+    ab = run.load_ablation(name)
+    assert len({v.name for v in ab.variants}) == len(ab.variants)
+    for v in ab.variants:
+      from experiments.ablation import apply_overrides
+      apply_overrides(ab.base(ab.quick_steps), v.overrides)
+    names = {v.name for v in ab.variants}
+    for comp in ab.comparisons:
+      assert comp.better[0] in names and comp.worse[0] in names
