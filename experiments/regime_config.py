@@ -2,7 +2,7 @@
 
 The scan's rule and result are in experiments/results/regime_scan/summary.md;
 `base_config(d_model, num_steps)` is the family it chose from, and
-`REGIME` the chosen member. Everything else stays at the defaults of
+`regime_base(num_steps)` the chosen member. Everything else stays at the defaults of
 moe_jax/train/default_config.py.
 """
 
@@ -36,3 +36,25 @@ def base_config(d_model: int, num_steps: int) -> ml_collections.ConfigDict:
   from experiments.ablation import apply_overrides  # pylint: disable=g-import-not-at-top
   return apply_overrides(get_default_config(),
                          size_overrides(d_model, num_steps))
+
+
+# The scan's outcome (experiments/results/regime_scan/summary.md): no width
+# met the 1% rule within the budget (falls per doubling 13.2% / 11.7% /
+# 12.1% at D = 32 / 48 / 64), so by the rule's fallback the width with the
+# smallest fall, D = 48, at its N(D) = 1000 steps.
+REGIME_D = 48
+REGIME_STEPS = 1000
+# S = one sequence of 128 tokens per routing group (moe.group_size unset).
+GROUP_NOTE = '128 tokens (one sequence) per group'
+CAPACITY_NOTE = (
+    'Capacity convention: per choice, C = ceil(K·S·cf/E) with S = '
+    f'{GROUP_NOTE}, min 4; train cf 1.25, eval cf 2.0 unless a variant '
+    'says otherwise. Model: D = 48, 4 layers, 4 heads, d_ff = F = 192, E = 8 '
+    'in every second FFN, top-1 Switch router, α = 1e-2, c_z = 1e-3; B = 16 '
+    '× L = 128 bytes of the stdlib corpus per step, 1000 steps (2.0M bytes, '
+    'under one epoch), AdamW 3e-3 with 50 warmup steps and cosine decay.')
+
+
+def regime_base(num_steps: int) -> ml_collections.ConfigDict:
+  """The chosen regime: switch_top1 at D = REGIME_D for `num_steps` steps."""
+  return base_config(REGIME_D, num_steps)

@@ -1,0 +1,38 @@
+"""Ablation 4: the number of experts at fixed active parameters per token.
+
+  python -m experiments.run num_experts       # 3 seeds, 18 runs
+  python -m experiments.run num_experts --quick
+
+Switch Fig. 4 and Appendix D: more experts help at a fixed FLOPs budget per
+token, with diminishing returns, and 2, 4, 8 experts already help. E = 1 is
+the dense twin (every FFN dense); each expert keeps width F = 4·D, so active
+parameters per token are the same for every E.
+"""
+
+from __future__ import annotations
+
+from experiments import plots, regime_config
+from experiments.ablation import Ablation, Comparison, Variant
+
+EXPERTS = (2, 4, 8, 16, 32)
+
+ABLATION = Ablation(
+    name='num_experts',
+    title='number of experts E at fixed active parameters (top-1)',
+    source='Switch Transformer Fig. 4 and Appendix D',
+    base=regime_config.regime_base,
+    variants=(Variant('e1_dense', {'model.moe_every': 0}),) + tuple(
+        Variant(f'e{e}', {'moe.num_experts': e}) for e in EXPERTS),
+    comparisons=(
+        Comparison('Switch F4: 2 experts beat the dense model',
+                   ('e2', 'eval_loss'), ('e1_dense', 'eval_loss')),
+        Comparison('Switch F4: 8 experts beat 2', ('e8', 'eval_loss'),
+                   ('e2', 'eval_loss')),
+        Comparison('Switch F4: 32 experts beat 8', ('e32', 'eval_loss'),
+                   ('e8', 'eval_loss')),
+    ),
+    steps=regime_config.REGIME_STEPS,
+    quick_steps=60,
+    notes=regime_config.CAPACITY_NOTE,
+    plot=plots.loss_per_expert_count,
+)
