@@ -50,8 +50,7 @@ def _layer_mean(record: dict, name: str) -> float | None:
 def train_run(ab, variant: str, seed: int, config,
               workdir: pathlib.Path) -> dict:
   """Trains (or resumes) one run, then its extra evals; returns its row."""
-  from moe_jax.train.evaluate import evaluate_checkpoint  # Slow imports.
-  from moe_jax.train.trainer import train_and_evaluate
+  from moe_jax.train.trainer import train_and_evaluate  # Slow import.
   t0 = time.perf_counter()
   final = train_and_evaluate(config, str(workdir))
   wall = time.perf_counter() - t0
@@ -72,12 +71,62 @@ def train_run(ab, variant: str, seed: int, config,
       'expert_fraction': json.dumps(
           [[round(x, 4) for x in f] for f in fractions]),
   }
+  row.update(extra_evals(ab, config, workdir))
+  return row
+
+
+def extra_evals(ab, config, workdir: pathlib.Path) -> dict:
+  """The ablation's eval-only counterfactuals of the run's last checkpoint."""
+  from moe_jax.train.evaluate import evaluate_checkpoint  # Slow import.
+  row = {}
   for name, eval_overrides in ab.extra_evals.items():
     kwargs = {k.replace('.', '__'): v for k, v in eval_overrides.items()}
     metrics = evaluate_checkpoint(config, str(workdir), **kwargs)
     row[f'eval_loss@{name}'] = metrics['eval/loss']
     row[f'eval_dropped_fraction@{name}'] = metrics['eval/dropped_fraction']
   return row
+
+
+def find_finished(results_root: pathlib.Path, config_hash_: str,
+                  exclude: pathlib.Path) -> tuple[dict, list[dict],
+                                                  pathlib.Path] | None:
+  """A finished run with this exact config in another ablation's results.
+
+  Ablations share runs (switch_top1 at the regime is also α = 1e-2, c_z =
+  1e-3, E = 8 and train cf 1.25); the config hash covers every field, steps
+  and seed included, so a match is the same computation.
+
+  Returns:
+    (its runs.csv row, its curves, its workdir) or None.
+  """
+  for csv_path in sorted(pathlib.Path(results_root).glob('*/runs.csv')):
+    if csv_path.parent.resolve() == pathlib.Path(exclude).resolve():
+      continue
+    for r in _read_csv(csv_path):
+      if r.get('config_hash') == config_hash_ and r.get('status') == 'ok':
+        curves = [c for c in _read_csv(csv_path.parent / 'curves.csv')
+                  if c['variant'] == r['variant'] and c['seed'] == r['seed']]
+        workdir = (csv_path.parent / 'workdirs' / r['variant'] /
+                   f'seed{r["seed"]}')
+        return r, curves, workdir
+  return None
+
+
+def reuse_run(ab, variant: str, seed: int, config, found) -> tuple[dict, list]:
+  """(row, curves) of `found` relabelled as this ablation's variant.
+
+  Extra evals need the checkpoint, so they run on the other ablation's
+  workdir; raises FileNotFoundError if it is gone (then train instead).
+  """
+  row, curves, workdir = found
+  source = f'{workdir.parent.parent.parent.name}/{row["variant"]}'
+  row = {k: v for k, v in row.items() if '@' not in k}
+  if ab.extra_evals:
+    if not (workdir / 'checkpoints').is_dir():
+      raise FileNotFoundError(workdir)
+    row.update(extra_evals(ab, config, workdir))
+  row.update(variant=variant, seed=seed, reused_from=source)
+  return row, [{**c, 'variant': variant} for c in curves]
 
 
 def diverged_row(variant: str, seed: int, config, message: str) -> dict:

@@ -100,11 +100,22 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
     print(f'[{ab.name}] run {len(plan) - len(todo) + i + 1}/{len(plan)}: '
           f'{v.name} seed {s} | {eta}', flush=True)
     t0 = time.perf_counter()
+    config = configs[v.name, s]
     workdir = out / 'workdirs' / v.name / f'seed{s}'
+    found = records.find_finished(RESULTS, records.config_hash(config), out)
+    if found is not None:
+      try:
+        store.add(*records.reuse_run(ab, v.name, s, config, found))
+        print(f'[{ab.name}] reused the identical finished run '
+              f'{store.rows()[-1]["reused_from"]} seed {s}', flush=True)
+        report.write(ab, store.rows(), store.curves(), out, command)
+        continue
+      except FileNotFoundError:
+        pass  # Its checkpoint is gone and extra evals need one: train.
     try:
-      row = records.train_run(ab, v.name, s, configs[v.name, s], workdir)
+      row = records.train_run(ab, v.name, s, config, workdir)
     except NonFiniteLossError as e:
-      row = records.diverged_row(v.name, s, configs[v.name, s], str(e))
+      row = records.diverged_row(v.name, s, config, str(e))
     store.add(row, records.read_curves(workdir, v.name, s))
     done_walls.append(time.perf_counter() - t0)
     report.write(ab, store.rows(), store.curves(), out, command)

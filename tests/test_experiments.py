@@ -5,6 +5,7 @@ few steps; CI never runs the real ablations.
 """
 
 import csv
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -76,6 +77,7 @@ def _rows(out):
 
 def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
                                                     compilation_cache_on):
+  monkeypatch.setattr(run, 'RESULTS', tmp_path)
   out = tmp_path / 'tiny'
   run.run_ablation(TINY, seeds=2, steps=3, out=out, overrides={},
                    command='test')
@@ -117,6 +119,20 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
                    command='test')
   assert calls == [('dense', 1)]
   assert len(_rows(out)) == 4
+
+  # Another ablation holding an identical run reuses it (and evaluates its
+  # checkpoint for its own extra evals) instead of training it again.
+  other = dataclasses.replace(
+      TINY, name='other', variants=(Variant('same_as_top1', {}),),
+      comparisons=(), extra_evals={'cf1': {'moe.eval_capacity_factor': 1.0}})
+  run.run_ablation(other, seeds=1, steps=3, out=tmp_path / 'other',
+                   overrides={}, command='test')
+  assert calls == [('dense', 1)]
+  (reused,) = _rows(tmp_path / 'other')
+  original = [r for r in rows if (r['variant'], r['seed']) == ('top1', '0')]
+  assert reused['reused_from'] == 'tiny/top1'
+  assert reused['eval_loss'] == original[0]['eval_loss']
+  assert float(reused['eval_loss@cf1']) > 0 and 'eval_loss@cf4' not in reused
 
   # Other steps into the same folder would mix configs: refused up front.
   with pytest.raises(run.UserInputError, match='another config'):
