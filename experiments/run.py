@@ -1,7 +1,8 @@
 """Runs an ablation: every variant at every seed, one after another.
 
   python -m experiments.run <ablation> [--seeds 3] [--steps N] [--quick]
-      [--out DIR] [--report-only] [--config.<field>=<value> ...]
+      [--out DIR] [--variants a,b] [--report-only]
+      [--config.<field>=<value> ...]
 
 <ablation> is a file experiments/<ablation>.py defining ABLATION. The
 --config overrides apply to every run (e.g. --config.data.kind=text
@@ -43,6 +44,8 @@ def parse_args(argv):
   parser.add_argument('--quick', action='store_true',
                       help='fewer steps and seeds, same tables and plots')
   parser.add_argument('--out', default=None, help='results folder')
+  parser.add_argument('--variants', default=None,
+                      help='comma-separated subset of variants to run now')
   parser.add_argument('--report-only', action='store_true',
                       help='only rebuild summary.md and plots from runs.csv')
   args, rest = parser.parse_known_args(argv)
@@ -78,8 +81,10 @@ def available() -> list[str]:
 
 
 def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
-                 overrides: dict, command: str) -> list[dict]:
-  """Trains what runs.csv lacks; returns all rows. Rebuilds the report."""
+                 overrides: dict, command: str,
+                 only: list[str] | None = None) -> list[dict]:
+  """Trains what runs.csv lacks (of `only`'s variants, if given); returns all
+  rows. Rebuilds the report."""
   from moe_jax.train.trainer import NonFiniteLossError  # Slow import.
   store = records.RunStore(out)
   plan = [(v, s) for v in ab.variants for s in range(seeds)]
@@ -89,16 +94,20 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
     apply_overrides(c, {**v.overrides, **overrides, 'seed': s})
     configs[v.name, s] = c
     store.check_same_config(v.name, s, c)  # Before training anything.
-  todo = [(v, s) for v, s in plan if not store.has(v.name, s)]
+  for name in only or ():
+    ab.variant(name)  # An unknown name raises KeyError: one error line.
+  todo = [(v, s) for v, s in plan if not store.has(v.name, s)
+          and (not only or v.name in only)]
+  finished = sum(store.has(v.name, s) for v, s in plan)
   print(f'[{ab.name}] {len(plan)} runs ({len(ab.variants)} variants x '
-        f'{seeds} seeds, {steps} steps); {len(plan) - len(todo)} already in '
-        f'{store.csv_path}', flush=True)
+        f'{seeds} seeds, {steps} steps); {finished} already in '
+        f'{store.csv_path}; {len(todo)} to run now', flush=True)
   started, done_walls = time.perf_counter(), []
   for i, (v, s) in enumerate(todo):
     eta = (f'ETA {sum(done_walls) / len(done_walls) * (len(todo) - i) / 60:.0f}'
            ' min' if done_walls else 'ETA after the first run')
-    print(f'[{ab.name}] run {len(plan) - len(todo) + i + 1}/{len(plan)}: '
-          f'{v.name} seed {s} | {eta}', flush=True)
+    print(f'[{ab.name}] run {i + 1}/{len(todo)} to run now: {v.name} seed '
+          f'{s} | {eta}', flush=True)
     t0 = time.perf_counter()
     config = configs[v.name, s]
     workdir = out / 'workdirs' / v.name / f'seed{s}'
@@ -145,7 +154,8 @@ def main(argv=None) -> int:
       print(f'summary: {out / "summary.md"}')
       return 0
     run_ablation(ab, seeds=seeds, steps=steps, out=out, overrides=overrides,
-                 command=command)
+                 command=command,
+                 only=args.variants.split(',') if args.variants else None)
   except (UserInputError, KeyError) as e:
     print(f'error: {str(e).strip(chr(39))}', file=sys.stderr)
     return 2
