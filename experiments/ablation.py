@@ -25,13 +25,12 @@ class Comparison:
   """A paper's claim that `better` scores lower than `worse` on a metric.
 
   Each side is (variant name, runs.csv column), e.g.
-  ('top1_cf1.0', 'eval_loss'). `paired` compares the same seeds' runs (e.g.
-  one checkpoint evaluated two ways) with a paired test.
+  ('top1_cf1.0', 'eval_loss'). The sides are paired by seed (see
+  experiments/verdict.py).
   """
   claim: str
   better: tuple[str, str]
   worse: tuple[str, str]
-  paired: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

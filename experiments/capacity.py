@@ -36,7 +36,7 @@ ABLATION = Ablation(
                    ('train_cf1.0', 'eval_loss@cf2.0')),
         Comparison('ST-MoE T8: a cf-1.0 checkpoint is better at eval cf 2.0 '
                    'than at 1.0', ('train_cf1.0', 'eval_loss@cf2.0'),
-                   ('train_cf1.0', 'eval_loss@cf1.0'), paired=True),
+                   ('train_cf1.0', 'eval_loss@cf1.0')),
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,

@@ -76,13 +76,34 @@ def extra_eval_table(ab, rows) -> list[str]:
   return lines
 
 
+def by_seed(rows, variant: str, column: str) -> dict[int, float]:
+  """{seed: value} of the finite values of `column` for `variant`."""
+  out = {}
+  for r in rows:
+    if r['variant'] == variant:
+      try:
+        v = float(r[column])
+      except (KeyError, TypeError, ValueError):
+        continue
+      if math.isfinite(v):
+        out[int(r['seed'])] = v
+  return out
+
+
 def verdicts(ab, rows) -> list[tuple]:
-  """(comparison, Verdict, better values, worse values) per claim."""
+  """(comparison, Verdict, better values, worse values) per claim.
+
+  Paired by seed when both sides have the same seeds (the rule in
+  experiments/verdict.py), Welch otherwise.
+  """
   out = []
   for comp in ab.comparisons:
-    a = values(rows, *comp.better)
-    b = values(rows, *comp.worse)
-    out.append((comp, verdict_lib.judge(a, b, paired=comp.paired), a, b))
+    a, b = by_seed(rows, *comp.better), by_seed(rows, *comp.worse)
+    paired = len(a) >= 2 and set(a) == set(b)
+    seeds = sorted(a) if paired else None
+    xa = [a[s] for s in seeds] if paired else list(a.values())
+    xb = [b[s] for s in seeds] if paired else list(b.values())
+    out.append((comp, verdict_lib.judge(xa, xb, paired=paired), xa, xb))
   return out
 
 
@@ -190,10 +211,11 @@ def write(ab, rows, curves, out: pathlib.Path, command: str) -> None:
     lines += ['## The same checkpoints at other eval settings', ''] + extra + ['']
   if ab.comparisons:
     lines += ['## Verdicts', '',
-              'Rule (experiments/verdict.py): Welch t-test over seeds (paired '
-              'when both sides come from the same runs), two-sided; p < 0.05 '
-              'in the claimed direction agrees, in the other disagrees, '
-              'otherwise inconclusive.', '']
+              'Rule (experiments/verdict.py): t-test over seeds, paired by '
+              'seed (same seed = same batches) when both sides have the same '
+              'seeds, else Welch; two-sided; p < 0.05 in the claimed '
+              'direction agrees, in the other disagrees, otherwise '
+              'inconclusive.', '']
     lines += verdict_table(ab, rows) + ['']
   lines += ['## Plots', ''] + [f'![{p}]({p})' for p in plots if p] + ['']
   (out / 'summary.md').write_text('\n'.join(lines))

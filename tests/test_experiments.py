@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import switch_top1
-from experiments import records, run, verdict
+from experiments import records, report, run, verdict
 from experiments.ablation import Ablation, Comparison, Variant
 
 
@@ -44,6 +44,26 @@ def test_verdict_paired_sees_a_consistent_small_shift():
                        paired=True).verdict == 'agrees'
 
 
+def test_verdicts_pair_runs_by_seed():
+  # Seed 1's batches are harder for both variants; the claim holds per seed.
+  base = {0: 1.0, 1: 1.3, 2: 0.8}
+  rows = [dict(variant='a', seed=s, eval_loss=v - 0.01 + 1e-4 * s)
+          for s, v in base.items()]
+  rows += [dict(variant='b', seed=s, eval_loss=v) for s, v in base.items()]
+  ab = Ablation(name='x', title='', source='', base=_tiny,
+                variants=(Variant('a', {}), Variant('b', {})),
+                comparisons=(Comparison('a < b', ('a', 'eval_loss'),
+                                        ('b', 'eval_loss')),),
+                steps=1, quick_steps=1)
+  (_, v, _, _), = report.verdicts(ab, rows)
+  assert v.verdict == 'agrees'
+  # Without seed 2 on one side the sides are no longer paired: Welch, which
+  # cannot see a 0.01 shift under a 0.3 spread.
+  (_, v, _, _), = report.verdicts(ab, [r for r in rows if not (
+      r['variant'] == 'a' and r['seed'] == 2)])
+  assert v.verdict == 'inconclusive'
+
+
 def test_verdict_needs_two_seeds_a_side():
   assert verdict.judge([1.0], [2.0, 2.1]).verdict == 'inconclusive'
 
@@ -65,7 +85,7 @@ TINY = Ablation(
     comparisons=(Comparison('top1 beats dense', ('top1', 'eval_loss'),
                             ('dense', 'eval_loss')),
                  Comparison('cf 4 beats cf 1', ('top1', 'eval_loss@cf4'),
-                            ('top1', 'eval_loss'), paired=True)),
+                            ('top1', 'eval_loss'))),
     steps=3, quick_steps=2,
     extra_evals={'cf4': {'moe.eval_capacity_factor': 4.0}})
 
