@@ -138,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # One process writes metrics, prints and draws progress; all of them
   # checkpoint (each writes its own shards).
   main = jax.process_index() == 0
-  say = functools.partial(print, flush=True) if main else _Silent()
+  say = functools.partial(print, flush=True) if main else lambda *_: None
 
   graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
   say(f'model: {_describe(mcfg, state.params)}; data {corpus.name} '
