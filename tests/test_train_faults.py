@@ -55,8 +55,10 @@ def _train(config, workdir):
 
 
 def _steps(workdir):
-  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints')
-                .iterdir() if p.name.isdigit())
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def _saved(workdir, step):
@@ -203,10 +205,12 @@ def _start_cli(workdir, cache_dir):
 
 
 def _wait_for_step(proc, workdir, step):
-  """Waits until metrics.jsonl holds `step` (the run is mid-training)."""
+  """Waits until metrics.jsonl holds `step` and checkpoint 40 is finished
+  (orbax saves in the background), so a rerun always has one to resume."""
   path = pathlib.Path(workdir) / 'metrics.jsonl'
   deadline = time.monotonic() + 120
-  while not (path.exists() and f'"step": {step},' in path.read_text()):
+  while not (path.exists() and f'"step": {step},' in path.read_text() and
+             40 in _steps(workdir)):
     assert proc.poll() is None, proc.communicate()
     assert time.monotonic() < deadline, 'no training step within 120 s'
     time.sleep(0.02)
