@@ -76,6 +76,16 @@ def _fmt(value) -> str:
   return '' if value is None else str(value)
 
 
+# Untracked (runs/ is git-ignored), so a user's run leaves the checkout
+# clean; pass --out=benchmarks/results/<name>.json to update the committed
+# results.
+OUT_DIR = pathlib.Path(__file__).resolve().parents[1] / 'runs' / 'benchmarks'
+
+
+def default_out(name: str) -> str:
+  return str(OUT_DIR / f'{name}.json')
+
+
 def write_json(path: str | pathlib.Path, payload: dict) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Expert-parallel MoE layer on 8 host devices: time, all-to-all bytes, memory.
 
-  python benchmarks/expert_parallel.py [--out=benchmarks/results/expert_parallel.json]
+  python benchmarks/expert_parallel.py [--out=runs/benchmarks/expert_parallel.json]
 
 A fixed MoE layer (B·L = 64·128 tokens, D=256, F=1024, E=8, Switch top-1,
 capacity factor 1.25, index dispatcher) runs forward + backward, jitted with
@@ -56,7 +56,10 @@ def _run(step, p, xs, mesh):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--out', default='benchmarks/results/expert_parallel.json')
+  parser.add_argument(
+      '--out', default=common.default_out('expert_parallel'),
+      help='JSON results (default: untracked runs/benchmarks/); '
+      '--out=benchmarks/results/expert_parallel.json updates the committed ones')
   args = parser.parse_args()
 
   cfg = MoEConfig(num_experts=E, d_ff=F, capacity_factor=1.25)

@@ -1,7 +1,7 @@
 """Fine-grained experts: MoE layer time as the number of experts grows.
 
   python benchmarks/fine_grained.py [--dispatcher=index] \
-      [--out=benchmarks/results/fine_grained.json]
+      [--out=runs/benchmarks/fine_grained.json]
 
 T = 8192 tokens (G = 8 groups of 1024), D = 256, float32, forward + backward,
 top-k routing (Mixtral-style gates), train capacity factor 1.25.
@@ -44,7 +44,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--dispatcher', default='index')
   parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--out', default='benchmarks/results/fine_grained.json')
+  parser.add_argument(
+      '--out', default=common.default_out('fine_grained'),
+      help='JSON results (default: untracked runs/benchmarks/); '
+      '--out=benchmarks/results/fine_grained.json updates the committed ones')
   args = parser.parse_args()
 
   rows = []

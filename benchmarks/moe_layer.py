@@ -1,6 +1,6 @@
 """MoE layer forward + backward against a dense FFN of the same width.
 
-  python benchmarks/moe_layer.py [--out=benchmarks/results/moe_layer.json]
+  python benchmarks/moe_layer.py [--out=runs/benchmarks/moe_layer.json]
 
 Shapes (issue 5): T = 8192 tokens in G = 8 groups of S = 1024, D = 256,
 F = 1024, E = 8, float32. Every dispatcher, top-1 (Switch) and top-2 (GShard,
@@ -72,7 +72,10 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--dispatchers',
                       default='index,einsum,dropless,dropless_ragged')
-  parser.add_argument('--out', default='benchmarks/results/moe_layer.json')
+  parser.add_argument(
+      '--out', default=common.default_out('moe_layer'),
+      help='JSON results (default: untracked runs/benchmarks/); '
+      '--out=benchmarks/results/moe_layer.json updates the committed ones')
   args = parser.parse_args()
 
   params, x = make_inputs()

@@ -1,7 +1,7 @@
 """MoE LM train step against its dense twin at equal active params/token.
 
   python benchmarks/train_step.py [--config=configs/switch_top1.py] \
-      [--out=benchmarks/results/train_step.json]
+      [--out=runs/benchmarks/train_step.json]
 
 Times the jitted train step of the config and of the same config with
 model.moe_every=0 (the dense twin), on the config's batch shape, and reports
@@ -68,7 +68,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='configs/switch_top1.py')
   parser.add_argument('--repeats', type=int, default=7)
-  parser.add_argument('--out', default='benchmarks/results/train_step.json')
+  parser.add_argument(
+      '--out', default=common.default_out('train_step'),
+      help='JSON results (default: untracked runs/benchmarks/); '
+      '--out=benchmarks/results/train_step.json updates the committed ones')
   args = parser.parse_args()
 
   moe_cfg = load_config(args.config)

@@ -2,9 +2,11 @@
 
 Command:
   python -m moe_jax.main --config=configs/switch_top1.py --workdir=/tmp/switch_top1
-Data: the Python standard library's own source (found on every machine);
-  add --config.data.kind=text --config.data.path=../shared/data/tinyshakespeare.txt
-  for Tiny Shakespeare.
+Data: the Python standard library's own source (found on every machine).
+  Your own text: --config.data.kind=text --config.data.path=<file or folder>,
+  e.g. --config.data.path=moe_jax (this checkout's own source; a folder
+  reads its .txt/.md/.rst/.py files). --config.data.kind=tinyshakespeare
+  downloads Tiny Shakespeare once.
 Model: 4 layers, D=128, every 2nd FFN is MoE (E=8, top-1, F=512, cf 1.25
   train / 2.0 eval, index dispatcher); same active parameters as dense.py.
 Measured on a 2-core CPU (2026-11-22, jax 0.10.2), running the command above:

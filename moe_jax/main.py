@@ -6,6 +6,7 @@
 
 Bad input (an unknown config field, a wrong value, missing data, an
 incompatible workdir) ends with one line on stderr and exit status 2.
+SIGINT/SIGTERM finish the current step, save it, and exit with 128 + signum.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def _parse_flags(argv):
     # The config file loads lazily; touch it so a bad path fails here.
     _CONFIG.value.to_dict()
     return argv
+  except SyntaxError as e:
+    _fail(f'config file {e.filename} line {e.lineno}: {e.msg}; fix the file.')
   except OSError as e:
     _fail(f'could not load the config file: {str(e).splitlines()[-1].strip()}'
           '; pass --config=configs/<name>.py from the repository root.')
@@ -68,6 +71,7 @@ def main(argv) -> None:
   # Orbax logs every file it renames at INFO; keep the terminal readable.
   logging.set_verbosity(logging.WARNING)
   from moe_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
+  from moe_jax.train.interrupt import TrainingInterrupted  # pylint: disable=g-import-not-at-top
   from moe_jax.train.trainer import NonFiniteLossError, train_and_evaluate  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
@@ -75,6 +79,10 @@ def main(argv) -> None:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (UserInputError, NonFiniteLossError) as e:
     _fail(str(e))
+  except TrainingInterrupted as e:
+    # Non-zero, as a shell expects of a job stopped by a signal (130, 143).
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
 
 
 if __name__ == '__main__':

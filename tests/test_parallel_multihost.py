@@ -157,3 +157,33 @@ def test_two_processes_match_one_process(runs):
       np.testing.assert_allclose(h, w, rtol=RTOL,
                                  atol=RTOL * float(np.max(np.abs(w))),
                                  err_msg=key)
+
+
+def test_only_process_0_prints_the_summary(runs):
+  multi, _ = runs
+  logs = [(multi.parent / f'two_processes_{i}.log').read_text()
+          for i in range(2)]
+  assert logs[0].count('model:') == 1
+  assert logs[0].count('final validation loss') == 1
+  assert 'model:' not in logs[1] and 'final validation loss' not in logs[1]
+
+
+def test_a_process_waiting_for_its_peers_says_so(tmp_path):
+  # Process 0 of 2, whose peer never starts: it says once where it waits.
+  address = f'127.0.0.1:{_free_port()}'
+  proc = subprocess.Popen(
+      _cli(tmp_path / 'run', f'--coordinator_address={address}',
+           '--num_processes=2', '--process_id=0'),
+      cwd=REPO, env=_env(2), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  try:
+    line = ''
+    deadline = time.monotonic() + 60
+    while 'waiting' not in line and time.monotonic() < deadline:
+      line = proc.stderr.readline()
+      assert line or proc.poll() is None, 'exited without the notice'
+  finally:
+    proc.kill()
+    proc.communicate()
+  assert 'process 0 of 2: waiting for all processes' in line, line
+  assert address in line

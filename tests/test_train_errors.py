@@ -11,6 +11,7 @@ import importlib.util
 import io
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -104,6 +105,28 @@ CASES = {
         ['eval_capacity_factor=-1.0', '> 0']),
     'incompatible_checkpoint': (['--config.moe.num_experts=4'],
                                 ['moe.num_experts', '8 -> 4']),
+    # The optimizer section is checked like the others.
+    'nan_learning_rate': (['--config.optim.learning_rate=nan'],
+                          ['optim.learning_rate=nan', 'finite and > 0']),
+    'inf_learning_rate': (['--config.optim.learning_rate=inf'],
+                          ['optim.learning_rate=inf']),
+    'zero_learning_rate': (['--config.optim.learning_rate=0'],
+                           ['optim.learning_rate=0']),
+    'negative_warmup': (['--config.optim.warmup_steps=-1'],
+                        ['optim.warmup_steps=-1', '>= 0']),
+    'final_lr_fraction_above_one': (['--config.optim.final_lr_fraction=2'],
+                                    ['optim.final_lr_fraction=2', '[0, 1]']),
+    'negative_weight_decay': (['--config.optim.weight_decay=-0.1'],
+                              ['optim.weight_decay=-0.1']),
+    'b2_of_one': (['--config.optim.b2=1'], ['optim.b2=1', '[0, 1)']),
+    'zero_grad_clip': (['--config.optim.grad_clip=0'], ['optim.grad_clip=0']),
+    # A path with the default kind would train on the stdlib and ignore it.
+    'data_path_without_kind_text': (
+        ['--config.data.path={empty}'], ['data.path=', 'data.kind=text']),
+    # The workdir's checkpoint (step 6) is past num_steps: training would do
+    # nothing and report step-6 parameters as the final ones.
+    'checkpoint_past_num_steps': (['--config.train.num_steps=4'],
+                                  ['step 6', 'num_steps=4']),
 }
 
 
@@ -141,3 +164,49 @@ def test_bad_input_creates_no_workdir(tmp_path):
   result = _run_cli(workdir, '--config.moe.capacity_factor=-0.5')
   _assert_one_error_line(result, 'capacity_factor=-0.5')
   assert not workdir.exists()
+
+
+def _run_cli_config(config, workdir):
+  return subprocess.run(
+      [sys.executable, '-m', 'moe_jax.main', f'--config={config}',
+       f'--workdir={workdir}'],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+@pytest.mark.slow
+def test_config_file_with_a_syntax_error(tmp_path):
+  config = tmp_path / 'broken.py'
+  config.write_text('def get_config(:\n  pass\n')
+  result = _run_cli_config(config, tmp_path / 'run')
+  _assert_one_error_line(result, 'broken.py', 'line 1')
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.slow
+def test_workdir_that_is_a_file(tmp_path):
+  workdir = tmp_path / 'a_file'
+  workdir.write_text('not a directory')
+  result = _run_cli(workdir)
+  _assert_one_error_line(result, str(workdir), 'is a file')
+  assert workdir.read_text() == 'not a directory'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() == 0,
+                    reason='root ignores permissions, so nothing is read-only')
+@pytest.mark.parametrize('holds_checkpoint', [False, True])
+def test_read_only_workdir(holds_checkpoint, trained_workdir, tmp_path):
+  workdir = tmp_path / 'run'
+  if holds_checkpoint:
+    shutil.copytree(trained_workdir, workdir)
+  else:
+    workdir.mkdir()
+  before = _snapshot(workdir)
+  workdir.chmod(0o555)
+  try:
+    result = _run_cli(workdir)
+  finally:
+    workdir.chmod(0o755)
+  _assert_one_error_line(result, str(workdir), 'not writable')
+  assert _snapshot(workdir) == before

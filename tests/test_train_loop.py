@@ -207,7 +207,11 @@ def test_every_config_builds_and_trains(path, tmp_path):
 
   # The tiny variant end to end: train, evaluate, checkpoint.
   tiny = _load_config(path, 'tiny')
-  result, _ = _train(tiny, tmp_path)
+  result, stdout = _train(tiny, tmp_path)
+  header = stdout.splitlines()[0]
+  # A dense model's header says so, not '0 MoE, E=8, K=1'.
+  assert ('(dense)' in header) == (mcfg.num_moe_layers == 0), header
+  assert ('MoE' in header) == (mcfg.num_moe_layers > 0), header
   assert math.isfinite(result['eval/loss'])
   assert (tmp_path / 'checkpoints' / str(tiny.train.num_steps)).is_dir()
   assert all(math.isfinite(r['loss']) for r in _train_records(tmp_path))

@@ -232,8 +232,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     batch = dict(batch, targets=jnp.maximum(batch['targets'], 0))
     state, metrics = real_train_step(state, batch, **kwargs)
     params = jax.tree.map(lambda p: p + poison.astype(p.dtype), state.params)
-    return state.replace(params=params), dict(metrics,
-                                              loss=metrics['loss'] + poison)
+    return state.replace(params=params), dict(
+        metrics, loss=metrics['loss'] + poison,
+        state_finite=metrics['state_finite'] & ~poisoned)
 
   monkeypatch.setattr(pipeline.BatchIterator, 'batch_at', batch_at)
   monkeypatch.setattr(trainer, 'train_step', poisoned_train_step)

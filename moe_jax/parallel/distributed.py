@@ -14,6 +14,8 @@ Otherwise it does nothing and the run is single-process.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 import jax
 
@@ -47,15 +49,42 @@ def initialize(coordinator_address: str | None = None,
     if num_processes <= 1:
       return False
     _use_gloo_on_cpu()
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes,
-                               process_id=process_id)
+    with _notice_if_slow(
+        f'process {process_id} of {num_processes}: waiting for all processes '
+        f'to join at coordinator {coordinator_address}'):
+      jax.distributed.initialize(coordinator_address=coordinator_address,
+                                 num_processes=num_processes,
+                                 process_id=process_id)
     return True
   if _cluster_detected():
     _use_gloo_on_cpu()
-    jax.distributed.initialize()
+    with _notice_if_slow('waiting for all processes to join (coordinator '
+                         'found by JAX from the cluster environment)'):
+      jax.distributed.initialize()
     return True
   return False
+
+
+# Joining takes well under a second when every process is up; past this a
+# process is waiting for a peer that has not started (or never will).
+WAIT_NOTICE_S = 5.0
+
+
+class _notice_if_slow:  # pylint: disable=invalid-name
+  """Prints `message` once on stderr if the block outlasts WAIT_NOTICE_S,
+  so a process whose peers never start does not hang silently."""
+
+  def __init__(self, message: str):
+    self._timer = threading.Timer(
+        WAIT_NOTICE_S, lambda: print(f'{message} ...', file=sys.stderr,
+                                     flush=True))
+    self._timer.daemon = True
+
+  def __enter__(self):
+    self._timer.start()
+
+  def __exit__(self, *exc_info):
+    self._timer.cancel()
 
 
 def _use_gloo_on_cpu() -> None:

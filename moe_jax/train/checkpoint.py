@@ -9,10 +9,15 @@ is written.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import pathlib
+import sys
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from moe_jax.errors import UserInputError
@@ -44,6 +49,28 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
+@contextlib.contextmanager
+def _quiet_async_errors():
+  """Silences the echoes of one failed restore.
+
+  Orbax reads each array in its own asyncio task. When the files are
+  damaged, every task fails, and asyncio logs each unretrieved failure
+  (with a TensorStore spec, hundreds of lines in all) when the task is
+  garbage-collected. The first error is reported by the caller; collecting
+  the tasks here, with the logs off, drops the rest.
+  """
+  logger = logging.getLogger('asyncio')
+  level, hook = logger.level, sys.unraisablehook
+  logger.setLevel(logging.CRITICAL + 1)
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    logger.setLevel(level)
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
   """A CheckpointManager over `workdir/checkpoints` holding (state, meta)."""
 
@@ -57,28 +84,81 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def _readable_meta(self):
+    """(step, meta) of the newest checkpoint whose meta reads, or None."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        with _quiet_async_errors():
+          return step, self._manager.restore(
+              step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      except Exception:  # pylint: disable=broad-except
+        continue  # Damaged; restore() moves it aside and says so.
+    return None
+
   def check_compatible(self, config_dict: dict[str, Any]) -> None:
-    """Raises UserInputError if the latest checkpoint's config differs."""
-    step = self.latest_step()
-    if step is None:
+    """Raises UserInputError if the checkpoint's config differs, or if it is
+    already past train.num_steps (resuming it would train nothing and report
+    the later parameters as if they were the final ones)."""
+    found = self._readable_meta()
+    if found is None:
       return
-    meta = self._manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    step, meta = found
     diffs = config_differences(meta['config'], config_dict)
     if diffs:
       raise UserInputError(
           f'workdir {self.directory.parent} holds a checkpoint (step {step}) '
           f'from an incompatible config ({"; ".join(diffs)}); use a new '
           '--workdir or the original config.')
+    num_steps = config_dict['train']['num_steps']
+    if step > num_steps:
+      raise UserInputError(
+          f'workdir {self.directory.parent} holds a checkpoint at step {step}, '
+          f'past train.num_steps={num_steps}; to train on, rerun with '
+          f'--config.train.num_steps > {step} (the learning-rate schedule '
+          'follows num_steps), or use a new --workdir.')
 
   def restore(self, abstract_state):
-    """Restores the latest checkpoint onto the structure (and shardings) of
-    `abstract_state`. Returns (state, meta)."""
-    step = self.latest_step()
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    """Restores the newest checkpoint that restores, onto the structure (and
+    shardings) of `abstract_state`.
+
+    A checkpoint that fails to restore (a truncated or missing file) is
+    renamed to `<step>.damaged-<n>`, kept for inspection, and named in one
+    line on stderr; the next older one is tried. Orbax ignores the renamed
+    folder, so it blocks neither this restore nor later saves.
+
+    Returns:
+      (state, meta), or (None, None) when no checkpoint restores.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        with _quiet_async_errors():
+          restored = self._manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              meta=ocp.args.JsonRestore()))
+        return restored.state, restored.meta
+      except Exception as e:  # pylint: disable=broad-except
+        # Any failure means this step cannot be resumed; the reason goes in
+        # the message and the files stay on disk.
+        aside = self._move_aside(step)
+        # TensorStore appends its whole spec; the sentence before it says
+        # which file failed.
+        reason = str(e).split(' See full TensorStore')[0]
+        reason = ' '.join(f'{type(e).__name__}: {reason}'.split())[:200]
+        print(f'warning: skipped checkpoint {step}, which does not restore '
+              f'({reason}); moved it to {aside}', file=sys.stderr, flush=True)
+    return None, None
+
+  def _move_aside(self, step: int) -> pathlib.Path:
+    source = self.directory / str(step)
+    n = 1
+    while (self.directory / f'{step}.damaged-{n}').exists():
+      n += 1
+    target = self.directory / f'{step}.damaged-{n}'
+    # Each process sees the same folder; one rename is enough.
+    if jax.process_index() == 0:
+      source.rename(target)
+    self._manager.reload()
+    return target
 
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
     if step in self._manager.all_steps():

@@ -16,7 +16,9 @@ def get_default_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = 'stdlib'  # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic'.
-  c.data.path = config_dict.placeholder(str)  # File or folder for 'text'.
+  # File or folder for 'text' (or a local copy for 'tinyshakespeare'). A
+  # path with any other kind is an error, not a silent switch to 'text'.
+  c.data.path = config_dict.placeholder(str)
   c.data.max_bytes = config_dict.placeholder(int)  # Truncate the corpus.
   c.data.num_domains = 4  # Domains of 'synthetic'.
   c.data.val_fraction = 0.05  # The last 5% of the bytes are validation.

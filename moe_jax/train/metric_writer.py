@@ -10,6 +10,8 @@ import time
 from typing import Any, Callable, TextIO
 
 import numpy as np
+import rich.console
+import rich.progress
 import tensorboardX
 
 
@@ -145,11 +147,13 @@ def _format_field(value: Any) -> str:
 
 
 class Progress:
-  """Training progress: a live bar on a terminal, periodic lines otherwise.
+  """Training progress: a rich bar on a terminal, periodic lines otherwise.
 
-  On a tty the bar is redrawn in place at most ten times a second. Elsewhere
-  (CI logs, files) one line such as `step 120/500 loss 2.31 eta 1m12s` is
-  written every `every` steps and for the last step.
+  On a tty, a `rich` progress bar (step, bar, rate, ETA, latest loss) is
+  redrawn in place at most ten times a second. Elsewhere (CI logs, files,
+  schedulers' output files) one line such as `step 120/500 loss 2.31 eta
+  1m12s` is written every `every` steps and for the last step, because
+  redraw sequences make such logs unreadable.
   """
 
   def __init__(self, total_steps: int, start_step: int = 0,
@@ -165,7 +169,19 @@ class Progress:
     self._last_draw = -math.inf
     self._last = None  # (step, fields) of the last update.
     self._printed_step = None
-    self._drawn = False
+    self._bar = self._task = None
+    if self._tty:
+      self._bar = rich.progress.Progress(
+          rich.progress.TextColumn('step {task.completed}/{task.total}'),
+          rich.progress.BarColumn(),
+          rich.progress.TextColumn('{task.fields[rate]} step/s eta '
+                                   '{task.fields[eta]}{task.fields[info]}'),
+          console=rich.console.Console(file=stream),
+          auto_refresh=False)  # Redrawn from update(): no thread.
+      self._task = self._bar.add_task('train', total=self.total_steps,
+                                      completed=self.start_step, rate='0.00',
+                                      eta='?', info='')
+      self._bar.start()
 
   def _rate_and_eta(self, step: int) -> tuple[float, float]:
     elapsed = self._clock() - self._t0
@@ -192,17 +208,10 @@ class Progress:
 
   def _draw_bar(self, step: int, fields: dict[str, Any]) -> None:
     rate, eta = self._rate_and_eta(step)
-    frac = min(max(step / max(self.total_steps, 1), 0.0), 1.0)
-    width = 30
-    filled = int(frac * width)
-    bar = '#' * filled + '.' * (width - filled)
-    text = (f'\r[{bar}] {step}/{self.total_steps} {frac:4.0%} '
-            f'{rate:.2f} step/s eta {format_duration(eta)}'
-            f'{self._fields_text(fields)}')
-    # Pads over the tail of a longer previous line instead of clearing it.
-    self.stream.write(text.ljust(100) if len(text) < 100 else text)
-    self.stream.flush()
-    self._drawn = True
+    self._bar.update(self._task, completed=step, rate=f'{rate:.2f}',
+                     eta=format_duration(eta),
+                     info=self._fields_text(fields))
+    self._bar.refresh()
 
   def _print_line(self, step: int, fields: dict[str, Any]) -> None:
     rate, eta = self._rate_and_eta(step)
@@ -220,8 +229,7 @@ class Progress:
         self._draw_bar(step, fields)
       elif self._printed_step != step:
         self._print_line(step, fields)
-    if self._tty and self._drawn:
-      self.stream.write('\n')
-      self.stream.flush()
-      self._drawn = False
+    if self._bar is not None:
+      self._bar.stop()  # Leaves the bar's last state on its own line.
+      self._bar = None
     self._last = None

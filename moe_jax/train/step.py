@@ -44,7 +44,9 @@ def train_step(state: TrainState, batch: dict[str, Any], *,
   """One AdamW step on loss = CE + α·load_balance + c_z·z (summed over layers).
 
   Returns:
-    (new state, metrics dict of scalars and per-expert vectors).
+    (new state, metrics dict of scalars and per-expert vectors). Its
+    'state_finite' is True when the loss, gradient norm and every array of
+    the new state are finite.
   """
   key = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(lm_loss, has_aux=True)
@@ -52,10 +54,18 @@ def train_step(state: TrainState, batch: dict[str, Any], *,
                                      train=True, key=key)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, 'cross_entropy': ce,
-             'grad_norm': optax.tree.norm(grads), **aux}
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
+  grad_norm = optax.tree.norm(grads)
+  # The host reads this before saving: the loss above was computed before
+  # the update, so it can be finite while the state a checkpoint would hold
+  # is not. Computed here, it costs no extra host round trip.
+  finite = jnp.all(jnp.stack(
+      [jnp.isfinite(loss), jnp.isfinite(grad_norm)] +
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+          (new_state.params, new_state.opt_state))]))
+  metrics = {'loss': loss, 'cross_entropy': ce, 'grad_norm': grad_norm,
+             'state_finite': finite, **aux}
   return new_state, metrics
 
 

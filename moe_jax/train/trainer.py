@@ -27,32 +27,22 @@ from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
-from moe_jax.train import optim
+from moe_jax.train import optim, validate
 from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
 from moe_jax.train.metric_writer import MetricWriter, Progress
 from moe_jax.train.step import (EVAL_ROUTING_METRICS, TrainState,
                                  eval_step, train_step)
 
 
 class NonFiniteLossError(RuntimeError):
-  """Training produced a NaN or infinite loss."""
+  """Training produced a NaN or infinite loss, gradient or state."""
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """The validated ModelConfig (with its MoEConfig) of an experiment."""
   return ModelConfig(max_len=config.seq_len, moe=MoEConfig(**config.moe),
                      **config.model)
-
-
-def _check_train_config(config) -> None:
-  t = config.train
-  for name in ('num_steps', 'log_every', 'eval_every', 'eval_batches',
-               'checkpoint_every', 'keep_checkpoints'):
-    value = t[name]
-    if not isinstance(value, int) or value <= 0:
-      raise UserInputError(
-          f'train.{name}={value!r} must be a positive int; set '
-          f'--config.train.{name}.')
 
 
 def load_data(config):
@@ -95,6 +85,14 @@ def make_mesh(config, mcfg: ModelConfig):
   mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
                       batch_size=config.batch_size, num_heads=mcfg.num_heads,
                       d_ff=mcfg.d_ff, num_groups=num_groups)
+  if (mesh_lib.axis_size(mesh, 'expert') > 1 and
+      mcfg.moe.capacity(1, train=True) is None):
+    # The MoE layer would say the same, but only when tracing, after the
+    # workdir is written.
+    raise UserInputError(
+        f'dispatcher={mcfg.moe.dispatcher!r} has no fixed-size expert '
+        'buffers to exchange; with an expert mesh axis > 1 use '
+        "--config.moe.dispatcher=index.")
   return mesh
 
 
@@ -127,29 +125,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Raises:
     UserInputError: bad config, data or workdir (nothing is written).
-    NonFiniteLossError: the loss became NaN/inf (the last good checkpoint
-      is kept and nothing after it is saved).
+    NonFiniteLossError: the loss, gradients or state became NaN/inf (the
+      last good checkpoint is kept and nothing after it is saved).
+    TrainingInterrupted: SIGINT or SIGTERM arrived; the step in progress
+      was finished and saved.
   """
   workdir = pathlib.Path(workdir)
-  _check_train_config(config)
+  validate.check_train_config(config)
+  validate.check_optim_config(config)
+  validate.check_data_config(config)
+  validate.check_workdir(workdir)
   mcfg = model_config(config)
   corpus, batches, val_batches = load_data(config)
   mesh = make_mesh(config, mcfg)
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   config_dict = config.to_dict()
   ckpt.check_compatible(config_dict)
+  # One process writes metrics, prints and draws progress; all of them
+  # checkpoint (each writes its own shards).
+  main = jax.process_index() == 0
+  say = functools.partial(print, flush=True) if main else lambda *_: None
 
   graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
-  total, active = count_params(state.params, mcfg.moe.top_k,
-                               mcfg.moe.num_experts)
-  print(f'model: {mcfg.num_layers} layers ({mcfg.num_moe_layers} MoE, '
-        f'E={mcfg.moe.num_experts}, K={mcfg.moe.top_k}), params total '
-        f'{total:,} active/token {active:,}; data {corpus.name} '
-        f'({len(corpus):,} bytes)', flush=True)
+  say(f'model: {_describe(mcfg, state.params)}; data {corpus.name} '
+      f'({len(corpus):,} bytes)')
   if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(placement.abstract_with_shardings(state, shardings))
-    print(f'resumed from step {int(state.step)} in {ckpt.directory}',
-          flush=True)
+    restored, _ = ckpt.restore(
+        placement.abstract_with_shardings(state, shardings))
+    if restored is None:
+      say('no checkpoint restores; starting from step 0')
+    else:
+      state = restored
+      say(f'resumed from step {int(state.step)} in {ckpt.directory}')
 
   batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
   replicated = placement.replicated(mesh)
@@ -163,33 +170,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lr_at = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   t = config.train
   start = int(state.step)
-  # One process writes metrics and draws progress; all of them checkpoint
-  # (each writes its own shards).
-  main = jax.process_index() == 0
   writer = MetricWriter(workdir, resume_step=start) if main else _Silent()
   progress = Progress(t.num_steps, start_step=start) if main else _Silent()
   meta = {'config': config_dict}
   tokens_per_step = config.batch_size * config.seq_len
   eval_metrics: dict[str, float] = {}
-  pending = None  # (step, loss) of the previous step: checked one step late
-  # so the host never waits on the step it just dispatched.
+  pending = None  # (step, state_finite, loss) of the previous step: checked
+  # one step late so the host never waits on the step it just dispatched.
   clock, clock_step = None, start
   try:
     # The mesh in context lets the MoE layer trace its all-to-alls.
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), StopRequest() as stop:
       for step in range(start, t.num_steps):
         batch = placement.shard_batch(batches.batch_at(step), batch_sh)
         state, metrics = step_fn(state, batch)
         if pending is not None:
           _check_finite(*pending, ckpt)
-        pending = (step + 1, metrics['loss'])
+        pending = (step + 1, metrics['state_finite'], metrics['loss'])
         done = step + 1
         if clock is None:  # tokens/s leaves out the first step's compile.
           jax.block_until_ready(metrics['loss'])
           clock, clock_step = time.perf_counter(), done
-        if done % t.log_every == 0 or done == t.num_steps:
+        log = done % t.log_every == 0 or done == t.num_steps
+        run_eval = done % t.eval_every == 0 or done == t.num_steps
+        stopping = stop.signum is not None and done < t.num_steps
+        save = (done % t.checkpoint_every == 0 or done == t.num_steps or
+                stopping)
+        if log or run_eval or save:
+          # These wait for the step anyway. Never log, evaluate or save a
+          # non-finite state.
+          _check_finite(*pending, ckpt)
+        if log:
           host = _host(metrics)
-          _check_finite(done, host['loss'], ckpt)
+          del host['state_finite']  # Checked above; not a curve.
           now = time.perf_counter()
           if done > clock_step:
             host['tokens_per_sec'] = (done - clock_step) * tokens_per_step / (
@@ -200,12 +213,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           progress.update(done, loss=float(host['loss']))
         else:
           progress.update(done)
-        if done % t.eval_every == 0 or done == t.num_steps:
+        if run_eval:
           eval_metrics = evaluate(eval_fn, state.params, val_batches)
           writer.write(done, eval_metrics)
-        if done % t.checkpoint_every == 0 or done == t.num_steps:
-          _check_finite(*pending, ckpt)
+        if save:
           ckpt.save(done, state, meta)
+        if stopping:
+          raise TrainingInterrupted(
+              f'{stop.name} received: stopped after step {done} and saved a '
+              f'checkpoint there; rerun the same command to resume.',
+              stop.signum)
         if done % t.eval_every == 0 or done % t.checkpoint_every == 0:
           clock, clock_step = time.perf_counter(), done  # Train time only.
       if pending is not None:
@@ -216,12 +233,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     progress.close()
     writer.close()
     ckpt.close()
-  print(f'final validation loss {eval_metrics["eval/loss"]:.4f} nats/byte '
-        f'({eval_metrics["eval/bits_per_byte"]:.4f} bits/byte) at step '
-        f'{t.num_steps}\ncheckpoints: {ckpt.directory}\nmetrics: '
-        f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
-        f'{workdir.absolute() / "tb"})', flush=True)
+  say(f'final validation loss {eval_metrics["eval/loss"]:.4f} nats/byte '
+      f'({eval_metrics["eval/bits_per_byte"]:.4f} bits/byte) at step '
+      f'{int(state.step)}\ncheckpoints: {ckpt.directory}\nmetrics: '
+      f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
+      f'{workdir.absolute() / "tb"})')
   return eval_metrics
+
+
+def _describe(mcfg: ModelConfig, params) -> str:
+  """'4 layers (2 MoE, E=8, K=1), params total ... active/token ...'."""
+  total, active = count_params(params, mcfg.moe.top_k, mcfg.moe.num_experts)
+  kind = (f'{mcfg.num_moe_layers} MoE, E={mcfg.moe.num_experts}, '
+          f'K={mcfg.moe.top_k}' if mcfg.num_moe_layers else 'dense')
+  return (f'{mcfg.num_layers} layers ({kind}), params total {total:,} '
+          f'active/token {active:,}')
 
 
 class _Silent:
@@ -231,11 +257,16 @@ class _Silent:
     return lambda *args, **kwargs: None
 
 
-def _check_finite(step: int, loss, ckpt: Checkpointer) -> None:
-  loss = float(loss)
-  if not math.isfinite(loss):
-    raise NonFiniteLossError(
-        f'loss became {loss} at step {step}; stopped without saving. The last '
-        f'good checkpoint (step {ckpt.latest_step()}) is kept in '
-        f'{ckpt.directory}; lower --config.optim.learning_rate or raise '
-        '--config.moe.z_loss_weight.')
+def _check_finite(step: int, finite, loss, ckpt: Checkpointer) -> None:
+  finite, loss = jax.device_get((finite, loss))
+  if bool(finite):
+    return
+  last = ckpt.latest_step()
+  kept = (f'The last good checkpoint (step {last}) is kept in '
+          f'{ckpt.directory}' if last is not None else
+          'No checkpoint had been saved')
+  raise NonFiniteLossError(
+      f'training diverged at step {step}; stopped without saving (loss '
+      f'{float(loss):.4g}; the loss, gradients or updated state hold NaN or '
+      f'inf). {kept}; lower --config.optim.learning_rate or raise '
+      '--config.moe.z_loss_weight.')

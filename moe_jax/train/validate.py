@@ -1,0 +1,89 @@
+"""Checks of the config and workdir that must pass before the first write.
+
+Each raises UserInputError with the flag that fixes it, so the CLI can print
+one line. The model and MoE sections are checked by their own dataclasses
+(ModelConfig, MoEConfig); the mesh by moe_jax.parallel.mesh.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+
+from moe_jax.errors import UserInputError
+
+
+def check_train_config(config) -> None:
+  t = config.train
+  for name in ('num_steps', 'log_every', 'eval_every', 'eval_batches',
+               'checkpoint_every', 'keep_checkpoints'):
+    value = t[name]
+    if not isinstance(value, int) or value <= 0:
+      raise UserInputError(
+          f'train.{name}={value!r} must be a positive int; set '
+          f'--config.train.{name}.')
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_optim_config(config) -> None:
+  """A NaN or non-positive learning rate would train nothing (or NaNs)."""
+  o = config.optim
+  # (field, test, what the value must be).
+  rules = (
+      ('learning_rate', lambda v: math.isfinite(v) and v > 0, 'finite and > 0'),
+      ('warmup_steps', lambda v: isinstance(v, int) and v >= 0,
+       'an int >= 0'),
+      ('final_lr_fraction', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+      ('weight_decay', lambda v: math.isfinite(v) and v >= 0,
+       'finite and >= 0'),
+      ('b1', lambda v: 0 <= v < 1, 'in [0, 1)'),
+      ('b2', lambda v: 0 <= v < 1, 'in [0, 1)'),
+      ('grad_clip', lambda v: math.isfinite(v) and v > 0, 'finite and > 0'),
+  )
+  for name, ok, must in rules:
+    value = o[name]
+    # `not ok(...)` rather than a negated comparison, so NaN fails too.
+    if not _is_number(value) or not ok(value):
+      raise UserInputError(
+          f'optim.{name}={value!r} must be {must}; set '
+          f'--config.optim.{name}.')
+
+
+def check_data_config(config) -> None:
+  """A path only means something to kind='text' (and 'tinyshakespeare').
+
+  We refuse rather than guess: a path with the default kind='stdlib' would
+  otherwise train on the standard library and ignore the user's file.
+  """
+  d = config.data
+  if d.path and d.kind not in ('text', 'tinyshakespeare'):
+    raise UserInputError(
+        f'data.path={d.path!r} is set but data.kind={d.kind!r} ignores it; '
+        'add --config.data.kind=text to train on that file or folder.')
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+  """The workdir must be (or become) a directory we can write to."""
+  if workdir.exists() and not workdir.is_dir():
+    raise UserInputError(
+        f'workdir {workdir} is a file, not a directory; pass a new '
+        '--workdir.')
+  # The deepest existing folder: the workdir, or the parent it will go in.
+  existing = workdir
+  while not existing.exists():
+    existing = existing.parent
+  if not existing.is_dir():
+    raise UserInputError(
+        f'workdir {workdir} cannot be created: {existing} is a file; pass '
+        'another --workdir.')
+  # Every folder a run writes into must be writable (checkpoints/ may have
+  # been made read-only on its own).
+  for path in (existing, workdir / 'checkpoints', workdir / 'tb'):
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+      raise UserInputError(
+          f'{path} is not writable; fix its permissions or pass another '
+          '--workdir.')
