@@ -56,6 +56,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     graphdef, state, shardings, _ = trainer.init_state(mcfg, config, mesh)
     state, meta = ckpt.restore(
         placement.abstract_with_shardings(state, shardings))
+    if state is None:
+      raise UserInputError(f'no checkpoint in {ckpt.directory} restores.')
   finally:
     ckpt.close()
   trained = ml_collections.ConfigDict(meta['config'])
