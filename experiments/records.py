@@ -29,9 +29,44 @@ CURVE_TRAIN_METRICS = ('max_violation', 'router_logit_max', 'router_logsumexp',
                        'dropped_fraction')
 
 
-def config_hash(config) -> str:
-  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _digest(value) -> str:
+  text = json.dumps(value, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def config_hash(config) -> str:
+  """Identifies a run by the fields it sets away from moe_jax's defaults.
+
+  So a new config field (added with a default that keeps old behaviour)
+  leaves every finished run valid. Changing a default's value changes what
+  the ablations compute: runs.csv records defaults_hash, and the runner warns
+  when it differs from today's.
+  """
+  from moe_jax.train.default_config import get_default_config  # pylint: disable=g-import-not-at-top
+  defaults = _flat(get_default_config().to_dict())
+  changed = {k: v for k, v in _flat(config.to_dict()).items()
+             if k not in defaults or defaults[k] != v}
+  return _digest(changed)
+
+
+def legacy_config_hash(config) -> str:
+  """The hash of the whole config, which runs.csv held before 2026-11-28."""
+  return _digest(config.to_dict())
+
+
+def defaults_hash() -> str:
+  from moe_jax.train.default_config import get_default_config  # pylint: disable=g-import-not-at-top
+  return _digest(get_default_config().to_dict())
 
 
 def _read_jsonl(workdir: pathlib.Path) -> list[dict]:
@@ -64,6 +99,7 @@ def train_run(ab, variant: str, seed: int, config,
   row = {
       'variant': variant, 'seed': seed, 'steps': config.train.num_steps,
       'status': 'ok', 'config_hash': config_hash(config),
+      'defaults_hash': defaults_hash(),
       **{f'eval_{k}': final[f'eval/{k}'] for k in EVAL_FIELDS},
       'tokens_per_sec': tps,
       'train_s': config.train.num_steps * tokens_per_step / tps,
@@ -87,7 +123,7 @@ def extra_evals(ab, config, workdir: pathlib.Path) -> dict:
   return row
 
 
-def find_finished(results_root: pathlib.Path, config_hash_: str,
+def find_finished(results_root: pathlib.Path, config,
                   exclude: pathlib.Path) -> tuple[dict, list[dict],
                                                   pathlib.Path] | None:
   """A finished run with this exact config in another ablation's results.
@@ -99,11 +135,12 @@ def find_finished(results_root: pathlib.Path, config_hash_: str,
   Returns:
     (its runs.csv row, its curves, its workdir) or None.
   """
+  hashes = (config_hash(config), legacy_config_hash(config))
   for csv_path in sorted(pathlib.Path(results_root).glob('*/runs.csv')):
     if csv_path.parent.resolve() == pathlib.Path(exclude).resolve():
       continue
     for r in _read_csv(csv_path):
-      if r.get('config_hash') == config_hash_ and r.get('status') == 'ok':
+      if r.get('config_hash') in hashes and r.get('status') == 'ok':
         curves = [c for c in _read_csv(csv_path.parent / 'curves.csv')
                   if c['variant'] == r['variant'] and c['seed'] == r['seed']]
         workdir = (csv_path.parent / 'workdirs' / r['variant'] /
@@ -125,7 +162,8 @@ def reuse_run(ab, variant: str, seed: int, config, found) -> tuple[dict, list]:
     if not (workdir / 'checkpoints').is_dir():
       raise FileNotFoundError(workdir)
     row.update(extra_evals(ab, config, workdir))
-  row.update(variant=variant, seed=seed, reused_from=source)
+  row.update(variant=variant, seed=seed, reused_from=source,
+             config_hash=config_hash(config))
   return row, [{**c, 'variant': variant} for c in curves]
 
 
@@ -180,12 +218,32 @@ class RunStore:
     return self._find(variant, seed) is not None
 
   def check_same_config(self, variant: str, seed: int, config) -> None:
+    """Raises unless the recorded run (if any) had this config.
+
+    A row recorded with the legacy whole-config hash is relabelled with
+    today's hash when it matches (saved with the next add()).
+    """
     row = self._find(variant, seed)
-    if row is not None and row['config_hash'] != config_hash(config):
-      raise UserInputError(
-          f'{self.csv_path} already holds {variant} seed {seed} from another '
-          'config (other steps or overrides); pass a new --out, or delete '
-          'that folder to start over.')
+    if row is None or row['config_hash'] == config_hash(config):
+      return
+    if row['config_hash'] == legacy_config_hash(config):
+      row['config_hash'] = config_hash(config)
+      return
+    raise UserInputError(
+        f'{self.csv_path} already holds {variant} seed {seed} from another '
+        'config (other steps or overrides); pass a new --out, or delete '
+        'that folder to start over.')
+
+  def stale_defaults(self) -> bool:
+    """Whether a recorded run used other moe_jax defaults than today's."""
+    now = defaults_hash()
+    return any(r.get('defaults_hash') not in (None, '', now) and
+               isinstance(r.get('defaults_hash'), str) for r in self._rows)
+
+  def save(self) -> None:
+    if self._rows:
+      self.out.mkdir(parents=True, exist_ok=True)
+      _write_csv(self.csv_path, self._rows)
 
   def add(self, row: dict, curves: list[dict]) -> None:
     self._rows = [r for r in self._rows if not (
@@ -208,8 +266,8 @@ def _read_csv(path: pathlib.Path) -> list[dict]:
 
 
 # Columns kept as text even when they look like numbers (a hash of digits).
-_TEXT_COLUMNS = ('variant', 'status', 'config_hash', 'expert_fraction',
-                 'metric')
+_TEXT_COLUMNS = ('variant', 'status', 'config_hash', 'defaults_hash',
+                 'expert_fraction', 'metric', 'reused_from')
 
 
 def _parse(value: str):

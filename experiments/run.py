@@ -94,10 +94,15 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
     apply_overrides(c, {**v.overrides, **overrides, 'seed': s})
     configs[v.name, s] = c
     store.check_same_config(v.name, s, c)  # Before training anything.
+  store.save()  # Keeps rows relabelled from the legacy hash.
   for name in only or ():
     ab.variant(name)  # An unknown name raises KeyError: one error line.
   todo = [(v, s) for v, s in plan if not store.has(v.name, s)
           and (not only or v.name in only)]
+  if store.stale_defaults():
+    print(f'warning: some runs in {store.csv_path} used other defaults of '
+          'moe_jax/train/default_config.py than today\'s; their numbers may '
+          'not match a rerun.', flush=True)
   finished = sum(store.has(v.name, s) for v, s in plan)
   print(f'[{ab.name}] {len(plan)} runs ({len(ab.variants)} variants x '
         f'{seeds} seeds, {steps} steps); {finished} already in '
@@ -111,7 +116,7 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
     t0 = time.perf_counter()
     config = configs[v.name, s]
     workdir = out / 'workdirs' / v.name / f'seed{s}'
-    found = records.find_finished(RESULTS, records.config_hash(config), out)
+    found = records.find_finished(RESULTS, config, out)
     if found is not None:
       try:
         store.add(*records.reuse_run(ab, v.name, s, config, found))

@@ -70,6 +70,40 @@ def test_verdict_needs_two_seeds_a_side():
 
 # ----------------------------------------------------------------- runner --
 
+def test_config_hash_ignores_new_default_fields_but_not_changes(monkeypatch):
+  from moe_jax.train import default_config
+  c = switch_top1.get_config('tiny')
+  before = records.config_hash(c)
+  real = default_config.get_default_config
+
+  def with_new_field():
+    d = real()
+    d.moe.new_option = 0  # A field added later, off by default.
+    return d
+  monkeypatch.setattr(default_config, 'get_default_config', with_new_field)
+  c2 = switch_top1.get_config('tiny')
+  assert records.config_hash(c2) == before
+  c2.moe.new_option = 1
+  assert records.config_hash(c2) != before
+  c.model.d_model = 64
+  assert records.config_hash(c) != before
+
+
+def test_legacy_hash_rows_are_accepted_and_relabelled(tmp_path):
+  c = switch_top1.get_config('tiny')
+  store = records.RunStore(tmp_path)
+  store.add({'variant': 'a', 'seed': 0, 'status': 'ok', 'eval_loss': 1.0,
+             'config_hash': records.legacy_config_hash(c)}, [])
+  store = records.RunStore(tmp_path)
+  store.check_same_config('a', 0, c)
+  store.save()
+  assert records.RunStore(tmp_path).rows()[0]['config_hash'] == (
+      records.config_hash(c))
+  c.model.d_model = 64
+  with pytest.raises(run.UserInputError, match='another config'):
+    store.check_same_config('a', 0, c)
+
+
 def _tiny(steps):
   c = switch_top1.get_config('tiny')
   c.train.num_steps = steps
