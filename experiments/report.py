@@ -183,7 +183,9 @@ def _environment() -> str:
   return (f'{platform.platform()}, {platform.processor() or platform.machine()}'
           f', {os.cpu_count()} CPU cores visible; Python '
           f'{platform.python_version()}, jax {jax.__version__} on '
-          f'{jax.default_backend()}')
+          f'{jax.default_backend()}' + (
+              f'; XLA_FLAGS={os.environ["XLA_FLAGS"]}'
+              if os.environ.get('XLA_FLAGS') else ''))
 
 
 def write(ab, rows, curves, out: pathlib.Path, command: str) -> None:
@@ -204,6 +206,13 @@ def write(ab, rows, curves, out: pathlib.Path, command: str) -> None:
       '']
   if ab.notes:
     lines += [ab.notes.strip(), '']
+  walls = [float(r['wall_s']) for r in rows
+           if isinstance(r.get('wall_s'), (int, float)) and
+           math.isfinite(float(r['wall_s']))]
+  if walls:
+    lines += [f'Wall time of these runs, one after another (compilation and '
+              f'evaluation included; what a from-scratch rerun costs): '
+              f'{sum(walls) / 60:.0f} min.', '']
   lines += ['## Results per variant (mean ± std over seeds)', '']
   lines += variant_table(ab, rows) + ['']
   extra = extra_eval_table(ab, rows)
