@@ -50,15 +50,27 @@ def mean_std(xs, fmt: str) -> str:
 def variant_table(ab, rows) -> list[str]:
   lines = ['| variant | overrides | n | ' + ' | '.join(h for _, h, _ in TABLE)
            + ' |', '|---' * (len(TABLE) + 3) + '|']
+  base = ab.base(ab.steps)
   for v in ab.variants:
     n = len(values(rows, v.name, 'eval_loss'))
-    over = ', '.join(f'{k}={val}' for k, val in v.overrides.items()) or '–'
+    # Only what differs from the ablation's base config.
+    over = ', '.join(f'{k}={val}' for k, val in v.overrides.items()
+                     if _get(base, k) != val) or '–'
     cells = [mean_std(values(rows, v.name, c), f) for c, _, f in TABLE]
     lines.append(f'| {v.name} | {over} | {n} | ' + ' | '.join(cells) + ' |')
   failed = [r for r in rows if str(r.get('status', 'ok')) != 'ok']
   for r in failed:
     lines.append(f'\n{r["variant"]} seed {r["seed"]}: {r["status"]}')
   return lines
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split('.'):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
 
 
 def extra_eval_table(ab, rows) -> list[str]:

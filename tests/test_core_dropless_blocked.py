@@ -143,7 +143,9 @@ def test_matches_index_and_ragged(case):
     np.testing.assert_allclose(gx, gx_want, rtol=1e-5, atol=1e-6,
                                err_msg=name)
     for p in gp_want:
-      np.testing.assert_allclose(gp[p], gp_want[p], rtol=1e-5, atol=1e-6,
+      # Parameter gradients sum over every token, in an order that differs
+      # per implementation: float32 rounding reaches ~2e-6 on entries ~1e-2.
+      np.testing.assert_allclose(gp[p], gp_want[p], rtol=1e-5, atol=5e-6,
                                  err_msg=f'{name} {p}')
 
 
