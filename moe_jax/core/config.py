@@ -6,14 +6,18 @@ import dataclasses
 import functools
 
 from moe_jax.core import capacity as capacity_lib
+from moe_jax.core import expert_choice
 from moe_jax.core import routers
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.experts import EXPERT_TYPES
 from moe_jax.errors import UserInputError
 
-ROUTERS = ('switch', 'gshard', 'topk')
+ROUTERS = ('switch', 'gshard', 'topk', 'expert_choice')
 # The number of choices a router makes, where the router fixes it.
 _ROUTER_K = {'switch': 1, 'gshard': 2}
+# Routers whose group-wide form lets later tokens change earlier outputs;
+# `causal_routing` selects their lookahead-free form.
+NONCAUSAL_CAPABLE = ('expert_choice',)
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -36,7 +40,9 @@ class MoEConfig:
     num_experts: E.
     top_k: K, choices per token. 'switch' needs 1 and 'gshard' needs 2.
     router: 'switch' (top-1, raw gate), 'gshard' (top-2, pair-renormalised
-      gates) or 'topk' (Mixtral: softmax over the top-k logits).
+      gates), 'topk' (Mixtral: softmax over the top-k logits) or
+      'expert_choice' (Zhou et al. 2022: each expert picks its tokens; plan
+      K = E, capacity C = ceil(S·cf/E), not scaled by top_k).
     dispatcher: 'index' (gathers into capacity buffers, the default),
       'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
       expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
@@ -61,6 +67,16 @@ class MoEConfig:
     z_loss_weight: c_z on the router z-loss (ST-MoE: 1e-3).
     init_scale: variance-scaling factor of router and expert weights
       (Switch Table 3 found 0.1 much more stable than 1.0).
+    fixed_capacity: None (capacity from the factor), or an absolute C per
+      group used in training and eval alike (clamped to S; for causal
+      expert choice, per chunk and clamped to causal_chunk).
+    causal_routing: for 'expert_choice': True (default) uses the
+      lookahead-free variant (core/expert_choice.py); False the paper's
+      choice over the whole group, which leaks the future in a decoder.
+    allow_noncausal: the decoder refuses causal_routing=False unless this
+      is True (e.g. to reproduce the leak on purpose).
+    causal_chunk: Q, the window and buffer chunk of causal expert choice;
+      must divide the sequence length.
   """
 
   num_experts: int = 8
@@ -80,6 +96,10 @@ class MoEConfig:
   load_balance_weight: float = 1e-2
   z_loss_weight: float = 1e-3
   init_scale: float = 0.1
+  fixed_capacity: int | None = None
+  causal_routing: bool = True
+  allow_noncausal: bool = False
+  causal_chunk: int = 16
 
   def __post_init__(self):
     _check_positive('num_experts', self.num_experts)
@@ -115,12 +135,44 @@ class MoEConfig:
       if not getattr(self, name) >= 0:
         raise UserInputError(f'{name}={getattr(self, name)!r} must be >= 0.')
     _check_positive('init_scale', self.init_scale, (int, float))
+    self._check_zoo()
+
+  def _check_zoo(self) -> None:
+    """Checks of the fields the router zoo added (all off by default)."""
+    if self.fixed_capacity is not None:
+      _check_positive('fixed_capacity', self.fixed_capacity)
+    _check_positive('causal_chunk', self.causal_chunk)
+    for name in ('causal_routing', 'allow_noncausal'):
+      if not isinstance(getattr(self, name), bool):
+        raise UserInputError(
+            f'{name}={getattr(self, name)!r} must be True or False.')
+    if self.router == 'expert_choice':
+      if not DISPATCHERS[self.dispatcher].needs_capacity:
+        raise UserInputError(
+            f"router='expert_choice' fills fixed-size expert buffers; "
+            f"dispatcher={self.dispatcher!r} has none: use 'index' or 'einsum'.")
+      if self.causal_routing and self.group_size is not None:
+        raise UserInputError(
+            'causal expert choice routes each sequence as its own group; '
+            f'unset group_size (now {self.group_size}) or set '
+            'causal_routing=False.')
 
   def capacity(self, group_size: int, train: bool) -> int | None:
     """C for a group of `group_size` tokens; None for the dropless dispatcher."""
     if not DISPATCHERS[self.dispatcher].needs_capacity:
       return None
     cf = self.capacity_factor if train else self.eval_capacity_factor
+    if self.router == 'expert_choice':
+      # Zhou et al.: C = S·c/E, one pick per expert, so not scaled by K;
+      # the causal variant's buffers are per chunk of Q positions.
+      if self.causal_routing:
+        group_size = min(group_size, self.causal_chunk)
+      if self.fixed_capacity is not None:
+        return min(self.fixed_capacity, group_size)
+      return capacity_lib.expert_capacity(
+          group_size, self.num_experts, 1, cf, self.min_capacity)
+    if self.fixed_capacity is not None:
+      return min(self.fixed_capacity, group_size)
     return capacity_lib.expert_capacity(
         group_size, self.num_experts, self.top_k, cf, self.min_capacity,
         self.capacity_scales_with_k)
@@ -132,4 +184,10 @@ class MoEConfig:
     if self.router == 'gshard':
       policy = self.second_policy if train else self.second_policy_eval
       return functools.partial(routers.gshard_top2, second_policy=policy)
-    return functools.partial(routers.top_k, k=self.top_k)
+    if self.router == 'topk':
+      return functools.partial(routers.top_k, k=self.top_k)
+    if self.router == 'expert_choice':
+      return functools.partial(expert_choice.expert_choice,
+                               causal=self.causal_routing,
+                               chunk=self.causal_chunk)
+    raise AssertionError(self.router)  # __post_init__ checked the name.

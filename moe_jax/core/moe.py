@@ -28,7 +28,7 @@ def group_tokens(x: jax.Array, group_size: int | None) -> jax.Array:
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
-              dtype=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+              dtype=None, return_plan: bool = False):
   """Routes tokens to experts and combines their outputs.
 
   Args:
@@ -40,11 +40,14 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     key: PRNG key, needed when training uses jitter or a random policy.
     dtype: compute dtype of the experts (default x.dtype). The router always
       runs in float32.
+    return_plan: also return the routing, for analysis and tests.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
     aux: 'aux_loss' (α·load_balance + c_z·z, add it to the training loss),
       the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
+    routing (only with return_plan=True): {'plan': the RoutingPlan,
+      'logits': float32 router logits [G, S, E]}.
   """
   dtype = dtype or x.dtype
   xg = group_tokens(x, config.group_size)  # [G, S, D]
@@ -74,4 +77,7 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   aux['router_logsumexp'] = jnp.mean(jax.nn.logsumexp(sg_logits, axis=-1))
   aux['aux_loss'] = (config.load_balance_weight * aux['load_balance_loss'] +
                      config.z_loss_weight * aux['z_loss'])
-  return out.reshape(x.shape).astype(x.dtype), aux
+  y = out.reshape(x.shape).astype(x.dtype)
+  if return_plan:
+    return y, aux, {'plan': plan, 'logits': logits}
+  return y, aux

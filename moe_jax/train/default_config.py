@@ -55,6 +55,13 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.load_balance_weight = 1e-2  # α (Switch).
   c.moe.z_loss_weight = 1e-3  # c_z (ST-MoE).
   c.moe.init_scale = 0.1  # Router/expert init scale (Switch Table 3).
+  # Absolute C per group (train and eval) instead of the factors; unset: off.
+  c.moe.fixed_capacity = config_dict.placeholder(int)
+  # expert_choice: True = lookahead-free variant; False = whole group (leaks
+  # the future; the decoder refuses it unless allow_noncausal=True).
+  c.moe.causal_routing = True
+  c.moe.allow_noncausal = False
+  c.moe.causal_chunk = 16  # Q: window/buffer chunk of causal routing.
 
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
