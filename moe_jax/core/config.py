@@ -7,12 +7,14 @@ import functools
 
 from moe_jax.core import capacity as capacity_lib
 from moe_jax.core import expert_choice
+from moe_jax.core import losses
+from moe_jax.core import sigmoid_router
 from moe_jax.core import routers
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.experts import EXPERT_TYPES
 from moe_jax.errors import UserInputError
 
-ROUTERS = ('switch', 'gshard', 'topk', 'expert_choice')
+ROUTERS = ('switch', 'gshard', 'topk', 'expert_choice', 'sigmoid')
 # The number of choices a router makes, where the router fixes it.
 _ROUTER_K = {'switch': 1, 'gshard': 2}
 # Routers whose group-wide form lets later tokens change earlier outputs;
@@ -42,7 +44,9 @@ class MoEConfig:
     router: 'switch' (top-1, raw gate), 'gshard' (top-2, pair-renormalised
       gates), 'topk' (Mixtral: softmax over the top-k logits) or
       'expert_choice' (Zhou et al. 2022: each expert picks its tokens; plan
-      K = E, capacity C = ceil(S·cf/E), not scaled by top_k).
+      K = E, capacity C = ceil(S·cf/E), not scaled by top_k) or 'sigmoid'
+      (DeepSeek-V3: sigmoid affinities, top-k gates renormalised over the
+      chosen experts, optional loss-free balancing bias).
     dispatcher: 'index' (gathers into capacity buffers, the default),
       'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
       expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
@@ -77,6 +81,13 @@ class MoEConfig:
       is True (e.g. to reproduce the leak on purpose).
     causal_chunk: Q, the window and buffer chunk of causal expert choice;
       must divide the sequence length.
+    bias_update_rate: γ of aux-loss-free balancing ('sigmoid' only; DeepSeek
+      used 1e-3). > 0 gives each MoE layer a selection bias held in the
+      training state and moved by ±γ after each step; 0: no bias.
+    balance_loss_scope: where f and P of the load-balance loss are pooled:
+      'global' (every group of the batch, the default and the original
+      behaviour), 'micro_batch' (per data-parallel shard, then averaged) or
+      'sequence' (per group, then averaged). See losses.py.
   """
 
   num_experts: int = 8
@@ -100,6 +111,8 @@ class MoEConfig:
   causal_routing: bool = True
   allow_noncausal: bool = False
   causal_chunk: int = 16
+  bias_update_rate: float = 0.0
+  balance_loss_scope: str = 'global'
 
   def __post_init__(self):
     _check_positive('num_experts', self.num_experts)
@@ -142,6 +155,17 @@ class MoEConfig:
     if self.fixed_capacity is not None:
       _check_positive('fixed_capacity', self.fixed_capacity)
     _check_positive('causal_chunk', self.causal_chunk)
+    _check_choice('balance_loss_scope', self.balance_loss_scope,
+                  losses.BALANCE_SCOPES)
+    if (not isinstance(self.bias_update_rate, (int, float)) or
+        not self.bias_update_rate >= 0):
+      raise UserInputError(
+          f'bias_update_rate={self.bias_update_rate!r} must be >= 0 (e.g. '
+          '1e-3; 0 turns loss-free balancing off).')
+    if self.bias_update_rate > 0 and self.router != 'sigmoid':
+      raise UserInputError(
+          f'bias_update_rate={self.bias_update_rate} needs '
+          f"router='sigmoid' (router is {self.router!r}); set it to 0.")
     for name in ('causal_routing', 'allow_noncausal'):
       if not isinstance(getattr(self, name), bool):
         raise UserInputError(
@@ -177,8 +201,20 @@ class MoEConfig:
         group_size, self.num_experts, self.top_k, cf, self.min_capacity,
         self.capacity_scales_with_k)
 
+  @property
+  def has_router_bias(self) -> bool:
+    """Whether each MoE layer carries a loss-free balancing bias."""
+    return self.router == 'sigmoid' and self.bias_update_rate > 0
+
   def router_fn(self, train: bool) -> routers.Router:
     """The pure router, with this config's options bound."""
+    fn = self._router_fn(train)
+    if self.balance_loss_scope != 'global':
+      fn = functools.partial(fn, balance_fn=functools.partial(
+          losses.scoped_load_balance_loss, scope=self.balance_loss_scope))
+    return fn
+
+  def _router_fn(self, train: bool) -> routers.Router:
     if self.router == 'switch':
       return routers.switch_top1
     if self.router == 'gshard':
@@ -186,6 +222,8 @@ class MoEConfig:
       return functools.partial(routers.gshard_top2, second_policy=policy)
     if self.router == 'topk':
       return functools.partial(routers.top_k, k=self.top_k)
+    if self.router == 'sigmoid':
+      return functools.partial(sigmoid_router.sigmoid_top_k, k=self.top_k)
     if self.router == 'expert_choice':
       return functools.partial(expert_choice.expert_choice,
                                causal=self.causal_routing,

@@ -12,6 +12,9 @@ from moe_jax.core.experts import EXPERT_FNS
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import expert_parallel
 
+# The stacked expert weights; the other params feed the router.
+EXPERT_PARAMS = ('wi', 'wi_gate', 'wo')
+
 
 def group_tokens(x: jax.Array, group_size: int | None) -> jax.Array:
   """[..., L, D] -> [G, S, D]; S = group_size, or L when it is None."""
@@ -33,7 +36,8 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
 
   Args:
     params: router_kernel [D, E] plus the expert weights (wi, wo, and
-      wi_gate for SwiGLU; see core/experts.py).
+      wi_gate for SwiGLU; see core/experts.py); router_bias [E] for
+      loss-free balancing (a state, not trained: its gradient is cut).
     x: [..., L, D] tokens (e.g. [B, L, D]).
     config: the layer's MoEConfig.
     train: selects the train capacity factor, jitter and second policy.
@@ -63,9 +67,13 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   logits = router_in @ params['router_kernel'].astype(jnp.float32)  # [G,S,E]
 
   capacity = config.capacity(xg.shape[1], train)
-  plan, aux = config.router_fn(train)(logits, capacity=capacity, key=route_key)
+  inputs = {}  # Router inputs beyond the logits, for the routers that take them.
+  if 'router_bias' in params:
+    inputs['bias'] = params['router_bias']
+  plan, aux = config.router_fn(train)(logits, capacity=capacity, key=route_key,
+                                      **inputs)
 
-  expert_params = {k: v for k, v in params.items() if k != 'router_kernel'}
+  expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
   out = expert_parallel.run_experts(
       xg.astype(dtype), plan, expert_params, DISPATCHERS[config.dispatcher],
       EXPERT_FNS[config.expert_type])

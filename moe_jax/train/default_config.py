@@ -39,7 +39,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe = ml_collections.ConfigDict()
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
-  c.moe.router = 'switch'  # 'switch' | 'gshard' | 'topk'.
+  # 'switch' | 'gshard' | 'topk' | 'expert_choice' | 'sigmoid' (MoEConfig).
+  c.moe.router = 'switch'
   # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
   c.moe.dispatcher = 'index'
   c.moe.expert_type = 'gelu'  # 'gelu' | 'swiglu' (also the dense FFN's).
@@ -62,6 +63,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.causal_routing = True
   c.moe.allow_noncausal = False
   c.moe.causal_chunk = 16  # Q: window/buffer chunk of causal routing.
+  c.moe.bias_update_rate = 0.0  # γ of loss-free balancing (sigmoid; 1e-3).
+  # Load-balance loss pooled over 'global' | 'micro_batch' | 'sequence'.
+  c.moe.balance_loss_scope = 'global'
 
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
