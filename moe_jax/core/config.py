@@ -6,15 +6,18 @@ import dataclasses
 import functools
 
 from moe_jax.core import capacity as capacity_lib
+from moe_jax.core import bpr
 from moe_jax.core import expert_choice
 from moe_jax.core import losses
+from moe_jax.core import noisy_topk
 from moe_jax.core import sigmoid_router
 from moe_jax.core import routers
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.experts import EXPERT_TYPES
 from moe_jax.errors import UserInputError
 
-ROUTERS = ('switch', 'gshard', 'topk', 'expert_choice', 'sigmoid')
+ROUTERS = ('switch', 'gshard', 'topk', 'expert_choice', 'sigmoid',
+           'noisy_topk', 'bpr')
 # The number of choices a router makes, where the router fixes it.
 _ROUTER_K = {'switch': 1, 'gshard': 2}
 # Routers whose group-wide form lets later tokens change earlier outputs;
@@ -46,7 +49,10 @@ class MoEConfig:
       'expert_choice' (Zhou et al. 2022: each expert picks its tokens; plan
       K = E, capacity C = ceil(S·cf/E), not scaled by top_k) or 'sigmoid'
       (DeepSeek-V3: sigmoid affinities, top-k gates renormalised over the
-      chosen experts, optional loss-free balancing bias).
+      chosen experts, optional loss-free balancing bias), 'noisy_topk'
+      (Shazeer et al. 2017: learned Gaussian noise, softmax over the top k;
+      needs top_k < num_experts) or 'bpr' (V-MoE batch-prioritised: top-k
+      softmax gates, capacity claimed in order of the top gate).
     dispatcher: 'index' (gathers into capacity buffers, the default),
       'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
       expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
@@ -88,6 +94,12 @@ class MoEConfig:
       'global' (every group of the batch, the default and the original
       behaviour), 'micro_batch' (per data-parallel shard, then averaged) or
       'sequence' (per group, then averaged). See losses.py.
+    importance_weight: weight of the importance CV² loss ('noisy_topk';
+      Shazeer et al. used 0.1); 0: off.
+    load_cv_weight: weight of the smooth load CV² loss ('noisy_topk'); 0: off.
+    num_shared_experts: K_s always-on shared experts of width d_ff each
+      (DeepSeekMoE), run as one dense FFN of width K_s·d_ff beside the
+      routed experts; 0: none. See core/fine_grained.py for the split helper.
   """
 
   num_experts: int = 8
@@ -113,6 +125,9 @@ class MoEConfig:
   causal_chunk: int = 16
   bias_update_rate: float = 0.0
   balance_loss_scope: str = 'global'
+  importance_weight: float = 0.0
+  load_cv_weight: float = 0.0
+  num_shared_experts: int = 0
 
   def __post_init__(self):
     _check_positive('num_experts', self.num_experts)
@@ -162,6 +177,23 @@ class MoEConfig:
       raise UserInputError(
           f'bias_update_rate={self.bias_update_rate!r} must be >= 0 (e.g. '
           '1e-3; 0 turns loss-free balancing off).')
+    for name in ('importance_weight', 'load_cv_weight'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not value >= 0:
+        raise UserInputError(f'{name}={value!r} must be >= 0.')
+      if value > 0 and self.router != 'noisy_topk':
+        raise UserInputError(
+            f"{name}={value} needs router='noisy_topk' (router is "
+            f'{self.router!r}); set it to 0.')
+    if (not isinstance(self.num_shared_experts, int) or
+        self.num_shared_experts < 0):
+      raise UserInputError(
+          f'num_shared_experts={self.num_shared_experts!r} must be an int >= 0.')
+    if self.router == 'noisy_topk' and self.top_k >= self.num_experts:
+      raise UserInputError(
+          f"router='noisy_topk' needs top_k < num_experts (the load loss "
+          f'compares each expert with the k-th best other); top_k='
+          f'{self.top_k}, num_experts={self.num_experts}.')
     if self.bias_update_rate > 0 and self.router != 'sigmoid':
       raise UserInputError(
           f'bias_update_rate={self.bias_update_rate} needs '
@@ -224,6 +256,10 @@ class MoEConfig:
       return functools.partial(routers.top_k, k=self.top_k)
     if self.router == 'sigmoid':
       return functools.partial(sigmoid_router.sigmoid_top_k, k=self.top_k)
+    if self.router == 'noisy_topk':
+      return functools.partial(noisy_topk.noisy_top_k, k=self.top_k)
+    if self.router == 'bpr':
+      return functools.partial(bpr.bpr_top_k, k=self.top_k)
     if self.router == 'expert_choice':
       return functools.partial(expert_choice.expert_choice,
                                causal=self.causal_routing,

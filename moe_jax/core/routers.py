@@ -60,8 +60,8 @@ def top_k_experts(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
                gates: jax.Array, routed: jax.Array,
                capacity: int | None,
-               balance_fn: Callable = losses.load_balance_loss
-               ) -> tuple[RoutingPlan, dict]:
+               balance_fn: Callable = losses.load_balance_loss,
+               slot: jax.Array | None = None) -> tuple[RoutingPlan, dict]:
   """Applies capacity to a router's choices and computes losses and metrics.
 
   Args:
@@ -73,10 +73,14 @@ def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
     capacity: C, or None for dropless.
     balance_fn: (probs, expert_index) -> load-balance loss; the default
       pools f and P over all groups (see losses.scoped_load_balance_loss).
+    slot: int32 [G, S, K] slots from another priority rule; default: the
+      rank-major, position-ordered capacity.assign_slots.
   """
   num_experts = logits.shape[-1]
   expert_index = expert_index.astype(jnp.int32)
-  slot = capacity_lib.assign_slots(expert_index, routed, num_experts, capacity)
+  if slot is None:
+    slot = capacity_lib.assign_slots(expert_index, routed, num_experts,
+                                     capacity)
   kept = slot >= 0
   plan = RoutingPlan(
       expert_index=expert_index,

@@ -52,11 +52,28 @@ class MoELayer(nnx.Module):
     self.wo = param(rngs, init, (e, f, d), EXPERT_OUT_AXES)
     if config.has_router_bias:
       self.router_bias = RouterBias(jnp.zeros((e,), jnp.float32))
+    if config.router == 'noisy_topk':
+      # Shazeer et al. start W_noise at 0: noise std softplus(0) ≈ 0.69.
+      self.noise_kernel = param(rngs, nnx.initializers.zeros, (d, e),
+                                ROUTER_AXES)
+    if config.num_shared_experts:
+      fs = config.num_shared_experts * f
+      dense = scaled_init(config.init_scale)
+      self.shared_wi = param(rngs, dense, (d, fs), ('embed', 'mlp'))
+      if config.expert_type == 'swiglu':
+        self.shared_wi_gate = param(rngs, dense, (d, fs), ('embed', 'mlp'))
+      self.shared_wo = param(rngs, dense, (fs, d), ('mlp', 'embed'))
 
   def params(self) -> dict[str, jax.Array]:
     names = ['router_kernel', 'wi', 'wo']
     if self.config.expert_type == 'swiglu':
       names.append('wi_gate')
+    if self.config.router == 'noisy_topk':
+      names.append('noise_kernel')
+    if self.config.num_shared_experts:
+      names += ['shared_wi', 'shared_wo']
+      if self.config.expert_type == 'swiglu':
+        names.append('shared_wi_gate')
     if self.config.has_router_bias:
       names.append('router_bias')
     return {name: getattr(self, name)[...] for name in names}

@@ -39,7 +39,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe = ml_collections.ConfigDict()
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
-  # 'switch' | 'gshard' | 'topk' | 'expert_choice' | 'sigmoid' (MoEConfig).
+  # 'switch' | 'gshard' | 'topk' | 'expert_choice' | 'sigmoid' |
+  # 'noisy_topk' | 'bpr' (see MoEConfig).
   c.moe.router = 'switch'
   # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
   c.moe.dispatcher = 'index'
@@ -66,6 +67,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.bias_update_rate = 0.0  # γ of loss-free balancing (sigmoid; 1e-3).
   # Load-balance loss pooled over 'global' | 'micro_batch' | 'sequence'.
   c.moe.balance_loss_scope = 'global'
+  c.moe.importance_weight = 0.0  # Importance CV² weight (noisy_topk).
+  c.moe.load_cv_weight = 0.0  # Smooth load CV² weight (noisy_topk).
+  c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
 
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
