@@ -94,6 +94,15 @@ class TransformerLM(nnx.Module):
     self.head = param(rngs, scaled_init(c.init_scale), (c.d_model, c.vocab_size),
                       ('embed', 'vocab'))
 
+  def update_router_biases(self, aux: dict[str, jax.Array]) -> None:
+    """Loss-free balancing: each MoE layer with a bias moves it from its
+    'moe_<i>/expert_load' in a training step's aux."""
+    for i, block in enumerate(self.blocks):
+      if block.is_moe and block.ffn.config.has_router_bias:
+        prefix = f'moe_{i}/'
+        block.ffn.update_router_bias(
+            {k[len(prefix):]: v for k, v in aux.items() if k.startswith(prefix)})
+
   def __call__(self, tokens: jax.Array, *, train: bool = False,
                key: jax.Array | None = None):
     """Returns (logits float32 [B, L, V], aux).

@@ -8,7 +8,6 @@ config; anything that changes the parameters is refused.
 
 from __future__ import annotations
 
-import functools
 import pathlib
 
 import jax
@@ -19,7 +18,6 @@ from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import placement
 from moe_jax.train import trainer
 from moe_jax.train.checkpoint import Checkpointer, config_differences
-from moe_jax.train.step import eval_step
 
 # Fields that change how a checkpoint is evaluated but not what it holds.
 EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
@@ -67,9 +65,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     raise UserInputError(f'the checkpoint in {workdir} was trained with '
                          f'another config ({"; ".join(diffs)}).')
   batch_sh = placement.batch_shardings(mesh, val_batches[0])
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef),
-                    in_shardings=(shardings.params, batch_sh),
-                    out_shardings=placement.replicated(mesh))
+  eval_fn = trainer.make_eval_fn(graphdef, shardings, batch_sh, mesh)
   batches = [placement.shard_batch(b, batch_sh) for b in val_batches]
   with jax.set_mesh(mesh):
-    return trainer.evaluate(eval_fn, state.params, batches)
+    return trainer.evaluate(eval_fn, state, batches)
