@@ -28,7 +28,8 @@ def group_tokens(x: jax.Array, group_size: int | None) -> jax.Array:
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
-              dtype=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+              dtype=None, return_routing: bool = False
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
   Args:
@@ -40,11 +41,15 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     key: PRNG key, needed when training uses jitter or a random policy.
     dtype: compute dtype of the experts (default x.dtype). The router always
       runs in float32.
+    return_routing: also return the routing decision (for routing traces,
+      moe_jax.analysis.trace). Off by default; it changes nothing else.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
     aux: 'aux_loss' (α·load_balance + c_z·z, add it to the training loss),
       the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
+      With return_routing, also 'routing': {'plan': the RoutingPlan
+      ([G, S, K] arrays), 'logits': float32 [G, S, E] router logits}.
   """
   dtype = dtype or x.dtype
   xg = group_tokens(x, config.group_size)  # [G, S, D]
@@ -74,4 +79,6 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   aux['router_logsumexp'] = jnp.mean(jax.nn.logsumexp(sg_logits, axis=-1))
   aux['aux_loss'] = (config.load_balance_weight * aux['load_balance_loss'] +
                      config.z_loss_weight * aux['z_loss'])
+  if return_routing:
+    aux['routing'] = {'plan': plan, 'logits': sg_logits}
   return out.reshape(x.shape).astype(x.dtype), aux
