@@ -247,3 +247,52 @@ def load_trace(path: str | os.PathLike) -> RoutingTrace:
     if missing:
       raise ValueError(f'{path} lacks trace arrays {missing}.')
     return RoutingTrace(meta=meta, **{n: f[n] for n in _ARRAY_FIELDS})
+
+
+def trace_from_arrays(expert: np.ndarray, num_experts: int, *,
+                      seq_len: int | None = None,
+                      group_size: int | None = None,
+                      tokens: np.ndarray | None = None,
+                      domain: np.ndarray | None = None,
+                      dropped: np.ndarray | None = None,
+                      probs: np.ndarray | None = None,
+                      meta: dict[str, Any] | None = None) -> RoutingTrace:
+  """A trace built by hand (tests, toy examples), defaults filled in.
+
+  Args:
+    expert: int [M, N, K] (or [N, K] for one layer) chosen experts.
+    num_experts: E.
+    seq_len: L, tokens per sequence (default: one sequence of N tokens).
+    group_size: S (default L).
+    tokens, domain: int [N] (default 0 and NO_DOMAIN).
+    dropped: bool like expert (default none dropped).
+    probs: float [M, N, E] (default one-hot on the first choice).
+  """
+  expert = np.asarray(expert, np.int32)
+  if expert.ndim == 2:
+    expert = expert[None]
+  m, n, k = expert.shape
+  seq_len = seq_len or n
+  group_size = group_size or seq_len
+  flat = np.arange(n)
+  if probs is None:
+    probs = np.eye(num_experts, dtype=np.float32)[expert[..., 0]]
+  probs = np.asarray(probs, np.float32).reshape(m, n, num_experts)
+  dropped = (np.zeros(expert.shape, bool) if dropped is None else
+             np.asarray(dropped, bool).reshape(expert.shape))
+  prob = np.take_along_axis(probs, expert, axis=-1)
+  return RoutingTrace(
+      tokens=np.zeros(n, np.int32) if tokens is None else
+      np.asarray(tokens, np.int32),
+      sequence=(flat // seq_len).astype(np.int32),
+      position=(flat % seq_len).astype(np.int32),
+      group_position=(flat % group_size).astype(np.int32),
+      domain=np.full(n, NO_DOMAIN, np.int32) if domain is None else
+      np.asarray(domain, np.int32),
+      loss=np.zeros(n, np.float32),
+      layers=np.arange(m, dtype=np.int32),
+      expert=expert, gate=np.where(dropped, 0.0, prob).astype(np.float32),
+      prob=prob, probs=probs, dropped=dropped,
+      meta={'format_version': FORMAT_VERSION, 'num_experts': num_experts,
+            'top_k': k, 'capacity': None, 'group_size': group_size,
+            'layers': list(range(m)), **(meta or {})})
