@@ -168,8 +168,8 @@ def expert_label_mi(trace: RoutingTrace, labels: np.ndarray, rank: int = 0,
     seed: the permutation of the shuffled baseline.
 
   Returns:
-    mi, h_expert, h_label, nmi, nmi_shuffled: float [M] (see
-    mutual_information).
+    mi, h_expert, h_label, nmi, mi_shuffled, nmi_shuffled: float [M] (see
+    mutual_information; mi in nats).
   """
   labels = np.asarray(labels)
   keep = labels >= 0
@@ -178,7 +178,9 @@ def expert_label_mi(trace: RoutingTrace, labels: np.ndarray, rank: int = 0,
   for m in range(trace.num_layers):
     expert = trace.expert[m, keep, rank]
     r = mutual_information(expert, labels[keep])
-    rows.append((r['mi'], r['h_a'], r['h_b'], r['nmi'],
-                 mutual_information(expert, shuffled)['nmi']))
-  cols = np.asarray(rows, np.float64).reshape(-1, 5).T
-  return dict(zip(('mi', 'h_expert', 'h_label', 'nmi', 'nmi_shuffled'), cols))
+    floor = mutual_information(expert, shuffled)
+    rows.append((r['mi'], r['h_a'], r['h_b'], r['nmi'], floor['mi'],
+                 floor['nmi']))
+  cols = np.asarray(rows, np.float64).reshape(-1, 6).T
+  return dict(zip(('mi', 'h_expert', 'h_label', 'nmi', 'mi_shuffled',
+                   'nmi_shuffled'), cols))
