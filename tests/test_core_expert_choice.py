@@ -182,7 +182,8 @@ def test_moe_apply_returns_plan_and_logits():
                      causal_chunk=4)
   params = moe_params(0, D, 8, E)
   x = jnp.ones((B, L, D))
-  y, aux, routing = moe_apply(params, x, config, return_plan=True)
+  y, aux = moe_apply(params, x, config, return_routing=True)
+  routing = aux.pop('routing')
   assert y.shape == x.shape and 'experts_per_token' in aux
   assert routing['plan'].shape == (B, L, E)
   assert routing['logits'].shape == (B, L, E)

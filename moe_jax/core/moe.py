@@ -48,7 +48,8 @@ def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
-              dtype=None, return_plan: bool = False):
+              dtype=None, return_routing: bool = False
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
   Args:
@@ -63,14 +64,16 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     key: PRNG key, needed when training uses jitter or a random policy.
     dtype: compute dtype of the experts (default x.dtype). The router always
       runs in float32.
-    return_plan: also return the routing, for analysis and tests.
+    return_routing: also return the routing decision (for routing traces,
+      moe_jax.analysis.trace, and tests). Off by default; it changes nothing
+      else.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
     aux: 'aux_loss' (α·load_balance + c_z·z, add it to the training loss),
       the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
-    routing (only with return_plan=True): {'plan': the RoutingPlan,
-      'logits': float32 router logits [G, S, E]}.
+      With return_routing, also 'routing': {'plan': the RoutingPlan
+      ([G, S, K] arrays), 'logits': float32 [G, S, E] router logits}.
   """
   dtype = dtype or x.dtype
   xg = group_tokens(x, config.group_size)  # [G, S, D]
@@ -114,7 +117,6 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     aux['aux_loss'] += config.importance_weight * aux['importance_loss']
   if config.load_cv_weight > 0:
     aux['aux_loss'] += config.load_cv_weight * aux['load_loss']
-  y = out.reshape(x.shape).astype(x.dtype)
-  if return_plan:
-    return y, aux, {'plan': plan, 'logits': logits}
-  return y, aux
+  if return_routing:
+    aux['routing'] = {'plan': plan, 'logits': sg_logits}
+  return out.reshape(x.shape).astype(x.dtype), aux

@@ -79,9 +79,9 @@ class MoELayer(nnx.Module):
     return {name: getattr(self, name)[...] for name in names}
 
   def __call__(self, x: jax.Array, *, train: bool = False,
-               key: jax.Array | None = None):
+               key: jax.Array | None = None, return_routing: bool = False):
     return moe_apply(self.params(), x, self.config, train=train, key=key,
-                     dtype=self.dtype)
+                     dtype=self.dtype, return_routing=return_routing)
 
   def update_router_bias(self, aux: dict[str, jax.Array]) -> None:
     """Moves the bias by ±γ from this layer's aux of one training step.
