@@ -6,14 +6,23 @@ import dataclasses
 import functools
 
 from moe_jax.core import capacity as capacity_lib
+from moe_jax.core import bpr
+from moe_jax.core import expert_choice
+from moe_jax.core import losses
+from moe_jax.core import noisy_topk
+from moe_jax.core import sigmoid_router
 from moe_jax.core import routers
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.experts import EXPERT_TYPES
 from moe_jax.errors import UserInputError
 
-ROUTERS = ('switch', 'gshard', 'topk')
+ROUTERS = ('switch', 'gshard', 'topk', 'expert_choice', 'sigmoid',
+           'noisy_topk', 'bpr')
 # The number of choices a router makes, where the router fixes it.
 _ROUTER_K = {'switch': 1, 'gshard': 2}
+# Routers whose group-wide form lets later tokens change earlier outputs;
+# `causal_routing` selects their lookahead-free form.
+NONCAUSAL_CAPABLE = ('expert_choice',)
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -36,7 +45,14 @@ class MoEConfig:
     num_experts: E.
     top_k: K, choices per token. 'switch' needs 1 and 'gshard' needs 2.
     router: 'switch' (top-1, raw gate), 'gshard' (top-2, pair-renormalised
-      gates) or 'topk' (Mixtral: softmax over the top-k logits).
+      gates), 'topk' (Mixtral: softmax over the top-k logits) or
+      'expert_choice' (Zhou et al. 2022: each expert picks its tokens; plan
+      K = E, capacity C = ceil(S·cf/E), not scaled by top_k) or 'sigmoid'
+      (DeepSeek-V3: sigmoid affinities, top-k gates renormalised over the
+      chosen experts, optional loss-free balancing bias), 'noisy_topk'
+      (Shazeer et al. 2017: learned Gaussian noise, softmax over the top k;
+      needs top_k < num_experts) or 'bpr' (V-MoE batch-prioritised: top-k
+      softmax gates, capacity claimed in order of the top gate).
     dispatcher: 'index' (gathers into capacity buffers, the default),
       'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
       expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
@@ -61,6 +77,29 @@ class MoEConfig:
     z_loss_weight: c_z on the router z-loss (ST-MoE: 1e-3).
     init_scale: variance-scaling factor of router and expert weights
       (Switch Table 3 found 0.1 much more stable than 1.0).
+    fixed_capacity: None (capacity from the factor), or an absolute C per
+      group used in training and eval alike (clamped to S; for causal
+      expert choice, per chunk and clamped to causal_chunk).
+    causal_routing: for 'expert_choice': True (default) uses the
+      lookahead-free variant (core/expert_choice.py); False the paper's
+      choice over the whole group, which leaks the future in a decoder.
+    allow_noncausal: the decoder refuses causal_routing=False unless this
+      is True (e.g. to reproduce the leak on purpose).
+    causal_chunk: Q, the window and buffer chunk of causal expert choice;
+      must divide the sequence length.
+    bias_update_rate: γ of aux-loss-free balancing ('sigmoid' only; DeepSeek
+      used 1e-3). > 0 gives each MoE layer a selection bias held in the
+      training state and moved by ±γ after each step; 0: no bias.
+    balance_loss_scope: where f and P of the load-balance loss are pooled:
+      'global' (every group of the batch, the default and the original
+      behaviour), 'micro_batch' (per data-parallel shard, then averaged) or
+      'sequence' (per group, then averaged). See losses.py.
+    importance_weight: weight of the importance CV² loss ('noisy_topk';
+      Shazeer et al. used 0.1); 0: off.
+    load_cv_weight: weight of the smooth load CV² loss ('noisy_topk'); 0: off.
+    num_shared_experts: K_s always-on shared experts of width d_ff each
+      (DeepSeekMoE), run as one dense FFN of width K_s·d_ff beside the
+      routed experts; 0: none. See core/fine_grained.py for the split helper.
   """
 
   num_experts: int = 8
@@ -80,6 +119,15 @@ class MoEConfig:
   load_balance_weight: float = 1e-2
   z_loss_weight: float = 1e-3
   init_scale: float = 0.1
+  fixed_capacity: int | None = None
+  causal_routing: bool = True
+  allow_noncausal: bool = False
+  causal_chunk: int = 16
+  bias_update_rate: float = 0.0
+  balance_loss_scope: str = 'global'
+  importance_weight: float = 0.0
+  load_cv_weight: float = 0.0
+  num_shared_experts: int = 0
 
   def __post_init__(self):
     _check_positive('num_experts', self.num_experts)
@@ -115,21 +163,105 @@ class MoEConfig:
       if not getattr(self, name) >= 0:
         raise UserInputError(f'{name}={getattr(self, name)!r} must be >= 0.')
     _check_positive('init_scale', self.init_scale, (int, float))
+    self._check_zoo()
+
+  def _check_zoo(self) -> None:
+    """Checks of the fields the router zoo added (all off by default)."""
+    if self.fixed_capacity is not None:
+      _check_positive('fixed_capacity', self.fixed_capacity)
+    _check_positive('causal_chunk', self.causal_chunk)
+    _check_choice('balance_loss_scope', self.balance_loss_scope,
+                  losses.BALANCE_SCOPES)
+    if (not isinstance(self.bias_update_rate, (int, float)) or
+        not self.bias_update_rate >= 0):
+      raise UserInputError(
+          f'bias_update_rate={self.bias_update_rate!r} must be >= 0 (e.g. '
+          '1e-3; 0 turns loss-free balancing off).')
+    for name in ('importance_weight', 'load_cv_weight'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not value >= 0:
+        raise UserInputError(f'{name}={value!r} must be >= 0.')
+      if value > 0 and self.router != 'noisy_topk':
+        raise UserInputError(
+            f"{name}={value} needs router='noisy_topk' (router is "
+            f'{self.router!r}); set it to 0.')
+    if (not isinstance(self.num_shared_experts, int) or
+        self.num_shared_experts < 0):
+      raise UserInputError(
+          f'num_shared_experts={self.num_shared_experts!r} must be an int >= 0.')
+    if self.router == 'noisy_topk' and self.top_k >= self.num_experts:
+      raise UserInputError(
+          f"router='noisy_topk' needs top_k < num_experts (the load loss "
+          f'compares each expert with the k-th best other); top_k='
+          f'{self.top_k}, num_experts={self.num_experts}.')
+    if self.bias_update_rate > 0 and self.router != 'sigmoid':
+      raise UserInputError(
+          f'bias_update_rate={self.bias_update_rate} needs '
+          f"router='sigmoid' (router is {self.router!r}); set it to 0.")
+    for name in ('causal_routing', 'allow_noncausal'):
+      if not isinstance(getattr(self, name), bool):
+        raise UserInputError(
+            f'{name}={getattr(self, name)!r} must be True or False.')
+    if self.router == 'expert_choice':
+      if not DISPATCHERS[self.dispatcher].needs_capacity:
+        raise UserInputError(
+            f"router='expert_choice' fills fixed-size expert buffers; "
+            f"dispatcher={self.dispatcher!r} has none: use 'index' or 'einsum'.")
+      if self.causal_routing and self.group_size is not None:
+        raise UserInputError(
+            'causal expert choice routes each sequence as its own group; '
+            f'unset group_size (now {self.group_size}) or set '
+            'causal_routing=False.')
 
   def capacity(self, group_size: int, train: bool) -> int | None:
     """C for a group of `group_size` tokens; None for the dropless dispatcher."""
     if not DISPATCHERS[self.dispatcher].needs_capacity:
       return None
     cf = self.capacity_factor if train else self.eval_capacity_factor
+    if self.router == 'expert_choice':
+      # Zhou et al.: C = S·c/E, one pick per expert, so not scaled by K;
+      # the causal variant's buffers are per chunk of Q positions.
+      if self.causal_routing:
+        group_size = min(group_size, self.causal_chunk)
+      if self.fixed_capacity is not None:
+        return min(self.fixed_capacity, group_size)
+      return capacity_lib.expert_capacity(
+          group_size, self.num_experts, 1, cf, self.min_capacity)
+    if self.fixed_capacity is not None:
+      return min(self.fixed_capacity, group_size)
     return capacity_lib.expert_capacity(
         group_size, self.num_experts, self.top_k, cf, self.min_capacity,
         self.capacity_scales_with_k)
 
+  @property
+  def has_router_bias(self) -> bool:
+    """Whether each MoE layer carries a loss-free balancing bias."""
+    return self.router == 'sigmoid' and self.bias_update_rate > 0
+
   def router_fn(self, train: bool) -> routers.Router:
     """The pure router, with this config's options bound."""
+    fn = self._router_fn(train)
+    if self.balance_loss_scope != 'global':
+      fn = functools.partial(fn, balance_fn=functools.partial(
+          losses.scoped_load_balance_loss, scope=self.balance_loss_scope))
+    return fn
+
+  def _router_fn(self, train: bool) -> routers.Router:
     if self.router == 'switch':
       return routers.switch_top1
     if self.router == 'gshard':
       policy = self.second_policy if train else self.second_policy_eval
       return functools.partial(routers.gshard_top2, second_policy=policy)
-    return functools.partial(routers.top_k, k=self.top_k)
+    if self.router == 'topk':
+      return functools.partial(routers.top_k, k=self.top_k)
+    if self.router == 'sigmoid':
+      return functools.partial(sigmoid_router.sigmoid_top_k, k=self.top_k)
+    if self.router == 'noisy_topk':
+      return functools.partial(noisy_topk.noisy_top_k, k=self.top_k)
+    if self.router == 'bpr':
+      return functools.partial(bpr.bpr_top_k, k=self.top_k)
+    if self.router == 'expert_choice':
+      return functools.partial(expert_choice.expert_choice,
+                               causal=self.causal_routing,
+                               chunk=self.causal_chunk)
+    raise AssertionError(self.router)  # __post_init__ checked the name.

@@ -45,3 +45,57 @@ def z_loss(logits: jax.Array) -> jax.Array:
   """
   lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
   return jnp.mean(jnp.square(lse))
+
+
+BALANCE_SCOPES = ('global', 'micro_batch', 'sequence')
+
+
+def batch_shards() -> int:
+  """Data-parallel shards of the batch under the mesh in context (1 if none).
+
+  The batch is split over the 'data' and 'expert' mesh axes (see
+  moe_jax/parallel/mesh.py).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or not mesh.axis_names:
+    return 1
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  return sizes.get('data', 1) * sizes.get('expert', 1)
+
+
+def scoped_load_balance_loss(probs: jax.Array, expert_index: jax.Array, *,
+                             scope: str,
+                             num_shards: int | None = None) -> jax.Array:
+  """The load-balance loss with f and P pooled over a chosen scope.
+
+  E·Σ_e f_e·P_e is not linear in the tokens, so where f and P are pooled
+  changes its value and its pull:
+    'global': over every group of the array, i.e. the whole global batch
+      when the router runs on global arrays under jit (as moe_apply does).
+      This is `load_balance_loss` itself, the default.
+    'micro_batch': per data-parallel shard (the groups one device holds),
+      then the mean over shards; what a per-device implementation computes.
+    'sequence': per group, then the mean over groups (a group is a
+      sequence by default; the Hugging Face convention, and DeepSeek-V3's
+      complementary sequence-wise loss, Eq. 17-20).
+  Qwen and DeepSeek report the wider scopes balance more loosely per
+  sequence but specialise better.
+
+  Args:
+    probs: float [G, S, E]; expert_index: int [G, S, K].
+    scope: one of BALANCE_SCOPES.
+    num_shards: shards for 'micro_batch'; default: the mesh in context.
+  """
+  if scope == 'global':
+    return load_balance_loss(probs, expert_index)
+  per_group = jax.vmap(load_balance_loss)
+  if scope == 'sequence':
+    return jnp.mean(per_group(probs, expert_index))
+  n = batch_shards() if num_shards is None else num_shards
+  g = probs.shape[0]
+  if g % n:
+    raise ValueError(f'{g} groups do not split into {n} shards.')
+  # Groups are laid out shard-major (the batch axis is split contiguously),
+  # so shard i holds groups [i·G/n, (i+1)·G/n).
+  shard = lambda a: a.reshape(n, g // n * a.shape[1], a.shape[-1])
+  return jnp.mean(per_group(shard(probs), shard(expert_index)))

@@ -7,10 +7,13 @@ import jax.numpy as jnp
 
 from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.dispatch import DISPATCHERS
+from moe_jax.core.dispatch import DISPATCHERS, ExpertInputs
 from moe_jax.core.experts import EXPERT_FNS
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import expert_parallel
+
+# The stacked expert weights; the other params feed the router.
+EXPERT_PARAMS = ('wi', 'wi_gate', 'wo')
 
 
 def group_tokens(x: jax.Array, group_size: int | None) -> jax.Array:
@@ -26,25 +29,51 @@ def group_tokens(x: jax.Array, group_size: int | None) -> jax.Array:
   return tokens.reshape(t // s, s, d)
 
 
+def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
+                   expert_type: str) -> jax.Array:
+  """The K_s shared experts (DeepSeekMoE, Dai et al. 2024), every token.
+
+  K_s experts of width F summed with gate 1 are one MLP of width K_s·F, so
+  they run as a single expert (E = 1) of the same expert function.
+
+  Args:
+    params: shared_wi [D, K_s·F], shared_wo [K_s·F, D] (+ shared_wi_gate).
+    xg: [G, S, D].
+  """
+  names = ('wi', 'wo') + (('wi_gate',) if expert_type == 'swiglu' else ())
+  weights = {n: params['shared_' + n][None] for n in names}  # E = 1
+  flat = xg.reshape(1, -1, xg.shape[-1])
+  return EXPERT_FNS[expert_type](weights, ExpertInputs(flat)).reshape(xg.shape)
+
+
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
-              dtype=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+              dtype=None, return_routing: bool = False
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
   Args:
     params: router_kernel [D, E] plus the expert weights (wi, wo, and
-      wi_gate for SwiGLU; see core/experts.py).
+      wi_gate for SwiGLU; see core/experts.py); router_bias [E] for
+      loss-free balancing (a state, not trained: its gradient is cut);
+      noise_kernel [D, E] for noisy top-k; shared_wi/shared_wo (and
+      shared_wi_gate) for shared experts.
     x: [..., L, D] tokens (e.g. [B, L, D]).
     config: the layer's MoEConfig.
     train: selects the train capacity factor, jitter and second policy.
     key: PRNG key, needed when training uses jitter or a random policy.
     dtype: compute dtype of the experts (default x.dtype). The router always
       runs in float32.
+    return_routing: also return the routing decision (for routing traces,
+      moe_jax.analysis.trace, and tests). Off by default; it changes nothing
+      else.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
     aux: 'aux_loss' (α·load_balance + c_z·z, add it to the training loss),
       the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
+      With return_routing, also 'routing': {'plan': the RoutingPlan
+      ([G, S, K] arrays), 'logits': float32 [G, S, E] router logits}.
   """
   dtype = dtype or x.dtype
   xg = group_tokens(x, config.group_size)  # [G, S, D]
@@ -60,12 +89,22 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   logits = router_in @ params['router_kernel'].astype(jnp.float32)  # [G,S,E]
 
   capacity = config.capacity(xg.shape[1], train)
-  plan, aux = config.router_fn(train)(logits, capacity=capacity, key=route_key)
+  inputs = {}  # Router inputs beyond the logits, for the routers that take them.
+  if 'router_bias' in params:
+    inputs['bias'] = params['router_bias']
+  if 'noise_kernel' in params:
+    inputs['noise_logits'] = router_in @ params['noise_kernel'].astype(
+        jnp.float32)
+  plan, aux = config.router_fn(train)(logits, capacity=capacity, key=route_key,
+                                      **inputs)
 
-  expert_params = {k: v for k, v in params.items() if k != 'router_kernel'}
+  expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
   out = expert_parallel.run_experts(
       xg.astype(dtype), plan, expert_params, DISPATCHERS[config.dispatcher],
       EXPERT_FNS[config.expert_type])
+
+  if 'shared_wi' in params:  # Always-on shared experts: one dense FFN.
+    out = out + shared_experts(params, xg.astype(dtype), config.expert_type)
 
   # The size of the router logits, which the z-loss exists to control
   # (ST-MoE Sec. 3.1); logged, not trained on.
@@ -74,4 +113,10 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   aux['router_logsumexp'] = jnp.mean(jax.nn.logsumexp(sg_logits, axis=-1))
   aux['aux_loss'] = (config.load_balance_weight * aux['load_balance_loss'] +
                      config.z_loss_weight * aux['z_loss'])
+  if config.importance_weight > 0:
+    aux['aux_loss'] += config.importance_weight * aux['importance_loss']
+  if config.load_cv_weight > 0:
+    aux['aux_loss'] += config.load_cv_weight * aux['load_loss']
+  if return_routing:
+    aux['routing'] = {'plan': plan, 'logits': sg_logits}
   return out.reshape(x.shape).astype(x.dtype), aux

@@ -59,7 +59,9 @@ def top_k_experts(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
 def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
                gates: jax.Array, routed: jax.Array,
-               capacity: int | None) -> tuple[RoutingPlan, dict]:
+               capacity: int | None,
+               balance_fn: Callable = losses.load_balance_loss,
+               slot: jax.Array | None = None) -> tuple[RoutingPlan, dict]:
   """Applies capacity to a router's choices and computes losses and metrics.
 
   Args:
@@ -69,17 +71,23 @@ def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
     gates: float32 [G, S, K] combine weights before dropping.
     routed: bool [G, S, K] choices the router means to send.
     capacity: C, or None for dropless.
+    balance_fn: (probs, expert_index) -> load-balance loss; the default
+      pools f and P over all groups (see losses.scoped_load_balance_loss).
+    slot: int32 [G, S, K] slots from another priority rule; default: the
+      rank-major, position-ordered capacity.assign_slots.
   """
   num_experts = logits.shape[-1]
   expert_index = expert_index.astype(jnp.int32)
-  slot = capacity_lib.assign_slots(expert_index, routed, num_experts, capacity)
+  if slot is None:
+    slot = capacity_lib.assign_slots(expert_index, routed, num_experts,
+                                     capacity)
   kept = slot >= 0
   plan = RoutingPlan(
       expert_index=expert_index,
       combine_weights=jnp.where(kept, gates, 0.0).astype(jnp.float32),
       slot=slot, num_experts=num_experts, capacity=capacity)
   aux = {
-      'load_balance_loss': losses.load_balance_loss(probs, expert_index),
+      'load_balance_loss': balance_fn(probs, expert_index),
       'z_loss': losses.z_loss(logits),
       **metrics_lib.routing_metrics(probs, expert_index, routed, kept),
   }
@@ -87,7 +95,9 @@ def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
 
 
 def switch_top1(logits: jax.Array, *, capacity: int | None,
-                key: jax.Array | None = None) -> tuple[RoutingPlan, dict]:
+                key: jax.Array | None = None,
+                balance_fn: Callable = losses.load_balance_loss
+                ) -> tuple[RoutingPlan, dict]:
   """Switch Transformer top-1 routing (Fedus et al. 2021).
 
   The gate is the raw softmax probability of the chosen expert, not
@@ -100,12 +110,15 @@ def switch_top1(logits: jax.Array, *, capacity: int | None,
   expert_index = jnp.argmax(probs, axis=-1)[..., None]  # [G, S, 1]
   gates = jnp.take_along_axis(probs, expert_index, axis=-1)
   routed = jnp.ones(gates.shape, bool)
-  return build_plan(logits, probs, expert_index, gates, routed, capacity)
+  return build_plan(logits, probs, expert_index, gates, routed, capacity,
+                    balance_fn)
 
 
 def gshard_top2(logits: jax.Array, *, capacity: int | None,
                 key: jax.Array | None = None,
-                second_policy: str = 'random') -> tuple[RoutingPlan, dict]:
+                second_policy: str = 'random',
+                balance_fn: Callable = losses.load_balance_loss
+                ) -> tuple[RoutingPlan, dict]:
   """GShard top-2 routing (Lepikhin et al. 2020, Algorithm 1).
 
   Gates are renormalised over the pair: g_i / (g1 + g2). The second choice
@@ -141,11 +154,14 @@ def gshard_top2(logits: jax.Array, *, capacity: int | None,
     routed_2 = 2.0 * gates[..., 1] > jax.random.uniform(key, e1.shape)
   routed = jnp.stack([jnp.ones_like(routed_2), routed_2], axis=-1)
   expert_index = jnp.stack([e1, e2], axis=-1)
-  return build_plan(logits, probs, expert_index, gates, routed, capacity)
+  return build_plan(logits, probs, expert_index, gates, routed, capacity,
+                    balance_fn)
 
 
 def top_k(logits: jax.Array, *, capacity: int | None, k: int,
-          key: jax.Array | None = None) -> tuple[RoutingPlan, dict]:
+          key: jax.Array | None = None,
+          balance_fn: Callable = losses.load_balance_loss
+          ) -> tuple[RoutingPlan, dict]:
   """Mixtral-style top-k: softmax over the k largest logits (Jiang et al. 2024).
 
   Equal to the full softmax renormalised over the top k. With k=1 the gate is
@@ -158,4 +174,5 @@ def top_k(logits: jax.Array, *, capacity: int | None, k: int,
   gates = jax.nn.softmax(top_logits, axis=-1)
   probs = jax.nn.softmax(logits, axis=-1)
   routed = jnp.ones(gates.shape, bool)
-  return build_plan(logits, probs, expert_index, gates, routed, capacity)
+  return build_plan(logits, probs, expert_index, gates, routed, capacity,
+                    balance_fn)

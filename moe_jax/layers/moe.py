@@ -13,12 +13,22 @@ from flax import nnx
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.experts import PARAM_AXES
 from moe_jax.core.moe import moe_apply
+from moe_jax.core.sigmoid_router import update_bias
 from moe_jax.layers.params import param, scaled_init
 
 # Logical axis names; the sharding rules map them to mesh axes in one place.
 ROUTER_AXES = ('embed', None)  # Small; replicated everywhere.
 EXPERT_IN_AXES = PARAM_AXES['wi']  # wi, wi_gate [E, D, F]
 EXPERT_OUT_AXES = PARAM_AXES['wo']  # wo [E, F, D]
+
+
+class RouterBias(nnx.Variable):
+  """The loss-free balancing bias [E]: training state, not a parameter.
+
+  Being no nnx.Param, it is outside the optimizer's tree (no gradient, no
+  weight decay, no Adam moments); the train step carries it in
+  RoutedTrainState.router_state and checkpoints save it with the rest.
+  """
 
 
 class MoELayer(nnx.Module):
@@ -40,14 +50,45 @@ class MoELayer(nnx.Module):
     if config.expert_type == 'swiglu':
       self.wi_gate = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
     self.wo = param(rngs, init, (e, f, d), EXPERT_OUT_AXES)
+    if config.has_router_bias:
+      self.router_bias = RouterBias(jnp.zeros((e,), jnp.float32))
+    if config.router == 'noisy_topk':
+      # Shazeer et al. start W_noise at 0: noise std softplus(0) ≈ 0.69.
+      self.noise_kernel = param(rngs, nnx.initializers.zeros, (d, e),
+                                ROUTER_AXES)
+    if config.num_shared_experts:
+      fs = config.num_shared_experts * f
+      dense = scaled_init(config.init_scale)
+      self.shared_wi = param(rngs, dense, (d, fs), ('embed', 'mlp'))
+      if config.expert_type == 'swiglu':
+        self.shared_wi_gate = param(rngs, dense, (d, fs), ('embed', 'mlp'))
+      self.shared_wo = param(rngs, dense, (fs, d), ('mlp', 'embed'))
 
   def params(self) -> dict[str, jax.Array]:
     names = ['router_kernel', 'wi', 'wo']
     if self.config.expert_type == 'swiglu':
       names.append('wi_gate')
+    if self.config.router == 'noisy_topk':
+      names.append('noise_kernel')
+    if self.config.num_shared_experts:
+      names += ['shared_wi', 'shared_wo']
+      if self.config.expert_type == 'swiglu':
+        names.append('shared_wi_gate')
+    if self.config.has_router_bias:
+      names.append('router_bias')
     return {name: getattr(self, name)[...] for name in names}
 
   def __call__(self, x: jax.Array, *, train: bool = False,
-               key: jax.Array | None = None):
+               key: jax.Array | None = None, return_routing: bool = False):
     return moe_apply(self.params(), x, self.config, train=train, key=key,
-                     dtype=self.dtype)
+                     dtype=self.dtype, return_routing=return_routing)
+
+  def update_router_bias(self, aux: dict[str, jax.Array]) -> None:
+    """Moves the bias by ±γ from this layer's aux of one training step.
+
+    Called by the train step after the forward pass, outside the gradient:
+    the step selected with the old bias, the next one with the new.
+    """
+    self.router_bias[...] = update_bias(
+        self.router_bias[...], aux['expert_load'],
+        self.config.bias_update_rate)

@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from moe_jax.core.config import MoEConfig
+from moe_jax.core.config import NONCAUSAL_CAPABLE, MoEConfig
 from moe_jax.errors import UserInputError
 
 POSITIONS = ('rope', 'learned')
@@ -71,6 +71,24 @@ class ModelConfig:
     if not isinstance(self.moe_every, int) or self.moe_every < 0:
       raise UserInputError(
           f'model.moe_every={self.moe_every!r} must be >= 0 (0: dense).')
+
+    self._check_causal_routing()
+
+  def _check_causal_routing(self) -> None:
+    """This model is a causal decoder: refuse routing that sees the future."""
+    moe = self.moe
+    if self.moe_every == 0 or moe.router not in NONCAUSAL_CAPABLE:
+      return
+    if not moe.causal_routing and not moe.allow_noncausal:
+      raise UserInputError(
+          f'moe.router={moe.router!r} with moe.causal_routing=False lets '
+          'later tokens change earlier outputs in this causal decoder; set '
+          'moe.causal_routing=True, or moe.allow_noncausal=True to study the '
+          'leak on purpose.')
+    if moe.causal_routing and self.max_len % moe.causal_chunk:
+      raise UserInputError(
+          f'moe.causal_chunk={moe.causal_chunk} must divide the sequence '
+          f'length ({self.max_len}); pick a divisor of seq_len.')
 
   def is_moe_layer(self, i: int) -> bool:
     return self.moe_every > 0 and (i + 1) % self.moe_every == 0

@@ -66,12 +66,12 @@ class Block(nnx.Module):
       self.ffn = DenseFFN(c.d_model, c.d_ff, c.moe.expert_type, c.init_scale,
                           rngs=rngs, dtype=dt)
 
-  def __call__(self, x, *, train: bool, key):
+  def __call__(self, x, *, train: bool, key, return_routing: bool = False):
     x = x + self.attn(self.attn_norm(x)).astype(x.dtype)
     h = self.ffn_norm(x)
     aux = {}
     if self.is_moe:
-      h, aux = self.ffn(h, train=train, key=key)
+      h, aux = self.ffn(h, train=train, key=key, return_routing=return_routing)
     else:
       h = self.ffn(h)
     return x + h.astype(x.dtype), aux
@@ -94,12 +94,23 @@ class TransformerLM(nnx.Module):
     self.head = param(rngs, scaled_init(c.init_scale), (c.d_model, c.vocab_size),
                       ('embed', 'vocab'))
 
+  def update_router_biases(self, aux: dict[str, jax.Array]) -> None:
+    """Loss-free balancing: each MoE layer with a bias moves it from its
+    'moe_<i>/expert_load' in a training step's aux."""
+    for i, block in enumerate(self.blocks):
+      if block.is_moe and block.ffn.config.has_router_bias:
+        prefix = f'moe_{i}/'
+        block.ffn.update_router_bias(
+            {k[len(prefix):]: v for k, v in aux.items() if k.startswith(prefix)})
+
   def __call__(self, tokens: jax.Array, *, train: bool = False,
-               key: jax.Array | None = None):
+               key: jax.Array | None = None, return_routing: bool = False):
     """Returns (logits float32 [B, L, V], aux).
 
     aux['aux_loss'] is the weighted router loss summed over MoE layers (add
     it to the task loss); aux['moe_<i>/<metric>'] are layer i's metrics.
+    With return_routing, aux['routing'][i] is MoE layer i's routing decision
+    (see moe_apply); the logits and every other aux entry are unchanged.
     """
     c = self.config
     dt = c.compute_dtype
@@ -109,12 +120,18 @@ class TransformerLM(nnx.Module):
       x = x + self.pos_embed[...][:length]
     x = x.astype(dt)
     aux = {'aux_loss': jnp.zeros((), jnp.float32)}
+    routing = {}
     for i, block in enumerate(self.blocks):
       block_key = None if key is None else jax.random.fold_in(key, i)
-      x, block_aux = block(x, train=train, key=block_key)
+      x, block_aux = block(x, train=train, key=block_key,
+                           return_routing=return_routing)
+      if 'routing' in block_aux:
+        routing[i] = block_aux.pop('routing')
       if block_aux:
         aux['aux_loss'] += block_aux.pop('aux_loss')
         aux.update({f'moe_{i}/{k}': v for k, v in block_aux.items()})
+    if return_routing:
+      aux['routing'] = routing
     x = self.final_norm(x)
     logits = jnp.einsum('bld,dv->blv', x, self.head[...].astype(dt))
     return logits.astype(jnp.float32), aux

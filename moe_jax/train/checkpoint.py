@@ -43,10 +43,23 @@ def config_fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:
           if k.split('.')[0] in FINGERPRINT_KEYS}
 
 
+def _added_at_default(key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+  """A field added to the code after the checkpoint was saved, and left at
+  its default: the run computes what it computed before (new fields default
+  to today's behaviour), so it is not a difference."""
+  if key in old or key not in new:
+    return False
+  # Imported here: the default config is only needed for this rare case.
+  from moe_jax.train import default_config  # pylint: disable=g-import-not-at-top
+  defaults = config_fingerprint(default_config.get_default_config().to_dict())
+  return key in defaults and defaults[key] == new[key]
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   old, new = config_fingerprint(saved), config_fingerprint(current)
   return [f'{k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'
-          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+          for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not _added_at_default(k, old, new)]
 
 
 @contextlib.contextmanager

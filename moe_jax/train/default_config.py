@@ -39,7 +39,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe = ml_collections.ConfigDict()
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
-  c.moe.router = 'switch'  # 'switch' | 'gshard' | 'topk'.
+  # 'switch' | 'gshard' | 'topk' | 'expert_choice' | 'sigmoid' |
+  # 'noisy_topk' | 'bpr' (see MoEConfig).
+  c.moe.router = 'switch'
   # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
   c.moe.dispatcher = 'index'
   c.moe.expert_type = 'gelu'  # 'gelu' | 'swiglu' (also the dense FFN's).
@@ -55,6 +57,19 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.load_balance_weight = 1e-2  # α (Switch).
   c.moe.z_loss_weight = 1e-3  # c_z (ST-MoE).
   c.moe.init_scale = 0.1  # Router/expert init scale (Switch Table 3).
+  # Absolute C per group (train and eval) instead of the factors; unset: off.
+  c.moe.fixed_capacity = config_dict.placeholder(int)
+  # expert_choice: True = lookahead-free variant; False = whole group (leaks
+  # the future; the decoder refuses it unless allow_noncausal=True).
+  c.moe.causal_routing = True
+  c.moe.allow_noncausal = False
+  c.moe.causal_chunk = 16  # Q: window/buffer chunk of causal routing.
+  c.moe.bias_update_rate = 0.0  # γ of loss-free balancing (sigmoid; 1e-3).
+  # Load-balance loss pooled over 'global' | 'micro_batch' | 'sequence'.
+  c.moe.balance_loss_scope = 'global'
+  c.moe.importance_weight = 0.0  # Importance CV² weight (noisy_topk).
+  c.moe.load_cv_weight = 0.0  # Smooth load CV² weight (noisy_topk).
+  c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
 
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert

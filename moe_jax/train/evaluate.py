@@ -8,8 +8,8 @@ config; anything that changes the parameters is refused.
 
 from __future__ import annotations
 
-import functools
 import pathlib
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -19,7 +19,6 @@ from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import placement
 from moe_jax.train import trainer
 from moe_jax.train.checkpoint import Checkpointer, config_differences
-from moe_jax.train.step import eval_step
 
 # Fields that change how a checkpoint is evaluated but not what it holds.
 EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
@@ -27,15 +26,34 @@ EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
                     'train.eval_batches')
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        **eval_overrides) -> dict[str, float]:
-  """Eval metrics of the latest checkpoint in `workdir` (as the trainer's).
+class Restored(NamedTuple):
+  """A restored checkpoint and what evaluating it needs."""
+  config: ml_collections.ConfigDict
+  graphdef: Any
+  state: Any  # TrainState, or RoutedTrainState for routers with a bias.
+  shardings: Any  # Of `state`.
+  val_batches: list
+  mesh: Any
+
+  @property
+  def params(self):
+    return self.state.params
+
+
+def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                       **eval_overrides):
+  """The latest checkpoint of `workdir`, ready to evaluate at other settings.
 
   Args:
     config: the config the checkpoint was trained with.
     workdir: the run's workdir.
     **eval_overrides: EVAL_ONLY_FIELDS with '.' written as '__', e.g.
       moe__eval_capacity_factor=4.0 or moe__dispatcher='dropless'.
+
+  Returns:
+    A Restored: the config with the overrides, the graphdef, the state
+    placed on `mesh` and its shardings, the validation batches (host
+    arrays) and the mesh.
   """
   config = ml_collections.ConfigDict(config.to_dict())
   for key, value in eval_overrides.items():
@@ -66,10 +84,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if diffs:
     raise UserInputError(f'the checkpoint in {workdir} was trained with '
                          f'another config ({"; ".join(diffs)}).')
-  batch_sh = placement.batch_shardings(mesh, val_batches[0])
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef),
-                    in_shardings=(shardings.params, batch_sh),
-                    out_shardings=placement.replicated(mesh))
-  batches = [placement.shard_batch(b, batch_sh) for b in val_batches]
-  with jax.set_mesh(mesh):
-    return trainer.evaluate(eval_fn, state.params, batches)
+  return Restored(config, graphdef, state, shardings, val_batches, mesh)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        **eval_overrides) -> dict[str, float]:
+  """Eval metrics of the latest checkpoint in `workdir` (as the trainer's).
+
+  Args:
+    config: the config the checkpoint was trained with.
+    workdir: the run's workdir.
+    **eval_overrides: EVAL_ONLY_FIELDS with '.' written as '__', e.g.
+      moe__eval_capacity_factor=4.0 or moe__dispatcher='dropless'.
+  """
+  r = restore_checkpoint(config, workdir, **eval_overrides)
+  batch_sh = placement.batch_shardings(r.mesh, r.val_batches[0])
+  eval_fn = trainer.make_eval_fn(r.graphdef, r.shardings, batch_sh, r.mesh)
+  batches = [placement.shard_batch(b, batch_sh) for b in r.val_batches]
+  with jax.set_mesh(r.mesh):
+    return trainer.evaluate(eval_fn, r.state, batches)

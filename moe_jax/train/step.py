@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from moe_jax.layers.moe import RouterBias
+
 
 @struct.dataclass
 class TrainState:
@@ -25,14 +27,29 @@ class TrainState:
   rng: jax.Array  # uint32 [2] base key.
 
 
+@struct.dataclass
+class RoutedTrainState(TrainState):
+  """TrainState plus router state the optimizer never touches.
+
+  Used only by models that have such state (loss-free balancing biases), so
+  every other model keeps TrainState and its checkpoint layout unchanged.
+  """
+
+  router_state: nnx.State  # RouterBias variables, [E] per MoE layer.
+
+
 def lm_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict[str, Any],
-            *, train: bool, key: jax.Array | None):
+            *, train: bool, key: jax.Array | None,
+            router_state: nnx.State | None = None):
   """Mean next-byte cross-entropy plus the MoE auxiliary losses.
 
   Returns:
     (loss, (cross_entropy, aux)) where aux holds the per-layer MoE metrics.
   """
-  model = nnx.merge(graphdef, params)
+  if router_state is None:
+    model = nnx.merge(graphdef, params)
+  else:
+    model = nnx.merge(graphdef, params, router_state)
   logits, aux = model(batch['inputs'], train=train, key=key)
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits, batch['targets']).mean()
@@ -50,20 +67,27 @@ def train_step(state: TrainState, batch: dict[str, Any], *,
   """
   key = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(lm_loss, has_aux=True)
+  routed = isinstance(state, RoutedTrainState)
+  extra = {'router_state': state.router_state} if routed else {}
   (loss, (ce, aux)), grads = grad_fn(state.params, graphdef, batch,
-                                     train=True, key=key)
+                                     train=True, key=key, **extra)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
+  checked = (new_state.params, new_state.opt_state)
+  if routed:  # Biases moved by this step's load (after it, never by tx).
+    model = nnx.merge(graphdef, state.params, state.router_state)
+    model.update_router_biases(jax.lax.stop_gradient(aux))
+    new_state = new_state.replace(router_state=nnx.state(model, RouterBias))
+    checked += (new_state.router_state,)
   grad_norm = optax.tree.norm(grads)
   # The host reads this before saving: the loss above was computed before
   # the update, so it can be finite while the state a checkpoint would hold
   # is not. Computed here, it costs no extra host round trip.
   finite = jnp.all(jnp.stack(
       [jnp.isfinite(loss), jnp.isfinite(grad_norm)] +
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
-          (new_state.params, new_state.opt_state))]))
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]))
   metrics = {'loss': loss, 'cross_entropy': ce, 'grad_norm': grad_norm,
              'state_finite': finite, **aux}
   return new_state, metrics
@@ -76,14 +100,16 @@ EVAL_ROUTING_METRICS = ('unrouted_fraction', 'dropped_fraction',
                         'router_logit_max', 'router_logsumexp')
 
 
-def eval_step(params: nnx.State, batch: dict[str, Any], *,
+def eval_step(params: nnx.State, batch: dict[str, Any],
+              router_state: nnx.State | None = None, *,
               graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
   """Summed cross-entropy (nats), token count and routing metrics of a batch.
 
   Runs at the eval capacity factor. Routing metrics are means over the MoE
-  layers (see EVAL_ROUTING_METRICS).
+  layers (see EVAL_ROUTING_METRICS). router_state: a RoutedTrainState's.
   """
-  _, (ce, aux) = lm_loss(params, graphdef, batch, train=False, key=None)
+  _, (ce, aux) = lm_loss(params, graphdef, batch, train=False, key=None,
+                         router_state=router_state)
   count = jnp.asarray(batch['targets'].size, jnp.float32)
   out = {'ce_sum': ce * count, 'count': count}
   for name in EVAL_ROUTING_METRICS:

@@ -31,8 +31,9 @@ from moe_jax.train import optim, validate
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
 from moe_jax.train.metric_writer import MetricWriter, Progress
-from moe_jax.train.step import (EVAL_ROUTING_METRICS, TrainState,
-                                 eval_step, train_step)
+from moe_jax.layers.moe import RouterBias
+from moe_jax.train.step import (EVAL_ROUTING_METRICS, RoutedTrainState,
+                                 TrainState, eval_step, train_step)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,9 +66,13 @@ def init_state(mcfg: ModelConfig, config, mesh):
   def init():
     model = TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))
     params = nnx.state(model, nnx.Param)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(config.seed))
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params,
+                  opt_state=tx.init(params),
+                  rng=jax.random.PRNGKey(config.seed))
+    if mcfg.moe.has_router_bias and mcfg.num_moe_layers:
+      return RoutedTrainState(**fields,
+                              router_state=nnx.state(model, RouterBias))
+    return TrainState(**fields)
 
   graphdef = nnx.graphdef(nnx.eval_shape(
       lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))))
@@ -96,13 +101,32 @@ def make_mesh(config, mcfg: ModelConfig):
   return mesh
 
 
-def evaluate(eval_fn, params, batches) -> dict[str, float]:
+def make_eval_fn(graphdef, shardings, batch_sh, mesh):
+  """jit(eval_step) as a function of (state, batch).
+
+  A RoutedTrainState's router state (selection biases) is an input too.
+  """
+  step = functools.partial(eval_step, graphdef=graphdef)
+  out = placement.replicated(mesh)
+  if isinstance(shardings, RoutedTrainState):
+    fn = jax.jit(step, in_shardings=(shardings.params, batch_sh,
+                                     shardings.router_state),
+                 out_shardings=out)
+    return lambda state, batch: fn(state.params, batch, state.router_state)
+  fn = jax.jit(step, in_shardings=(shardings.params, batch_sh),
+               out_shardings=out)
+  return lambda state, batch: fn(state.params, batch)
+
+
+def evaluate(eval_fn, state, batches) -> dict[str, float]:
   """Mean loss and routing metrics over the validation batches (on devices).
+
+  eval_fn: (state, batch) -> eval_step's sums (see make_eval_fn).
 
   'eval/max_violation' etc. are means over batches of the per-batch value
   (itself a mean over MoE layers), so MaxVio is that of a batch's routing.
   """
-  sums = [jax.device_get(eval_fn(params, b)) for b in batches]
+  sums = [jax.device_get(eval_fn(state, b)) for b in batches]
   ce = sum(float(s['ce_sum']) for s in sums) / sum(float(s['count']) for s in sums)
   out = {'eval/loss': ce, 'eval/bits_per_byte': ce / math.log(2)}
   for name in EVAL_ROUTING_METRICS:
@@ -163,9 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
                     in_shardings=(shardings, batch_sh),
                     out_shardings=(shardings, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef),
-                    in_shardings=(shardings.params, batch_sh),
-                    out_shardings=replicated)
+  eval_fn = make_eval_fn(graphdef, shardings, batch_sh, mesh)
   val_batches = [placement.shard_batch(b, batch_sh) for b in val_batches]
   lr_at = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   t = config.train
@@ -214,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         else:
           progress.update(done)
         if run_eval:
-          eval_metrics = evaluate(eval_fn, state.params, val_batches)
+          eval_metrics = evaluate(eval_fn, state, val_batches)
           writer.write(done, eval_metrics)
         if save:
           ckpt.save(done, state, meta)
@@ -228,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if pending is not None:
         _check_finite(*pending, ckpt)
       if not eval_metrics:  # Resumed at the end: evaluate what was restored.
-        eval_metrics = evaluate(eval_fn, state.params, val_batches)
+        eval_metrics = evaluate(eval_fn, state, val_batches)
   finally:
     progress.close()
     writer.close()

@@ -1,0 +1,22 @@
+"""Batch-prioritised routing (V-MoE, Riquelme et al. 2021) on the byte LM.
+
+Command:
+  python -m moe_jax.main --config=configs/bpr_top1.py --workdir=/tmp/bpr_top1
+Data: the Python standard library's own source (found on every machine).
+Model: as switch_top1.py, but router='bpr' (top-1, raw softmax gate): when
+  capacity is short, the tokens with the highest top gate keep their slot,
+  whatever their position (so later tokens can evict earlier ones).
+Measured: not yet measured.
+Tiny variant for tests: --config=configs/bpr_top1.py:tiny
+"""
+
+from moe_jax.train.default_config import get_default_config, shrink_for_tests
+
+
+def get_config(arg: str | None = None):
+  c = get_default_config()
+  c.moe.router = 'bpr'
+  c.moe.top_k = 1
+  if arg == 'tiny':
+    shrink_for_tests(c)
+  return c

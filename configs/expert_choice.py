@@ -1,0 +1,26 @@
+"""Expert choice routing (Zhou et al. 2022), causal-safe, on the byte LM.
+
+Command:
+  python -m moe_jax.main --config=configs/expert_choice.py --workdir=/tmp/expert_choice
+Data: the Python standard library's own source (found on every machine).
+Model: as switch_top1.py, but each expert picks its tokens: capacity
+  factor 2 (C = Q·c/E per chunk of Q = 16 positions, top-2 compute), no
+  balance loss. The lookahead-free variant (see moe_jax/core/expert_choice.py);
+  --config.moe.causal_routing=False --config.moe.allow_noncausal=True gives
+  the paper's whole-sequence choice, which leaks the future in a decoder.
+Measured: not yet measured.
+Tiny variant for tests: --config=configs/expert_choice.py:tiny
+"""
+
+from moe_jax.train.default_config import get_default_config, shrink_for_tests
+
+
+def get_config(arg: str | None = None):
+  c = get_default_config()
+  c.moe.router = 'expert_choice'
+  c.moe.capacity_factor = 2.0
+  c.moe.eval_capacity_factor = 2.0
+  c.moe.load_balance_weight = 0.0
+  if arg == 'tiny':
+    shrink_for_tests(c)
+  return c

@@ -1,0 +1,26 @@
+"""DeepSeekMoE-style fine-grained and shared experts on the byte LM.
+
+Command:
+  python -m moe_jax.main --config=configs/fine_grained_shared.py --workdir=/tmp/fine_grained_shared
+Data: the Python standard library's own source (found on every machine).
+Model: gshard_top2.py's experts (E=8, K=2, F=512) split 4 ways with 2 of
+  the 32 fine experts made shared (split_experts(c.moe, 4, num_shared=2)):
+  30 routed experts of width 128, top-6 (softmax over the top 6), plus 2
+  always-on shared experts of width 128. Total and active expert
+  parameters equal gshard_top2.py's.
+Measured: not yet measured.
+Tiny variant for tests: --config=configs/fine_grained_shared.py:tiny
+"""
+
+from moe_jax.core.fine_grained import split_experts
+from moe_jax.train.default_config import get_default_config, shrink_for_tests
+
+
+def get_config(arg: str | None = None):
+  c = get_default_config()
+  c.moe.router = 'gshard'
+  c.moe.top_k = 2
+  split_experts(c.moe, 4, num_shared=2)
+  if arg == 'tiny':
+    shrink_for_tests(c)
+  return c

@@ -1,0 +1,304 @@
+"""Routing traces: every MoE layer's decision for every token, on disk.
+
+A trace is recorded by running a model at eval settings (train=False, no
+PRNG key) with `return_routing=True`, which makes the model also hand back
+each MoE layer's RoutingPlan and router logits; the model's outputs do not
+change (tests/test_analysis_trace.py). The analyses in moe_jax.analysis read
+traces only, so they can be run on a trace saved long ago.
+
+Shape letters: N traced tokens (= batches · B · L, in batch order, each
+sequence's tokens consecutive), M MoE layers, K choices per token, E experts.
+
+On-disk format (`save_trace` / `load_trace`): one NumPy `.npz` file
+(compressed, no pickles) holding exactly the RoutingTrace fields below under
+their own names, plus 'meta', a 0-d unicode array with a JSON object:
+  format_version (int, FORMAT_VERSION), num_experts (E), top_k (K),
+  capacity (C per group, null when dropless), group_size (S), layers, and
+  free-form entries such as 'router', 'dispatcher', 'domain_names',
+  'eval_capacity_factor'.
+Load it with numpy alone: `np.load(path)['expert']` is [M, N, K].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from moe_jax.errors import UserInputError
+
+FORMAT_VERSION = 1
+NO_DOMAIN = -1  # The domain of a token whose data has no domain labels.
+
+_ARRAY_FIELDS = ('tokens', 'sequence', 'position', 'group_position', 'domain',
+                 'loss', 'layers', 'expert', 'gate', 'prob', 'probs',
+                 'dropped')
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingTrace:
+  """Per-token routing of a model over some data.
+
+  Attributes:
+    tokens: int32 [N] input byte of each token.
+    sequence: int32 [N] index of the sequence (batch row) holding the token.
+    position: int32 [N] position of the token in its sequence, 0..L-1.
+    group_position: int32 [N] position in its routing group, 0..S-1: the
+      order in which tokens claim expert capacity (core/capacity.py).
+    domain: int32 [N] domain label, NO_DOMAIN (-1) where the data has none.
+    loss: float32 [N] the model's next-byte cross-entropy at the token (nats).
+    layers: int32 [M] the block index of each MoE layer.
+    expert: int32 [M, N, K] chosen experts; axis K is the k-rank (0 = first
+      choice).
+    gate: float32 [M, N, K] the combine weight applied to the expert output;
+      0 where the choice was dropped.
+    prob: float32 [M, N, K] the router probability of the chosen expert
+      (softmax of the router logits), whether or not it was dropped.
+    probs: float32 [M, N, E] the router probabilities of all experts.
+    dropped: bool [M, N, K] the choice was not dispatched. Traces are taken at
+      eval with deterministic routing, where every choice is sent, so this is
+      "over capacity".
+    meta: JSON-serialisable facts about the run (see the module docstring).
+  """
+
+  tokens: np.ndarray
+  sequence: np.ndarray
+  position: np.ndarray
+  group_position: np.ndarray
+  domain: np.ndarray
+  loss: np.ndarray
+  layers: np.ndarray
+  expert: np.ndarray
+  gate: np.ndarray
+  prob: np.ndarray
+  probs: np.ndarray
+  dropped: np.ndarray
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_tokens(self) -> int:
+    return int(self.tokens.shape[0])
+
+  @property
+  def num_layers(self) -> int:
+    return int(self.expert.shape[0])
+
+  @property
+  def num_experts(self) -> int:
+    return int(self.probs.shape[-1])
+
+  @property
+  def top_k(self) -> int:
+    return int(self.expert.shape[-1])
+
+  @property
+  def has_domains(self) -> bool:
+    return bool(np.any(self.domain != NO_DOMAIN))
+
+
+def _forward(params, tokens, targets, *, graphdef):
+  """Per-token loss and each MoE layer's routing decision, as host-ready arrays."""
+  model = nnx.merge(graphdef, params)
+  logits, aux = model(tokens, train=False, return_routing=True)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  routing = {}
+  for i, r in aux['routing'].items():
+    plan = r['plan']
+    probs = jax.nn.softmax(r['logits'], axis=-1)  # [G, S, E]
+    routing[i] = {
+        'expert': plan.expert_index,
+        'gate': plan.combine_weights,
+        'prob': jnp.take_along_axis(probs, plan.expert_index, axis=-1),
+        'probs': probs,
+        'dropped': ~plan.kept,
+    }
+  return loss, routing
+
+
+def _capacities(graphdef, params, tokens) -> dict[int, int | None]:
+  """Each MoE layer's capacity C (static, so read off an abstract call)."""
+  def plans(p, t):
+    model = nnx.merge(graphdef, p)
+    _, aux = model(t, train=False, return_routing=True)
+    return {i: r['plan'] for i, r in aux['routing'].items()}
+  shapes = jax.eval_shape(plans, params, tokens)
+  return {i: plan.capacity for i, plan in shapes.items()}
+
+
+def record_trace(model_or_split, batches: Iterable[dict[str, np.ndarray]],
+                 *, meta: dict[str, Any] | None = None) -> RoutingTrace:
+  """Runs the model over `batches` and records every MoE layer's routing.
+
+  Args:
+    model_or_split: a TransformerLM, or its (graphdef, params) pair.
+    batches: dicts with 'inputs' and 'targets' int [B, L] and optionally
+      'domains' int [B, L] (as from moe_jax.data.pipeline).
+    meta: extra JSON-serialisable entries for trace.meta.
+
+  Returns:
+    The RoutingTrace (host arrays).
+  """
+  if isinstance(model_or_split, tuple):
+    graphdef, params = model_or_split
+  else:
+    graphdef, params = nnx.split(model_or_split)
+  forward = jax.jit(lambda p, x, y: _forward(p, x, y, graphdef=graphdef))
+  parts = {name: [] for name in _ARRAY_FIELDS if name != 'layers'}
+  num_seqs, capacities = 0, None
+  for batch in batches:
+    inputs = np.asarray(batch['inputs'], np.int32)
+    b, length = inputs.shape
+    if capacities is None:
+      capacities = _capacities(graphdef, params, inputs)
+    loss, routing = jax.device_get(
+        forward(params, inputs, np.asarray(batch['targets'], np.int32)))
+    layers = sorted(routing)
+    if not layers:
+      raise ValueError('the model has no MoE layer; there is no routing to '
+                       'trace.')
+    group_size = routing[layers[0]]['expert'].shape[1]
+    flat = np.arange(b * length)
+    parts['tokens'].append(inputs.reshape(-1))
+    parts['sequence'].append(num_seqs + flat // length)
+    parts['position'].append(flat % length)
+    # Groups are consecutive runs of S tokens of the flattened batch
+    # (core/moe.py:group_tokens), so this is each token's claim order.
+    parts['group_position'].append(flat % group_size)
+    domains = batch.get('domains')
+    parts['domain'].append(
+        np.full(b * length, NO_DOMAIN) if domains is None else
+        np.asarray(domains).reshape(-1))
+    parts['loss'].append(np.asarray(loss).reshape(-1))
+    for name in ('expert', 'gate', 'prob', 'probs', 'dropped'):
+      per_layer = [routing[i][name] for i in layers]  # each [G, S, K or E]
+      parts[name].append(np.stack(
+          [a.reshape(b * length, a.shape[-1]) for a in per_layer]))
+    num_seqs += b
+  if capacities is None:
+    raise ValueError('no batches to trace.')
+  dtypes = {'loss': np.float32, 'gate': np.float32, 'prob': np.float32,
+            'probs': np.float32, 'dropped': bool}
+  arrays = {}
+  for name, chunks in parts.items():
+    axis = 1 if name in ('expert', 'gate', 'prob', 'probs', 'dropped') else 0
+    arrays[name] = np.concatenate(chunks, axis=axis).astype(
+        dtypes.get(name, np.int32))
+  arrays['layers'] = np.asarray(layers, np.int32)
+  caps = {capacities[i] for i in layers}
+  info = {
+      'format_version': FORMAT_VERSION,
+      'num_experts': int(arrays['probs'].shape[-1]),
+      'top_k': int(arrays['expert'].shape[-1]),
+      'capacity': caps.pop() if len(caps) == 1 else None,
+      'group_size': int(group_size),
+      'layers': [int(i) for i in layers],
+  }
+  info.update(meta or {})
+  return RoutingTrace(meta=info, **arrays)
+
+
+def trace_checkpoint(config, workdir: str, *, batches=None,
+                     meta: dict[str, Any] | None = None,
+                     **eval_overrides) -> RoutingTrace:
+  """Records the routing of the latest checkpoint in `workdir`.
+
+  Args:
+    config: the config the checkpoint was trained with.
+    workdir: the run's workdir.
+    batches: the data to trace; default the run's validation batches (which
+      carry domain labels for the 'synthetic' data kind).
+    meta: extra entries for trace.meta.
+    **eval_overrides: as for evaluate_checkpoint, e.g.
+      moe__eval_capacity_factor=1.0 to trace the drops at another capacity.
+  """
+  from moe_jax.train.evaluate import restore_checkpoint  # Heavy; lazy.
+  r = restore_checkpoint(config, workdir, **eval_overrides)
+  if getattr(r.state, 'router_state', None) is not None:
+    raise UserInputError(
+        'tracing a router with a selection bias (aux-loss-free balancing) '
+        'is not supported yet; trace a checkpoint of another router.')
+  m = r.config.moe
+  info = {'router': m.router, 'dispatcher': m.dispatcher,
+          'eval_capacity_factor': float(m.eval_capacity_factor),
+          'workdir': str(workdir)}
+  info.update(meta or {})
+  with jax.set_mesh(r.mesh):
+    return record_trace((r.graphdef, r.params),
+                        r.val_batches if batches is None else batches,
+                        meta=info)
+
+
+def save_trace(trace: RoutingTrace, path: str | os.PathLike) -> None:
+  """Writes the trace as a compressed .npz (format in the module docstring)."""
+  arrays = {name: getattr(trace, name) for name in _ARRAY_FIELDS}
+  np.savez_compressed(path, meta=np.asarray(json.dumps(trace.meta)), **arrays)
+
+
+def load_trace(path: str | os.PathLike) -> RoutingTrace:
+  """Reads a trace written by save_trace."""
+  with np.load(path, allow_pickle=False) as f:
+    meta = json.loads(str(f['meta']))
+    version = meta.get('format_version')
+    if version != FORMAT_VERSION:
+      raise ValueError(f'{path} is routing-trace format {version}; this code '
+                       f'reads format {FORMAT_VERSION}.')
+    missing = [n for n in _ARRAY_FIELDS if n not in f.files]
+    if missing:
+      raise ValueError(f'{path} lacks trace arrays {missing}.')
+    return RoutingTrace(meta=meta, **{n: f[n] for n in _ARRAY_FIELDS})
+
+
+def trace_from_arrays(expert: np.ndarray, num_experts: int, *,
+                      seq_len: int | None = None,
+                      group_size: int | None = None,
+                      tokens: np.ndarray | None = None,
+                      domain: np.ndarray | None = None,
+                      dropped: np.ndarray | None = None,
+                      probs: np.ndarray | None = None,
+                      meta: dict[str, Any] | None = None) -> RoutingTrace:
+  """A trace built by hand (tests, toy examples), defaults filled in.
+
+  Args:
+    expert: int [M, N, K] (or [N, K] for one layer) chosen experts.
+    num_experts: E.
+    seq_len: L, tokens per sequence (default: one sequence of N tokens).
+    group_size: S (default L).
+    tokens, domain: int [N] (default 0 and NO_DOMAIN).
+    dropped: bool like expert (default none dropped).
+    probs: float [M, N, E] (default one-hot on the first choice).
+  """
+  expert = np.asarray(expert, np.int32)
+  if expert.ndim == 2:
+    expert = expert[None]
+  m, n, k = expert.shape
+  seq_len = seq_len or n
+  group_size = group_size or seq_len
+  flat = np.arange(n)
+  if probs is None:
+    probs = np.eye(num_experts, dtype=np.float32)[expert[..., 0]]
+  probs = np.asarray(probs, np.float32).reshape(m, n, num_experts)
+  dropped = (np.zeros(expert.shape, bool) if dropped is None else
+             np.asarray(dropped, bool).reshape(expert.shape))
+  prob = np.take_along_axis(probs, expert, axis=-1)
+  return RoutingTrace(
+      tokens=np.zeros(n, np.int32) if tokens is None else
+      np.asarray(tokens, np.int32),
+      sequence=(flat // seq_len).astype(np.int32),
+      position=(flat % seq_len).astype(np.int32),
+      group_position=(flat % group_size).astype(np.int32),
+      domain=np.full(n, NO_DOMAIN, np.int32) if domain is None else
+      np.asarray(domain, np.int32),
+      loss=np.zeros(n, np.float32),
+      layers=np.arange(m, dtype=np.int32),
+      expert=expert, gate=np.where(dropped, 0.0, prob).astype(np.float32),
+      prob=prob, probs=probs, dropped=dropped,
+      meta={'format_version': FORMAT_VERSION, 'num_experts': num_experts,
+            'top_k': k, 'capacity': None, 'group_size': group_size,
+            'layers': list(range(m)), **(meta or {})})

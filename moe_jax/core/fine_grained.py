@@ -1,0 +1,44 @@
+"""Fine-grained expert segmentation (DeepSeekMoE, Dai et al. 2024, Sec. 3.1
+and 3.2) as a config helper.
+
+Splitting each of E experts of width F into m experts of width F/m, and
+activating m·K of them, keeps the total and the per-token active expert
+parameters fixed while multiplying the routing combinations. Turning K_s of
+the m·E fine experts into always-on shared experts (shared expert
+isolation) keeps both counts fixed too: E' = m·E − K_s routed experts,
+K' = m·K − K_s of them per token, plus K_s shared experts of width F/m.
+Only the router grows, from D·E to D·E' weights.
+"""
+
+from __future__ import annotations
+
+from moe_jax.errors import UserInputError
+
+
+def split_experts(moe, m: int, num_shared: int = 0):
+  """Rewrites an MoE config section in place (a ConfigDict's `c.moe`).
+
+  Args:
+    moe: has num_experts, top_k, d_ff, router, num_shared_experts.
+    m: the split factor; must divide d_ff.
+    num_shared: K_s of the m·E fine experts made shared, < m·top_k.
+
+  Returns:
+    moe, for chaining.
+  """
+  e, k, f = moe.num_experts, moe.top_k, moe.d_ff
+  if not isinstance(m, int) or m < 1 or f % m:
+    raise UserInputError(
+        f'fine-grained split m={m!r} must be a positive int dividing '
+        f'moe.d_ff={f}.')
+  if not 0 <= num_shared < m * k:
+    raise UserInputError(
+        f'num_shared={num_shared} must be in [0, m·top_k={m * k}) so some '
+        'experts stay routed.')
+  moe.num_experts = m * e - num_shared
+  moe.top_k = m * k - num_shared
+  moe.d_ff = f // m
+  moe.num_shared_experts = num_shared
+  if moe.router in ('switch', 'gshard') and moe.top_k != k:
+    moe.router = 'topk'  # Those two fix K at 1 and 2.
+  return moe

@@ -1,0 +1,85 @@
+"""Noisy top-k gating (Shazeer et al. 2017, "Outrageously Large Neural
+Networks", Sec. 2.1 and Appendix A).
+
+H = x·W_g + N(0, 1)·softplus(x·W_noise); G = softmax(KeepTopK(H, k)). The
+noise scale is learned per token and expert through W_noise; noise is drawn
+only when a key is given (training), so evaluation is deterministic.
+
+Two balance losses (Appendix A), both CV² = Var/Mean² over experts:
+  importance: of Σ_tokens G[:, e];
+  load: of a smooth load estimate, Σ_tokens P(x, e), where P(x, e) =
+    Φ((x·W_g)_e − kth_excluding(H, k, e)) / softplus((x·W_noise)_e)) is the
+    probability that e stays in the top k if only its own noise is redrawn.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.stats import norm
+
+from moe_jax.core import losses
+from moe_jax.core.plan import RoutingPlan
+from moe_jax.core.routers import build_plan, top_k_experts
+
+
+def cv_squared(x: jax.Array) -> jax.Array:
+  """Squared coefficient of variation Var(x)/Mean(x)² over the last axis."""
+  x = x.astype(jnp.float32)
+  return jnp.var(x, axis=-1) / (jnp.square(jnp.mean(x, axis=-1)) + 1e-10)
+
+
+def smooth_load(clean: jax.Array, noisy: jax.Array, noise_std: jax.Array,
+                k: int) -> jax.Array:
+  """[E]: Σ_tokens P(x, e), the expected number of tokens keeping e in their
+  top k under e's own noise (Shazeer Eq. 8-10).
+
+  Args:
+    clean: float [..., E] x·W_g; noisy: float [..., E] H; noise_std: float
+      [..., E] softplus(x·W_noise); k < E.
+  """
+  top, _ = top_k_experts(noisy, k + 1)  # [..., k+1] descending.
+  in_top = noisy >= top[..., k - 1:k]  # e is among the k largest of H.
+  # The k-th largest of the *other* experts: the (k+1)-th if e is in the
+  # top k (removing e moves it up), the k-th otherwise.
+  threshold = jnp.where(in_top, top[..., k:k + 1], top[..., k - 1:k])
+  prob = norm.cdf((clean - threshold) / noise_std)
+  return jnp.sum(prob.reshape(-1, prob.shape[-1]), axis=0)
+
+
+def noisy_top_k(logits: jax.Array, *, capacity: int | None, k: int,
+                noise_logits: jax.Array, key: jax.Array | None = None,
+                balance_fn: Callable = losses.load_balance_loss
+                ) -> tuple[RoutingPlan, dict]:
+  """Noisy top-k routing.
+
+  Args:
+    logits: float [G, S, E] clean logits x·W_g.
+    capacity: C, or None for dropless.
+    k: K < E.
+    noise_logits: float [G, S, E] x·W_noise.
+    key: draws the noise; None (eval) routes on the clean logits.
+    balance_fn: the Switch balance loss (also reported; weight it 0 to use
+      only the CV² losses, as the paper does).
+
+  Returns:
+    (plan, aux); aux adds 'importance_loss' and 'load_loss' (unweighted CV²).
+  """
+  logits = logits.astype(jnp.float32)
+  noise_std = jax.nn.softplus(noise_logits.astype(jnp.float32))
+  noisy = logits
+  if key is not None:
+    noisy = logits + jax.random.normal(key, logits.shape) * noise_std
+  top_h, expert_index = top_k_experts(noisy, k)
+  gates = jax.nn.softmax(top_h, axis=-1)  # softmax(KeepTopK(H, k))
+  e = logits.shape[-1]
+  routed = jnp.ones(gates.shape, bool)
+  plan, aux = build_plan(logits, jax.nn.softmax(logits, axis=-1),
+                         expert_index, gates, routed, capacity, balance_fn)
+  importance = jnp.sum(jax.nn.one_hot(expert_index, e) * gates[..., None],
+                       axis=(0, 1, 2))
+  aux['importance_loss'] = cv_squared(importance)
+  aux['load_loss'] = cv_squared(smooth_load(logits, noisy, noise_std, k))
+  return plan, aux

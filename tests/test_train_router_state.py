@@ -1,0 +1,96 @@
+"""The loss-free balancing bias in training: state, not parameter; saved,
+restored and resumed bit for bit."""
+
+import contextlib
+import importlib.util
+import io
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from moe_jax.parallel import mesh as mesh_lib
+from moe_jax.parallel import placement
+from moe_jax.train import trainer
+from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.step import RoutedTrainState
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GAMMA = 1e-3
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _cache(compilation_cache_on):
+  del compilation_cache_on
+
+
+def _config():
+  spec = importlib.util.spec_from_file_location(
+      '_sigmoid_config', REPO / 'configs' / 'sigmoid_loss_free.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.train.checkpoint_every = 3  # Steps 3 and 6 (num_steps = 6).
+  config.train.eval_every = 6
+  config.lock()
+  return config
+
+
+def _train(config, workdir):
+  with contextlib.redirect_stdout(io.StringIO()):
+    trainer.train_and_evaluate(config, str(workdir))
+
+
+def _final_state(config, workdir):
+  mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  _, state, shardings, _ = trainer.init_state(trainer.model_config(config),
+                                              config, mesh)
+  ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
+  try:
+    restored, _ = ckpt.restore(
+        placement.abstract_with_shardings(state, shardings))
+  finally:
+    ckpt.close()
+  return restored
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """(config, uninterrupted final state, resumed final state)."""
+  config = _config()
+  full = tmp_path_factory.mktemp('full')
+  _train(config, full)
+  # The same run killed after its step-3 checkpoint, then resumed.
+  resumed = tmp_path_factory.mktemp('resumed') / 'run'
+  shutil.copytree(full, resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '6')
+  _train(config, resumed)
+  return config, _final_state(config, full), _final_state(config, resumed)
+
+
+def test_bias_is_training_state_moved_by_gamma(runs):
+  config, state, _ = runs
+  assert isinstance(state, RoutedTrainState)
+  biases = jax.tree.leaves(state.router_state)
+  assert len(biases) == trainer.model_config(config).num_moe_layers
+  for b in biases:
+    b = np.asarray(b)
+    assert b.shape == (config.moe.num_experts,)
+    steps = b / GAMMA  # Each step moves each entry by -1, 0 or +1 γ.
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert np.all(np.abs(steps) <= config.train.num_steps + 1e-3)
+    assert np.any(b != 0)
+  # Not a parameter: the optimizer's trees hold no bias.
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree.leaves_with_path((state.params, state.opt_state))]
+  assert paths and not any('router_bias' in p for p in paths)
+
+
+def test_interrupted_and_resumed_run_is_bitwise_identical(runs):
+  _, full, resumed = runs
+  for (path, a), b in zip(jax.tree.leaves_with_path(full),
+                          jax.tree.leaves(resumed)):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), (
+        jax.tree_util.keystr(path))
