@@ -43,12 +43,12 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from testlib import require_devices  # tests/ is sys.path[0] for scripts.
+import testlib  # tests/ is sys.path[0] for scripts.
+from testlib import require_devices
 from configs import switch_top1
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
 from moe_jax.train import trainer
-from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.step import train_step
 
 NUM_DEVICES = 8
@@ -118,15 +118,7 @@ def _train(config, workdir: pathlib.Path) -> str:
 
 def _restore(workdir, mesh, config):
   """The latest TrainState in `workdir`, placed as init_state places it."""
-  _, state, shardings, _ = trainer.init_state(trainer.model_config(config),
-                                              config, mesh)
-  ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
-  try:
-    restored, _ = ckpt.restore(
-        placement.abstract_with_shardings(state, shardings))
-  finally:
-    ckpt.close()
-  return restored, shardings
+  return testlib.restore_latest(workdir, config, mesh)
 
 
 def _placement_report(tree, shardings, mesh) -> dict:

@@ -7,7 +7,6 @@ All runs use the tiny switch_top1 config and the shared compilation cache.
 """
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -25,6 +24,7 @@ import pytest
 
 from moe_jax.errors import UserInputError
 from moe_jax.train import trainer
+import testlib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = 'configs/switch_top1.py'
@@ -38,14 +38,7 @@ def _cache(compilation_cache_on):
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location('_faults_config',
-                                                REPO / CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
-  config.lock()
-  config.update_from_flattened_dict(overrides)
-  return config
+  return testlib.tiny_config(CONFIG_FILE, overrides)
 
 
 def _train(config, workdir):

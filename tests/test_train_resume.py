@@ -13,7 +13,6 @@ subprocesses keeps each run to seconds; it changes nothing that is computed.
 """
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -32,6 +31,7 @@ import pytest
 
 from moe_jax.data import pipeline
 from moe_jax.train import trainer
+import testlib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = 'configs/gshard_top2.py'
@@ -51,14 +51,7 @@ def _cache(compilation_cache_on):
 
 def _config(**overrides):
   """The module's experiment, locked (a typo fails), plus `overrides`."""
-  spec = importlib.util.spec_from_file_location('_resume_config',
-                                                REPO / CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
-  config.lock()
-  config.update_from_flattened_dict({**BASE, **overrides})
-  return config
+  return testlib.tiny_config(CONFIG_FILE, {**BASE, **overrides})
 
 
 def _train(config, workdir):

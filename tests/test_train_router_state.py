@@ -2,9 +2,7 @@
 restored and resumed bit for bit."""
 
 import contextlib
-import importlib.util
 import io
-import pathlib
 import shutil
 
 import jax
@@ -12,12 +10,10 @@ import numpy as np
 import pytest
 
 from moe_jax.parallel import mesh as mesh_lib
-from moe_jax.parallel import placement
 from moe_jax.train import trainer
-from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.step import RoutedTrainState
+import testlib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 GAMMA = 1e-3
 
 
@@ -27,15 +23,9 @@ def _cache(compilation_cache_on):
 
 
 def _config():
-  spec = importlib.util.spec_from_file_location(
-      '_sigmoid_config', REPO / 'configs' / 'sigmoid_loss_free.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
-  config.train.checkpoint_every = 3  # Steps 3 and 6 (num_steps = 6).
-  config.train.eval_every = 6
-  config.lock()
-  return config
+  # Checkpoints at steps 3 and 6 (num_steps = 6).
+  return testlib.tiny_config('configs/sigmoid_loss_free.py', {
+      'train.checkpoint_every': 3, 'train.eval_every': 6})
 
 
 def _train(config, workdir):
@@ -45,15 +35,7 @@ def _train(config, workdir):
 
 def _final_state(config, workdir):
   mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  _, state, shardings, _ = trainer.init_state(trainer.model_config(config),
-                                              config, mesh)
-  ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
-  try:
-    restored, _ = ckpt.restore(
-        placement.abstract_with_shardings(state, shardings))
-  finally:
-    ckpt.close()
-  return restored
+  return testlib.restore_latest(workdir, config, mesh)[0]
 
 
 @pytest.fixture(scope='module')

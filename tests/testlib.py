@@ -1,5 +1,6 @@
-"""Helpers for tests that need several CPU devices or processes."""
+"""Helpers shared by the tests: configs, checkpoints, devices, processes."""
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -60,3 +61,33 @@ def require_devices(count: int) -> None:
     sys.exit(f'needs {count} devices (XLA_FLAGS='
              f'--xla_force_host_platform_device_count={count}), got '
              f'{jax.device_count()}; XLA_FLAGS={os.environ.get("XLA_FLAGS")!r}')
+
+
+def tiny_config(config_file: str, overrides: dict | None = None):
+  """The `:tiny` variant of configs/<file>, locked (a typo fails), plus
+  dotted `overrides` such as {'train.num_steps': 4}."""
+  spec = importlib.util.spec_from_file_location(
+      '_tiny_' + pathlib.Path(config_file).stem, REPO / config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.lock()
+  config.update_from_flattened_dict(overrides or {})
+  return config
+
+
+def restore_latest(workdir, config, mesh):
+  """(latest train state in `workdir`, its shardings), placed on `mesh` as
+  the trainer's init_state places it."""
+  from moe_jax.parallel import placement  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  from moe_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  _, state, shardings, _ = trainer.init_state(trainer.model_config(config),
+                                              config, mesh)
+  ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
+  try:
+    restored, _ = ckpt.restore(
+        placement.abstract_with_shardings(state, shardings))
+  finally:
+    ckpt.close()
+  return restored, shardings

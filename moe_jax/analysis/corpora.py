@@ -11,9 +11,6 @@ added as further domains.
 from __future__ import annotations
 
 import ast
-import os
-import pathlib
-import sysconfig
 import warnings
 
 import numpy as np
@@ -25,13 +22,7 @@ _SKIP = frozenset({'site-packages', 'dist-packages', 'test', 'tests',
 
 
 def _stdlib_files():
-  root = pathlib.Path(sysconfig.get_paths()['stdlib'])
-  paths = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if d not in _SKIP]
-    paths.extend(pathlib.Path(dirpath, f) for f in filenames
-                 if f.endswith('.py'))
-  return sorted(paths, key=lambda f: f.relative_to(root).as_posix())
+  return sources.stdlib_files(_SKIP)
 
 
 def _split_module(tree: ast.Module, min_prose: int):

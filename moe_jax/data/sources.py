@@ -113,6 +113,21 @@ def read_text_path(path: str | os.PathLike) -> bytes:
   return data
 
 
+def stdlib_files(skip_dirs=_STDLIB_SKIP_DIRS) -> list[pathlib.Path]:
+  """The interpreter's standard-library `.py` files, sorted by relative path.
+
+  Folders named in `skip_dirs` (third-party packages, test suites) are
+  left out.
+  """
+  root = pathlib.Path(sysconfig.get_paths()['stdlib'])
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = [d for d in dirnames if d not in skip_dirs]
+    paths.extend(pathlib.Path(dirpath, f) for f in filenames
+                 if f.endswith('.py'))
+  return sorted(paths, key=lambda f: f.relative_to(root).as_posix())
+
+
 def stdlib_corpus(max_bytes: int = 8_000_000) -> bytes:
   """The default corpus: the running interpreter's standard library sources.
 
@@ -129,15 +144,8 @@ def stdlib_corpus(max_bytes: int = 8_000_000) -> bytes:
   if max_bytes <= 0:
     raise UserInputError(f'max_bytes={max_bytes} must be positive; pass a '
                          'positive byte budget')
-  root = pathlib.Path(sysconfig.get_paths()['stdlib'])
-  paths = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIP_DIRS]
-    paths.extend(pathlib.Path(dirpath, f) for f in filenames
-                 if f.endswith('.py'))
-  paths.sort(key=lambda f: f.relative_to(root).as_posix())
   chunks, total = [], 0
-  for f in paths:
+  for f in stdlib_files():
     try:
       chunk = f.read_bytes()
     except OSError:
