@@ -29,6 +29,7 @@ from absl import logging
 from experiments import records, report
 from experiments.ablation import Ablation, apply_overrides
 from moe_jax.errors import UserInputError
+from moe_jax.train.interrupt import TrainingInterrupted
 
 RESULTS = pathlib.Path(__file__).parent / 'results'
 
@@ -87,7 +88,9 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
   rows. Rebuilds the report."""
   from moe_jax.train.trainer import NonFiniteLossError  # Slow import.
   store = records.RunStore(out)
-  plan = [(v, s) for v in ab.variants for s in range(seeds)]
+  # Seed-major: an ablation stopped part-way holds every variant at the
+  # first seeds, a balanced design, rather than some variants at none.
+  plan = [(v, s) for s in range(seeds) for v in ab.variants]
   configs = {}
   for v, s in plan:
     c = ab.base(steps)
@@ -180,6 +183,10 @@ def main(argv=None) -> int:
   except (UserInputError, KeyError) as e:
     print(f'error: {str(e).strip(chr(39))}', file=sys.stderr)
     return 2
+  except TrainingInterrupted as e:
+    # The run saved a checkpoint; the same command resumes the ablation.
+    print(f'stopped: {e}', file=sys.stderr)
+    return e.exit_code
   return 0
 
 
