@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
-import os
 import pathlib
-import tempfile
 import time
 
 import numpy as np
 
 from moe_jax.errors import UserInputError
+from moe_jax.files import atomic_write
 
 # Eval metrics copied into runs.csv as eval_<name> (see train/step.py).
 EVAL_FIELDS = ('loss', 'bits_per_byte', 'dropped_fraction',
@@ -285,14 +285,8 @@ def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
   fields = []
   for r in rows:
     fields.extend(k for k in r if k not in fields)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.tmp')
-  try:
-    with os.fdopen(fd, 'w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=fields, restval='')
-      writer.writeheader()
-      writer.writerows(rows)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=fields, restval='')
+  writer.writeheader()
+  writer.writerows(rows)
+  atomic_write(path, text.getvalue().encode())

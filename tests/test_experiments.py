@@ -13,7 +13,8 @@ import pytest
 
 from configs import switch_top1
 from experiments import records, report, run, verdict
-from experiments.ablation import Ablation, Comparison, Variant
+from experiments.ablation import Ablation, Comparison, Variant, apply_overrides
+from moe_jax.train import trainer
 
 
 # --------------------------------------------------------------- verdicts --
@@ -209,8 +210,8 @@ def test_every_ablation_file_builds_its_configs():
     ab = run.load_ablation(name)
     assert len({v.name for v in ab.variants}) == len(ab.variants)
     for v in ab.variants:
-      from experiments.ablation import apply_overrides
-      apply_overrides(ab.base(ab.quick_steps), v.overrides)
+      config = apply_overrides(ab.base(ab.quick_steps), v.overrides)
+      trainer.model_config(config)  # Validates the model and MoE fields.
     names = {v.name for v in ab.variants}
     for comp in ab.comparisons:
       assert comp.better[0] in names and comp.worse[0] in names

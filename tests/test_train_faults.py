@@ -19,7 +19,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from moe_jax.errors import UserInputError
@@ -47,16 +46,8 @@ def _train(config, workdir):
   return out.getvalue()
 
 
-def _steps(workdir):
-  directory = pathlib.Path(workdir) / 'checkpoints'
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
-def _saved(workdir, step):
-  path = pathlib.Path(workdir) / 'checkpoints' / str(step) / 'state'
-  return ocp.StandardCheckpointer().restore(path)
+_steps = testlib.checkpoint_steps
+_saved = testlib.saved_state
 
 
 def _all_finite(tree):

@@ -26,7 +26,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from moe_jax.data import pipeline
@@ -72,18 +71,8 @@ def _without_wall_clock(records):
           for r in records]
 
 
-def _checkpoint_steps(workdir):
-  """Steps of the finished checkpoints (orbax renames a save when done)."""
-  directory = pathlib.Path(workdir) / 'checkpoints'
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
-def _saved_state(workdir, step):
-  """The raw TrainState tree (params, opt_state, step, rng) saved at step."""
-  path = pathlib.Path(workdir) / 'checkpoints' / str(step) / 'state'
-  return ocp.StandardCheckpointer().restore(path)
+_checkpoint_steps = testlib.checkpoint_steps
+_saved_state = testlib.saved_state
 
 
 def _assert_bitwise_equal(a, b):

@@ -91,3 +91,18 @@ def restore_latest(workdir, config, mesh):
   finally:
     ckpt.close()
   return restored, shardings
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """Steps of the finished checkpoints (orbax renames a save when done)."""
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def saved_state(workdir, step):
+  """The raw TrainState tree (params, opt_state, step, rng) saved at step."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(workdir) / 'checkpoints' / str(step) / 'state'
+  return ocp.StandardCheckpointer().restore(path)

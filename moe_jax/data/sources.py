@@ -9,13 +9,13 @@ import hashlib
 import os
 import pathlib
 import sysconfig
-import tempfile
 import urllib.error
 import urllib.request
 
 import numpy as np
 
 from moe_jax.errors import UserInputError
+from moe_jax.files import atomic_write
 
 VOCAB_SIZE = 256
 
@@ -167,19 +167,6 @@ def _is_tinyshakespeare(data: bytes) -> bool:
           and hashlib.md5(data).hexdigest() == TINYSHAKESPEARE_MD5)
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def tinyshakespeare(path: str | None = None,
                     cache_dir: str | None = None,
                     url: str | None = None) -> bytes:
@@ -220,7 +207,7 @@ def tinyshakespeare(path: str | None = None,
         f'{TINYSHAKESPEARE_SIZE} bytes with md5 {TINYSHAKESPEARE_MD5}; pass a '
         'good local copy with --config.data.path')
   try:
-    _atomic_write(cached, data)
+    atomic_write(cached, data)
   except OSError:
     pass  # A read-only home still gets the data, just without a cache.
   return data
