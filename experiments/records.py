@@ -86,6 +86,9 @@ def train_run(ab, variant: str, seed: int, config,
               workdir: pathlib.Path) -> dict:
   """Trains (or resumes) one run, then its extra evals; returns its row."""
   from moe_jax.train.trainer import train_and_evaluate  # Slow import.
+  # A resumed run's wall time covers only its last part: say so in the row.
+  saved = [int(p.name) for p in (workdir / 'checkpoints').glob('*')
+           if p.name.isdigit()] if (workdir / 'checkpoints').is_dir() else []
   t0 = time.perf_counter()
   final = train_and_evaluate(config, str(workdir))
   wall = time.perf_counter() - t0
@@ -104,6 +107,7 @@ def train_run(ab, variant: str, seed: int, config,
       'tokens_per_sec': tps,
       'train_s': config.train.num_steps * tokens_per_step / tps,
       'wall_s': wall,
+      'resumed_from_step': max(saved, default=0),
       'expert_fraction': json.dumps(
           [[round(x, 4) for x in f] for f in fractions]),
   }

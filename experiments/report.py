@@ -222,9 +222,13 @@ def write(ab, rows, curves, out: pathlib.Path, command: str) -> None:
            if isinstance(r.get('wall_s'), (int, float)) and
            math.isfinite(float(r['wall_s']))]
   if walls:
+    resumed = sum(1 for r in rows if isinstance(
+        r.get('resumed_from_step'), (int, float)) and r['resumed_from_step'] > 0)
     lines += [f'Wall time of these runs, one after another (compilation and '
               f'evaluation included; what a from-scratch rerun costs): '
-              f'{sum(walls) / 60:.0f} min.', '']
+              f'{sum(walls) / 60:.0f} min' + (
+                  f', of which {resumed} run(s) resumed from a checkpoint '
+                  'count only their last part' if resumed else '') + '.', '']
   lines += ['## Results per variant (mean ± std over seeds)', '']
   lines += variant_table(ab, rows) + ['']
   extra = extra_eval_table(ab, rows)
