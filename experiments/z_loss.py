@@ -27,7 +27,8 @@ ABLATION = Ablation(
         Comparison('ST-MoE 3.1: z-loss keeps router logits smaller '
                    '(mean logsumexp)', ('z_1e-3', 'eval_router_logsumexp'),
                    ('z_off', 'eval_router_logsumexp')),
-        Comparison('ST-MoE 3.1: z-loss keeps router logits smaller (max |logit|)',
+        Comparison('ST-MoE 3.1: z-loss keeps router logits smaller (max '
+                   'absolute logit)',
                    ('z_1e-3', 'eval_router_logit_max'),
                    ('z_off', 'eval_router_logit_max')),
     ),
