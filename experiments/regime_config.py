@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.ablation import apply_overrides
 from moe_jax.train.default_config import get_default_config
 
 # Widths the scan considered (4 layers, 4 heads, d_ff = 4·D, E = 8, every
@@ -33,7 +34,6 @@ def size_overrides(d_model: int, num_steps: int) -> dict:
 
 def base_config(d_model: int, num_steps: int) -> ml_collections.ConfigDict:
   """switch_top1 at width `d_model`, trained `num_steps` steps."""
-  from experiments.ablation import apply_overrides  # pylint: disable=g-import-not-at-top
   return apply_overrides(get_default_config(),
                          size_overrides(d_model, num_steps))
 

@@ -27,16 +27,7 @@ TABLE = (('eval_loss', 'val loss (nats/byte)', '.4f'),
 
 def values(rows, variant: str, column: str) -> list[float]:
   """The finite values of `column` over the seeds of `variant`."""
-  out = []
-  for r in rows:
-    if r['variant'] == variant and column in r:
-      try:
-        v = float(r[column])
-      except (TypeError, ValueError):
-        continue
-      if math.isfinite(v):
-        out.append(v)
-  return out
+  return list(by_seed(rows, variant, column).values())
 
 
 def mean_std(xs, fmt: str) -> str:

@@ -15,7 +15,6 @@ import jax
 import ml_collections
 
 from moe_jax.errors import UserInputError
-from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import placement
 from moe_jax.train import trainer
 from moe_jax.train.checkpoint import Checkpointer, config_differences
