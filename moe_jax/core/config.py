@@ -100,6 +100,11 @@ class MoEConfig:
     num_shared_experts: K_s always-on shared experts of width d_ff each
       (DeepSeekMoE), run as one dense FFN of width K_s·d_ff beside the
       routed experts; 0: none. See core/fine_grained.py for the split helper.
+    shared_expert_gate: scale the shared experts' output per token by
+      sigmoid(x·w_s), w_s [D] (Qwen1.5-MoE / Qwen2-MoE); False: gate 1.
+    renormalize_top_k: 'topk' only. True: gates are the softmax over the k
+      chosen logits (Mixtral); False: the full softmax's probabilities of the
+      chosen k (DeepSeekMoE, Qwen1.5-MoE, OLMoE).
   """
 
   num_experts: int = 8
@@ -128,6 +133,8 @@ class MoEConfig:
   importance_weight: float = 0.0
   load_cv_weight: float = 0.0
   num_shared_experts: int = 0
+  shared_expert_gate: bool = False
+  renormalize_top_k: bool = True
 
   def __post_init__(self):
     _check_positive('num_experts', self.num_experts)
@@ -189,6 +196,18 @@ class MoEConfig:
         self.num_shared_experts < 0):
       raise UserInputError(
           f'num_shared_experts={self.num_shared_experts!r} must be an int >= 0.')
+    for name in ('shared_expert_gate', 'renormalize_top_k'):
+      if not isinstance(getattr(self, name), bool):
+        raise UserInputError(
+            f'{name}={getattr(self, name)!r} must be True or False.')
+    if self.shared_expert_gate and not self.num_shared_experts:
+      raise UserInputError(
+          'shared_expert_gate=True gates the shared experts, but '
+          'num_shared_experts=0; set num_shared_experts >= 1 or the gate off.')
+    if not self.renormalize_top_k and self.router != 'topk':
+      raise UserInputError(
+          f"renormalize_top_k=False needs router='topk' (router is "
+          f'{self.router!r}); set it to True.')
     if self.router == 'noisy_topk' and self.top_k >= self.num_experts:
       raise UserInputError(
           f"router='noisy_topk' needs top_k < num_experts (the load loss "
@@ -253,7 +272,8 @@ class MoEConfig:
       policy = self.second_policy if train else self.second_policy_eval
       return functools.partial(routers.gshard_top2, second_policy=policy)
     if self.router == 'topk':
-      return functools.partial(routers.top_k, k=self.top_k)
+      return functools.partial(routers.top_k, k=self.top_k,
+                               renormalize=self.renormalize_top_k)
     if self.router == 'sigmoid':
       return functools.partial(sigmoid_router.sigmoid_top_k, k=self.top_k)
     if self.router == 'noisy_topk':

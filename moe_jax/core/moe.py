@@ -37,13 +37,17 @@ def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
   they run as a single expert (E = 1) of the same expert function.
 
   Args:
-    params: shared_wi [D, K_s·F], shared_wo [K_s·F, D] (+ shared_wi_gate).
+    params: shared_wi [D, K_s·F], shared_wo [K_s·F, D] (+ shared_wi_gate;
+      + shared_gate [D, 1] for the Qwen-MoE gate).
     xg: [G, S, D].
   """
   names = ('wi', 'wo') + (('wi_gate',) if expert_type == 'swiglu' else ())
   weights = {n: params['shared_' + n][None] for n in names}  # E = 1
   flat = xg.reshape(1, -1, xg.shape[-1])
-  return EXPERT_FNS[expert_type](weights, ExpertInputs(flat)).reshape(xg.shape)
+  out = EXPERT_FNS[expert_type](weights, ExpertInputs(flat)).reshape(xg.shape)
+  if 'shared_gate' in params:  # Qwen-MoE: a per-token sigmoid gate [G, S, 1].
+    out = out * jax.nn.sigmoid(xg @ params['shared_gate'].astype(xg.dtype))
+  return out
 
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,

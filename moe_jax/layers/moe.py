@@ -63,6 +63,9 @@ class MoELayer(nnx.Module):
       if config.expert_type == 'swiglu':
         self.shared_wi_gate = param(rngs, dense, (d, fs), ('embed', 'mlp'))
       self.shared_wo = param(rngs, dense, (fs, d), ('mlp', 'embed'))
+      if config.shared_expert_gate:
+        self.shared_gate = param(rngs, scaled_init(config.init_scale), (d, 1),
+                                 ROUTER_AXES)
 
   def params(self) -> dict[str, jax.Array]:
     names = ['router_kernel', 'wi', 'wo']
@@ -74,6 +77,8 @@ class MoELayer(nnx.Module):
       names += ['shared_wi', 'shared_wo']
       if self.config.expert_type == 'swiglu':
         names.append('shared_wi_gate')
+      if self.config.shared_expert_gate:
+        names.append('shared_gate')
     if self.config.has_router_bias:
       names.append('router_bias')
     return {name: getattr(self, name)[...] for name in names}

@@ -35,6 +35,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.moe_every = 2  # Every 2nd FFN is MoE (Switch); 0 = dense model.
   c.model.dtype = 'float32'  # Compute dtype; params and router stay f32.
   c.model.init_scale = 1.0  # Variance scale of dense/attention weights.
+  # Real architectures (configs/presets.py); the defaults change nothing.
+  c.model.vocab_size = 256  # V: bytes; a tokenizer's size for its ids.
+  c.model.num_kv_heads = config_dict.placeholder(int)  # GQA; unset = heads.
+  c.model.tie_embeddings = False  # Output head = embeddingᵀ.
+  c.model.norm_eps = 1e-6  # RMSNorm ε.
+  c.model.rope_theta = 10000.0  # Rotary base θ.
+  c.model.first_dense_layers = 0  # Leading layers kept dense (DeepSeekMoE).
+  c.model.qkv_bias = False  # Biases on q, k, v (Qwen2-MoE).
 
   c.moe = ml_collections.ConfigDict()
   c.moe.num_experts = 8  # E.
@@ -70,6 +78,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.importance_weight = 0.0  # Importance CV² weight (noisy_topk).
   c.moe.load_cv_weight = 0.0  # Smooth load CV² weight (noisy_topk).
   c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
+  c.moe.shared_expert_gate = False  # Sigmoid gate on shared experts (Qwen).
+  c.moe.renormalize_top_k = True  # 'topk': False keeps full-softmax gates.
 
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert

@@ -89,7 +89,8 @@ def make_mesh(config, mcfg: ModelConfig):
                 if group_size and tokens % group_size == 0 else None)
   mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
                       batch_size=config.batch_size, num_heads=mcfg.num_heads,
-                      d_ff=mcfg.d_ff, num_groups=num_groups)
+                      d_ff=mcfg.d_ff, num_groups=num_groups,
+                      num_kv_heads=mcfg.kv_heads)
   if (mesh_lib.axis_size(mesh, 'expert') > 1 and
       mcfg.moe.capacity(1, train=True) is None):
     # The MoE layer would say the same, but only when tracing, after the

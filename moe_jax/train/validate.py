@@ -64,6 +64,14 @@ def check_data_config(config) -> None:
     raise UserInputError(
         f'data.path={d.path!r} is set but data.kind={d.kind!r} ignores it; '
         'add --config.data.kind=text to train on that file or folder.')
+  # Every data kind yields bytes; a smaller vocabulary would index past the
+  # embedding, which JAX clamps silently instead of failing.
+  vocab = config.model.get('vocab_size', 256)
+  if vocab < 256:
+    raise UserInputError(
+        f'model.vocab_size={vocab} is smaller than the 256 byte values the '
+        f'data.kind={d.kind!r} data holds; set --config.model.vocab_size=256 '
+        'or more.')
 
 
 def check_workdir(workdir: pathlib.Path) -> None:
