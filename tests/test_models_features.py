@@ -150,16 +150,15 @@ def test_moe_layer_creates_and_uses_the_shared_gate():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize('field,value,named', [
-    ({'num_kv_heads': 3}, None, 'model.num_kv_heads=3'),
-    ({'num_kv_heads': 0}, None, 'model.num_kv_heads=0'),
-    ({'norm_eps': 0.0}, None, 'model.norm_eps=0.0'),
-    ({'rope_theta': -1.0}, None, 'model.rope_theta=-1.0'),
-    ({'first_dense_layers': 3}, None, 'model.first_dense_layers=3'),
-    ({'tie_embeddings': 1}, None, 'model.tie_embeddings=1'),
+@pytest.mark.parametrize('field,named', [
+    ({'num_kv_heads': 3}, 'model.num_kv_heads=3'),
+    ({'num_kv_heads': 0}, 'model.num_kv_heads=0'),
+    ({'norm_eps': 0.0}, 'model.norm_eps=0.0'),
+    ({'rope_theta': -1.0}, 'model.rope_theta=-1.0'),
+    ({'first_dense_layers': 3}, 'model.first_dense_layers=3'),
+    ({'tie_embeddings': 1}, 'model.tie_embeddings=1'),
 ])
-def test_bad_model_fields_name_the_field(field, value, named):
-  del value
+def test_bad_model_fields_name_the_field(field, named):
   with pytest.raises(UserInputError, match=named.replace('.', r'\.')) as e:
     ModelConfig(**_SMALL, **field)
   assert '\n' not in str(e.value)
@@ -170,3 +169,13 @@ def test_bad_moe_fields_name_the_field():
     MoEConfig(shared_expert_gate=True)
   with pytest.raises(UserInputError, match="renormalize_top_k=False needs"):
     MoEConfig(renormalize_top_k=False)
+
+
+def test_byte_data_refuses_a_vocabulary_below_256():
+  from moe_jax.train import default_config, validate  # pylint: disable=g-import-not-at-top
+  config = default_config.get_default_config()
+  config.model.vocab_size = 100
+  with pytest.raises(UserInputError, match=r'model\.vocab_size=100 is smaller'):
+    validate.check_data_config(config)
+  config.model.vocab_size = 32000  # A tokenizer's size holds bytes too.
+  validate.check_data_config(config)

@@ -37,7 +37,6 @@ import math
 import pathlib
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -339,8 +338,19 @@ def load_model(directory: str | pathlib.Path, dtype=np.float32,
   config, params = import_checkpoint(directory, dtype, **moe_overrides)
   config = dataclasses.replace(config, dtype=compute_dtype)
   graphdef, state = _abstract(config)
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+  _to_device(params)
+  nnx.replace_by_pure_dict(state, params)
   return nnx.merge(graphdef, state)
+
+
+def _to_device(tree: dict) -> None:
+  """numpy -> jax arrays in place, one leaf at a time, so each host copy is
+  freed as its device copy is made (a model never sits in memory twice)."""
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      _to_device(value)
+    else:
+      tree[key] = jnp.asarray(value)
 
 
 def export_checkpoint(config: ModelConfig, params, directory: str | pathlib.Path,
