@@ -10,7 +10,7 @@ token"), 64 layers, 48 query heads and 8 key/value heads of width 128,
 embedding size 6144, vocabulary 131072, rotary embeddings; widening factor 8,
 which the released code turns into a gated FFN of width
 int(8·6144)·2//3 = 32768. The output layer reuses the input embedding.
-  moe_jax counts 315.7B total (+0.5%) and 83.7B active (26.7%: the experts
+  moe_jax counts 315.68B total (+0.5%) and 83.76B active (26.5%: the experts
   are 25% active, attention and embeddings 100%).
 Left out: the extra post-attention and post-FFN RMSNorms (2·6144 per layer,
   0.8M in all), attention-logit soft-capping and the embedding/output

@@ -14,9 +14,10 @@ Modelled as: 36 blocks in one decoder-only stack, ReLU FFNs counted as our
 Left out, and what it does to the count: the encoder-decoder split and its
   cross-attention (18·4·1024² = 75M, 0.01%). moe_jax counts 619B (18 MoE
   layers × 2048 experts × 2·1024·8192 = 618.5B of it), 3% above the
-  paper's rounded "600B"; the same formula gives the paper's other rows
-  (12L: 206B vs "200B"), so the gap is the paper's rounding, not a layer
-  we lack.
+  paper's "600B". The experts alone exceed 600B, so no left-out part
+  explains it; the paper quotes round sizes (its 12-layer variant: 206B
+  by the same formula, listed as 200B). The vocabulary size (64k) moves
+  the total by 0.02% at most.
 Tiny variant (same pattern, experts capped at 64): :tiny
 """
 

@@ -9,7 +9,7 @@ Published figures:
     embeddings.
   - 141B total parameters, 39B active (Mistral AI's release post
     "Cheaper, Better, Faster, Stronger", Apr 2024).
-  moe_jax counts 140.6B total and 39.1B active (tests/test_models_presets.py).
+  moe_jax counts 140.62B total and 39.15B active (tests/test_models_presets.py).
 Left out: nothing that holds parameters. The later v0.3 tokenizer has
   V = 32768 (+3.2M parameters; --config.model.vocab_size=32768).
 Tiny variant (same pattern, 12 heads / 2 kv heads, D=96): :tiny
