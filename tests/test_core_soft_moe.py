@@ -5,10 +5,18 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 from jax.test_util import check_grads
 
+from moe_jax.core.config import MoEConfig
 from moe_jax.core.experts import gelu_mlp
+from moe_jax.core.moe import moe_apply
 from moe_jax.core.soft_moe import soft_moe
+from moe_jax.errors import UserInputError
+from moe_jax.layers.moe import MoELayer
+from moe_jax.models.config import ModelConfig
+from testlib import moe_params
 
 
 def _scale_expert(params, inputs):
@@ -115,3 +123,48 @@ def test_gradients():
         causal=causal, chunk=2)[0]
     check_grads(fn, (x, logits, params['wi'], params['wo']), order=1,
                 modes=('rev',), atol=1e-2, rtol=1e-2)
+
+
+def _soft_config(**kw):
+  base = dict(num_experts=2, d_ff=3, router='soft', slots_per_expert=2,
+              causal_chunk=4)
+  return MoEConfig(**{**base, **kw})
+
+
+def test_moe_apply_soft_path_matches_the_core_function():
+  config = _soft_config()
+  params = moe_params(3, d=4, f=3, e=2)
+  params['router_kernel'] = jax.random.normal(jax.random.key(4), (4, 4))
+  x = jax.random.normal(jax.random.key(5), (2, 8, 4))
+  y, aux = moe_apply(params, x, config)
+  logits = x @ params['router_kernel']
+  expected, _ = soft_moe(x, logits, {k: params[k] for k in ('wi', 'wo')},
+                         gelu_mlp, num_experts=2, causal=True, chunk=4)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+  assert float(aux['aux_loss']) == 0.0  # No balance loss: nothing to balance.
+
+
+def test_layer_holds_e_times_p_slot_logits():
+  layer = MoELayer(_soft_config(), d_model=4, rngs=nnx.Rngs(0))
+  assert layer.router_kernel.shape == (4, 4)
+  y, _ = layer(jnp.ones((1, 8, 4)))
+  assert y.shape == (1, 8, 4)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(router='switch', slots_per_expert=2), "needs router='soft'"),
+    (dict(slots_per_expert=0), 'slots_per_expert=0 must be a positive int'),
+    (dict(group_size=8), 'unset group_size'),
+])
+def test_bad_soft_config_is_one_line(kwargs, match):
+  with pytest.raises(UserInputError, match=match) as e:
+    _soft_config(**kwargs)
+  assert '\n' not in str(e.value)
+
+
+def test_decoder_refuses_noncausal_soft_unless_allowed():
+  moe = _soft_config(causal_routing=False)
+  with pytest.raises(UserInputError, match='allow_noncausal=True'):
+    ModelConfig(d_model=4, num_heads=1, d_ff=3, max_len=8, moe=moe)
+  ModelConfig(d_model=4, num_heads=1, d_ff=3, max_len=8,
+              moe=_soft_config(causal_routing=False, allow_noncausal=True))

@@ -225,6 +225,10 @@ def trace_checkpoint(config, workdir: str, *, batches=None,
         'tracing a router with a selection bias (aux-loss-free balancing) '
         'is not supported yet; trace a checkpoint of another router.')
   m = r.config.moe
+  if m.router == 'soft':
+    raise UserInputError(
+        "router='soft' mixes every token into every slot: there are no "
+        'discrete choices to trace; trace a checkpoint of another router.')
   info = {'router': m.router, 'dispatcher': m.dispatcher,
           'eval_capacity_factor': float(m.eval_capacity_factor),
           'workdir': str(workdir)}

@@ -9,6 +9,7 @@ from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import DISPATCHERS, ExpertInputs
 from moe_jax.core.experts import EXPERT_FNS
+from moe_jax.core.soft_moe import soft_moe
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import expert_parallel
 
@@ -46,6 +47,18 @@ def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
   return EXPERT_FNS[expert_type](weights, ExpertInputs(flat)).reshape(xg.shape)
 
 
+def _route(params, logits, router_in, config: MoEConfig, train: bool, key):
+  """The config's router on the logits: (RoutingPlan, aux)."""
+  capacity = config.capacity(logits.shape[1], train)
+  inputs = {}  # Router inputs beyond the logits, for the routers that take them.
+  if 'router_bias' in params:
+    inputs['bias'] = params['router_bias']
+  if 'noise_kernel' in params:
+    inputs['noise_logits'] = router_in @ params['noise_kernel'].astype(
+        jnp.float32)
+  return config.router_fn(train)(logits, capacity=capacity, key=key, **inputs)
+
+
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
               dtype=None, return_routing: bool = False
@@ -53,8 +66,9 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   """Routes tokens to experts and combines their outputs.
 
   Args:
-    params: router_kernel [D, E] plus the expert weights (wi, wo, and
-      wi_gate for SwiGLU; see core/experts.py); router_bias [E] for
+    params: router_kernel [D, E] ([D, E·P] slot logits for Soft MoE) plus
+      the expert weights (wi, wo, and wi_gate for SwiGLU; see
+      core/experts.py); router_bias [E] for
       loss-free balancing (a state, not trained: its gradient is cut);
       noise_kernel [D, E] for noisy top-k; shared_wi/shared_wo (and
       shared_wi_gate) for shared experts.
@@ -73,7 +87,8 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     aux: 'aux_loss' (α·load_balance + c_z·z, add it to the training loss),
       the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
       With return_routing, also 'routing': {'plan': the RoutingPlan
-      ([G, S, K] arrays), 'logits': float32 [G, S, E] router logits}.
+      ([G, S, K] arrays; None for Soft MoE, which has no discrete routing),
+      'logits': float32 [G, S, E] router logits ([G, S, E·P] for Soft MoE)}.
   """
   dtype = dtype or x.dtype
   xg = group_tokens(x, config.group_size)  # [G, S, D]
@@ -88,20 +103,19 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
                                               config.jitter_eps)
   logits = router_in @ params['router_kernel'].astype(jnp.float32)  # [G,S,E]
 
-  capacity = config.capacity(xg.shape[1], train)
-  inputs = {}  # Router inputs beyond the logits, for the routers that take them.
-  if 'router_bias' in params:
-    inputs['bias'] = params['router_bias']
-  if 'noise_kernel' in params:
-    inputs['noise_logits'] = router_in @ params['noise_kernel'].astype(
-        jnp.float32)
-  plan, aux = config.router_fn(train)(logits, capacity=capacity, key=route_key,
-                                      **inputs)
-
   expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
-  out = expert_parallel.run_experts(
-      xg.astype(dtype), plan, expert_params, DISPATCHERS[config.dispatcher],
-      EXPERT_FNS[config.expert_type])
+  expert_fn = EXPERT_FNS[config.expert_type]
+  if config.router == 'soft':  # Dense mixing: no plan, no capacity, no drops.
+    out, aux = soft_moe(xg.astype(dtype), logits, expert_params, expert_fn,
+                        num_experts=config.num_experts,
+                        causal=config.causal_routing, chunk=config.causal_chunk)
+    aux['load_balance_loss'] = aux['z_loss'] = jnp.zeros((), jnp.float32)
+    plan = None
+  else:
+    plan, aux = _route(params, logits, router_in, config, train, route_key)
+    out = expert_parallel.run_experts(
+        xg.astype(dtype), plan, expert_params,
+        DISPATCHERS[config.dispatcher], expert_fn)
 
   if 'shared_wi' in params:  # Always-on shared experts: one dense FFN.
     out = out + shared_experts(params, xg.astype(dtype), config.expert_type)

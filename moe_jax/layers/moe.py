@@ -44,8 +44,8 @@ class MoELayer(nnx.Module):
     self.dtype = dtype
     e, d, f = config.num_experts, d_model, config.d_ff
     init = scaled_init(config.init_scale, batch_axes=(0,))
-    self.router_kernel = param(rngs, scaled_init(config.init_scale), (d, e),
-                               ROUTER_AXES)
+    self.router_kernel = param(rngs, scaled_init(config.init_scale),
+                               (d, config.num_router_outputs), ROUTER_AXES)
     self.wi = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
     if config.expert_type == 'swiglu':
       self.wi_gate = param(rngs, init, (e, d, f), EXPERT_IN_AXES)

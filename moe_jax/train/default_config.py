@@ -40,7 +40,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
   # 'switch' | 'gshard' | 'topk' | 'expert_choice' | 'sigmoid' |
-  # 'noisy_topk' | 'bpr' (see MoEConfig).
+  # 'noisy_topk' | 'bpr' | 'soft' (see MoEConfig).
   c.moe.router = 'switch'
   # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
   c.moe.dispatcher = 'index'
@@ -59,7 +59,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.init_scale = 0.1  # Router/expert init scale (Switch Table 3).
   # Absolute C per group (train and eval) instead of the factors; unset: off.
   c.moe.fixed_capacity = config_dict.placeholder(int)
-  # expert_choice: True = lookahead-free variant; False = whole group (leaks
+  # expert_choice and soft: True = lookahead-free variant; False = whole group (leaks
   # the future; the decoder refuses it unless allow_noncausal=True).
   c.moe.causal_routing = True
   c.moe.allow_noncausal = False
@@ -70,6 +70,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.importance_weight = 0.0  # Importance CV² weight (noisy_topk).
   c.moe.load_cv_weight = 0.0  # Smooth load CV² weight (noisy_topk).
   c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
+  c.moe.slots_per_expert = 1  # P, slots per expert and chunk (soft only).
 
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
