@@ -7,10 +7,10 @@ import jax.numpy as jnp
 
 from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.dispatch import DISPATCHERS, ExpertInputs
+from moe_jax.core.dispatch import (DISPATCHERS, ExpertInputs, RunExperts,
+                                   run_local)
 from moe_jax.core.experts import EXPERT_FNS
 from moe_jax.errors import UserInputError
-from moe_jax.parallel import expert_parallel
 
 # The stacked expert weights; the other params feed the router.
 EXPERT_PARAMS = ('wi', 'wi_gate', 'wo')
@@ -48,7 +48,8 @@ def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
-              dtype=None, return_routing: bool = False
+              dtype=None, return_routing: bool = False,
+              run_experts: RunExperts = run_local
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
@@ -67,6 +68,10 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     return_routing: also return the routing decision (for routing traces,
       moe_jax.analysis.trace, and tests). Off by default; it changes nothing
       else.
+    run_experts: dispatch -> experts -> combine. The default runs them on the
+      arrays as given; under a mesh, pass the expert-parallel exchange
+      (moe_jax.parallel.expert_parallel.run_experts, which MoELayer and
+      moe_jax.moe_apply pass), or a partitioner may all-gather the tokens.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
@@ -99,7 +104,7 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
                                       **inputs)
 
   expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
-  out = expert_parallel.run_experts(
+  out = run_experts(
       xg.astype(dtype), plan, expert_params, DISPATCHERS[config.dispatcher],
       EXPERT_FNS[config.expert_type])
 
