@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from testlib import moe_params, require_devices
 from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.moe import moe_apply
+from moe_jax.parallel.expert_parallel import moe_apply
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import rules

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 
 from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.dispatch import DISPATCHERS, ExpertInputs
+from moe_jax.core.dispatch import (DISPATCHERS, ExpertInputs, RunExperts,
+                                   run_local)
 from moe_jax.core.experts import EXPERT_FNS
 from moe_jax.core.soft_moe import soft_moe
 from moe_jax.errors import UserInputError
-from moe_jax.parallel import expert_parallel
 
 # The stacked expert weights; the other params feed the router.
 EXPERT_PARAMS = ('wi', 'wi_gate', 'wo')
@@ -61,7 +61,8 @@ def _route(params, logits, router_in, config: MoEConfig, train: bool, key):
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
-              dtype=None, return_routing: bool = False
+              dtype=None, return_routing: bool = False,
+              run_experts: RunExperts = run_local
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
@@ -81,6 +82,10 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     return_routing: also return the routing decision (for routing traces,
       moe_jax.analysis.trace, and tests). Off by default; it changes nothing
       else.
+    run_experts: dispatch -> experts -> combine. The default runs them on the
+      arrays as given; under a mesh, pass the expert-parallel exchange
+      (moe_jax.parallel.expert_parallel.run_experts, which MoELayer and
+      moe_jax.moe_apply pass), or a partitioner may all-gather the tokens.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
@@ -113,9 +118,8 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     plan = None
   else:
     plan, aux = _route(params, logits, router_in, config, train, route_key)
-    out = expert_parallel.run_experts(
-        xg.astype(dtype), plan, expert_params,
-        DISPATCHERS[config.dispatcher], expert_fn)
+    out = run_experts(xg.astype(dtype), plan, expert_params,
+                      DISPATCHERS[config.dispatcher], expert_fn)
 
   if 'shared_wi' in params:  # Always-on shared experts: one dense FFN.
     out = out + shared_experts(params, xg.astype(dtype), config.expert_type)
