@@ -12,9 +12,11 @@ from flax import nnx
 
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.experts import PARAM_AXES
-from moe_jax.core.moe import moe_apply
 from moe_jax.core.sigmoid_router import update_bias
 from moe_jax.layers.params import param, scaled_init
+# The layer sits above core and parallel: it runs the core's moe_apply with
+# the expert-parallel exchange, which is the one-device path without a mesh.
+from moe_jax.parallel.expert_parallel import moe_apply
 
 # Logical axis names; the sharding rules map them to mesh axes in one place.
 ROUTER_AXES = ('embed', None)  # Small; replicated everywhere.
@@ -44,8 +46,8 @@ class MoELayer(nnx.Module):
     self.dtype = dtype
     e, d, f = config.num_experts, d_model, config.d_ff
     init = scaled_init(config.init_scale, batch_axes=(0,))
-    self.router_kernel = param(rngs, scaled_init(config.init_scale), (d, e),
-                               ROUTER_AXES)
+    self.router_kernel = param(rngs, scaled_init(config.init_scale),
+                               (d, config.num_router_outputs), ROUTER_AXES)
     self.wi = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
     if config.expert_type == 'swiglu':
       self.wi_gate = param(rngs, init, (e, d, f), EXPERT_IN_AXES)

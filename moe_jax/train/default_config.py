@@ -48,7 +48,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
   # 'switch' | 'gshard' | 'topk' | 'expert_choice' | 'sigmoid' |
-  # 'noisy_topk' | 'bpr' (see MoEConfig).
+  # 'noisy_topk' | 'bpr' | 'soft' (see MoEConfig).
   c.moe.router = 'switch'
   # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
   c.moe.dispatcher = 'index'
@@ -67,7 +67,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.init_scale = 0.1  # Router/expert init scale (Switch Table 3).
   # Absolute C per group (train and eval) instead of the factors; unset: off.
   c.moe.fixed_capacity = config_dict.placeholder(int)
-  # expert_choice: True = lookahead-free variant; False = whole group (leaks
+  # expert_choice and soft: True = lookahead-free variant; False = whole group (leaks
   # the future; the decoder refuses it unless allow_noncausal=True).
   c.moe.causal_routing = True
   c.moe.allow_noncausal = False
@@ -80,6 +80,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
   c.moe.shared_expert_gate = False  # Sigmoid gate on shared experts (Qwen).
   c.moe.renormalize_top_k = True  # 'topk': False keeps full-softmax gates.
+  c.moe.slots_per_expert = 1  # P, slots per expert and chunk (soft only).
 
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
