@@ -15,11 +15,18 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds init, data order and routing noise.
 
   c.data = ml_collections.ConfigDict()
-  c.data.kind = 'stdlib'  # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic'.
-  # File or folder for 'text' (or a local copy for 'tinyshakespeare'). A
-  # path with any other kind is an error, not a silent switch to 'text'.
+  # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic' | 'tokens'.
+  c.data.kind = 'stdlib'
+  # File or folder for 'text', a .npy/.bin token file for 'tokens' (or a
+  # local copy for 'tinyshakespeare'). A path with any other kind is an
+  # error, not a silent switch to 'text'.
   c.data.path = config_dict.placeholder(str)
-  c.data.max_bytes = config_dict.placeholder(int)  # Truncate the corpus.
+  c.data.token_dtype = 'uint16'  # Ids of a 'tokens' .bin file (nanoGPT's).
+  # A tokenizer.json, or a Hugging Face model folder holding one, that
+  # encodes the text (ids cached); unset: bytes. Set model.vocab_size to match.
+  c.data.tokenizer = config_dict.placeholder(str)
+  # Truncate the corpus: text bytes (before encoding), or a file's tokens.
+  c.data.max_bytes = config_dict.placeholder(int)
   c.data.num_domains = 4  # Domains of 'synthetic'.
   c.data.val_fraction = 0.05  # The last 5% of the bytes are validation.
 
@@ -27,6 +34,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.seq_len = 128  # Bytes per sequence (L).
 
   c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 256  # V: 256 bytes, or the tokenizer's vocabulary.
   c.model.d_model = 128  # D.
   c.model.num_layers = 4
   c.model.num_heads = 4

@@ -21,6 +21,7 @@ from flax import nnx
 from moe_jax.core.config import MoEConfig
 from moe_jax.data.pipeline import BatchIterator, eval_batches, split_corpus
 from moe_jax.data.sources import load_corpus
+from moe_jax.data.tokens import check_token_ids
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_params
@@ -50,7 +51,9 @@ def load_data(config):
   """(train iterator, validation batches) from the config's data section."""
   d = config.data
   corpus = load_corpus(d.kind, d.path, max_bytes=d.max_bytes,
-                       num_domains=d.num_domains, seed=config.seed)
+                       num_domains=d.num_domains, seed=config.seed,
+                       tokenizer=d.tokenizer, token_dtype=d.token_dtype)
+  check_token_ids(corpus.tokens, config.model.vocab_size, corpus.name)
   train, val = split_corpus(corpus, d.val_fraction)
   batches = BatchIterator(train, config.batch_size, config.seq_len,
                           config.seed)
@@ -172,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
   say(f'model: {_describe(mcfg, state.params)}; data {corpus.name} '
-      f'({len(corpus):,} bytes)')
+      f'({len(corpus):,} {corpus.unit})')
   if ckpt.latest_step() is not None:
     restored, _ = ckpt.restore(
         placement.abstract_with_shardings(state, shardings))
@@ -255,8 +258,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     progress.close()
     writer.close()
     ckpt.close()
-  say(f'final validation loss {eval_metrics["eval/loss"]:.4f} nats/byte '
-      f'({eval_metrics["eval/bits_per_byte"]:.4f} bits/byte) at step '
+  unit = corpus.unit.rstrip('s')  # eval/bits_per_byte is per token here.
+  say(f'final validation loss {eval_metrics["eval/loss"]:.4f} nats/{unit} '
+      f'({eval_metrics["eval/bits_per_byte"]:.4f} bits/{unit}) at step '
       f'{int(state.step)}\ncheckpoints: {ckpt.directory}\nmetrics: '
       f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
       f'{workdir.absolute() / "tb"})')
