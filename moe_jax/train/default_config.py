@@ -100,6 +100,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 8  # Validation batches per pass.
   c.train.checkpoint_every = 200  # Steps between checkpoints (and at end).
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
+  # Workdir of a finished run whose latest parameters start this one (step 0,
+  # fresh optimizer state); a resumed run ignores it. See train/init_from.py.
+  c.train.init_from = config_dict.placeholder(str)
+  # With init_from a dense run: copy its FFNs into every expert of this
+  # model's MoE layers, routers fresh (sparse upcycling).
+  c.train.upcycle = False
   return c
 
 

@@ -28,7 +28,7 @@ from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
-from moe_jax.train import optim, validate
+from moe_jax.train import init_from, optim, validate
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
 from moe_jax.train.metric_writer import MetricWriter, Progress
@@ -165,6 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mcfg = model_config(config)
   corpus, batches, val_batches = load_data(config)
   mesh = make_mesh(config, mcfg)
+  init_source = _prepare_init(config, mcfg)
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   config_dict = config.to_dict()
   ckpt.check_compatible(config_dict)
@@ -184,6 +185,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     else:
       state = restored
       say(f'resumed from step {int(state.step)} in {ckpt.directory}')
+  if init_source is not None and int(state.step) == 0:
+    state = state.replace(params=init_from.apply(init_source, state.params))
+    upcycled = (f', {init_source.num_tiled_layers} dense FFNs upcycled into '
+                f'{mcfg.moe.num_experts} experts each'
+                if init_source.num_tiled_layers else '')
+    say(f'initialised from step {init_source.step} of {init_source.workdir}'
+        f'{upcycled}')
 
   batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
   replicated = placement.replicated(mesh)
@@ -265,6 +273,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
       f'{workdir.absolute() / "tb"})')
   return eval_metrics
+
+
+def _prepare_init(config, mcfg: ModelConfig):
+  """train.init_from's checked InitSource, or None; read before any write."""
+  t = config.train
+  if t.upcycle and not t.init_from:
+    raise UserInputError('train.upcycle=True needs the dense run to start '
+                         'from; set --config.train.init_from=<its workdir>.')
+  if not t.init_from:
+    return None
+  return init_from.prepare(
+      t.init_from, t.upcycle,
+      lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)))
 
 
 def _describe(mcfg: ModelConfig, params) -> str:
