@@ -1,11 +1,16 @@
 """Tests for train.init_from and sparse upcycling (moe_jax/train/init_from.py)."""
 
 
+import dataclasses
+import json
+
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from experiments import records, run, upcycling
+from experiments.ablation import apply_overrides
 from moe_jax.errors import UserInputError
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.train import init_from, trainer
@@ -123,3 +128,47 @@ def test_bad_init_from_paths_are_one_line_errors(tmp_path):
   with pytest.raises(UserInputError, match='upcycle=True needs the dense '
                      'run'):
     trainer._prepare_init(config, mcfg)  # pylint: disable=protected-access
+
+
+def _tiny_base(steps):
+  # test_experiments.py's base: in a full run its dense twin is compiled
+  # already (the suite's persistent compilation cache).
+  return testlib.tiny_config('configs/switch_top1.py', {
+      'train.num_steps': steps, 'train.eval_every': steps,
+      'train.checkpoint_every': steps, 'train.log_every': 1})
+
+
+@pytest.mark.slow
+def test_runner_trains_the_dense_start_then_upcycled_and_continued_runs(
+    tmp_path, monkeypatch, compilation_cache_on):
+  """The upcycling ablation's shape on :tiny configs, 3 + 3 steps."""
+  del compilation_cache_on
+  monkeypatch.setattr(run, 'RESULTS', tmp_path)
+  # Summaries and plots are test_experiments.py's; here they would only
+  # cost time.
+  monkeypatch.setattr(run.report, 'write', lambda *a, **k: None)
+  ab = dataclasses.replace(upcycling.ABLATION, base=_tiny_base)
+  out = tmp_path / 'upcycling'
+  rows = {r['variant']: r for r in run.run_ablation(
+      ab, seeds=1, steps=3, out=out, overrides={}, command='test')}
+  assert set(rows) == {'dense_continued', 'upcycled'}  # Not dense_start.
+  start = out / 'workdirs' / 'dense_start' / 'seed0'
+  start_loss = [json.loads(l) for l in (start / 'metrics.jsonl').open()
+                if 'eval/loss' in l][-1]['eval/loss']
+  # Both runs went on from the dense start and lowered its loss.
+  for r in rows.values():
+    assert r['status'] == 'ok' and float(r['eval_loss']) < start_loss - 0.02
+  assert json.loads(rows['upcycled']['expert_fraction'])  # It is an MoE.
+
+  # The hash in runs.csv holds init_from relative to the results folder;
+  # the run itself got the real path, and a rerun trains nothing.
+  config = ab.base(3)
+  apply_overrides(config, {**ab.variant('upcycled').overrides, 'seed': 0,
+                           'train.init_from': 'workdirs/dense_start/seed0'})
+  assert rows['upcycled']['config_hash'] == records.config_hash(config)
+  monkeypatch.setattr(records, 'train_run', None)  # Would fail if called.
+  monkeypatch.setattr(trainer, 'train_and_evaluate', None)
+  run.run_ablation(ab, seeds=1, steps=3, out=out, overrides={},
+                   command='test')
+  assert run._run_config(ab, 0, 3, {}, out, config).train.init_from == str(  # pylint: disable=protected-access
+      start)

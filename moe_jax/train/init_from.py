@@ -155,7 +155,7 @@ def read_params(workdir: str | pathlib.Path) -> tuple[int, dict[str, np.ndarray]
         f"train.init_from='{workdir}' has no checkpoints folder; {fix}")
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(
-          create=False, read_only=True), item_names=('state',))
+          create=False), item_names=('state',))
   try:
     step = manager.latest_step()
     if step is None:

@@ -187,9 +187,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       say(f'resumed from step {int(state.step)} in {ckpt.directory}')
   if init_source is not None and int(state.step) == 0:
     state = state.replace(params=init_from.apply(init_source, state.params))
-    upcycled = (f', {init_source.num_tiled_layers} dense FFNs upcycled into '
-                f'{mcfg.moe.num_experts} experts each'
-                if init_source.num_tiled_layers else '')
+    n = init_source.num_tiled_layers
+    upcycled = (f', {n} dense FFN{"s" * (n > 1)} upcycled into '
+                f'{mcfg.moe.num_experts} experts each' if n else '')
     say(f'initialised from step {init_source.step} of {init_source.workdir}'
         f'{upcycled}')
 
