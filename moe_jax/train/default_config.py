@@ -79,6 +79,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.load_cv_weight = 0.0  # Smooth load CV² weight (noisy_topk).
   c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
 
+  # LoRA (Hu et al. 2021) over the frozen parameters of train.init_from;
+  # only the adapters train and are saved. See moe_jax/train/lora.py.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # r; 0: off, every parameter trains.
+  c.lora.alpha = 16.0  # Adapters are scaled by alpha / rank.
+  # Of 'attention' | 'experts' | 'router' | 'shared_experts' | 'dense_ffn'.
+  c.lora.targets = ('attention',)
+
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
   # axis also splits the batch. E.g. (2, 4, 1) on 8 devices.

@@ -42,19 +42,23 @@ def _key_name(key) -> str:
   return str(key)
 
 
-def flatten(tree) -> dict[str, object]:
-  """{'blocks/1/ffn/wi': leaf, ...} of a params tree.
+def key_path(keys) -> str:
+  """'blocks/1/ffn/wi' for the key path of a params leaf.
 
-  Orbax's raw restore wraps each leaf as {'value': leaf} and turns list
-  indices into strings; both spellings map to the same path.
+  nnx.State leaves end in `.value`, and orbax's raw restore wraps each leaf
+  as {'value': leaf} and turns list indices into strings; every spelling
+  maps to the same path.
   """
-  flat = {}
-  for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names = [_key_name(k) for k in keys]
-    if names and names[-1] == 'value':
-      names = names[:-1]
-    flat['/'.join(names)] = leaf
-  return flat
+  names = [_key_name(k) for k in keys]
+  if names and names[-1] == 'value':
+    names = names[:-1]
+  return '/'.join(names)
+
+
+def flatten(tree) -> dict[str, object]:
+  """{'blocks/1/ffn/wi': leaf, ...} of a params tree (see key_path)."""
+  return {key_path(keys): leaf
+          for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def plan_init(source: dict[str, tuple[int, ...]],
@@ -207,7 +211,7 @@ def apply(source: InitSource, params: nnx.State) -> nnx.State:
   new = apply_plan(source.plan, source.params, target)
 
   def place(keys, old):
-    path = '/'.join(_key_name(k) for k in keys)
+    path = key_path(keys)
     if source.plan[path] == 'fresh':
       return old
     value = np.asarray(new[path], old.dtype)

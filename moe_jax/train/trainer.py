@@ -28,7 +28,7 @@ from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
-from moe_jax.train import init_from, optim, validate
+from moe_jax.train import init_from, lora_run, optim, validate
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
 from moe_jax.train.metric_writer import MetricWriter, Progress
@@ -69,6 +69,8 @@ def init_state(mcfg: ModelConfig, config, mesh):
   def init():
     model = TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))
     params = nnx.state(model, nnx.Param)
+    if lora_run.enabled(config):  # Train the adapters alone.
+      params = lora_run.init_adapters(config, params)
     fields = dict(step=jnp.zeros((), jnp.int32), params=params,
                   opt_state=tx.init(params),
                   rng=jax.random.PRNGKey(config.seed))
@@ -162,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate.check_optim_config(config)
   validate.check_data_config(config)
   validate.check_workdir(workdir)
+  lora_run.check_config(config)
   mcfg = model_config(config)
   corpus, batches, val_batches = load_data(config)
   mesh = make_mesh(config, mcfg)
@@ -175,17 +178,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   say = functools.partial(print, flush=True) if main else lambda *_: None
 
   graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
-  say(f'model: {_describe(mcfg, state.params)}; data {corpus.name} '
-      f'({len(corpus):,} {corpus.unit})')
+  frozen = None  # LoRA's base parameters.
+  if lora_run.enabled(config):
+    frozen, frozen_sh = lora_run.frozen_base(mcfg, config, mesh, init_source)
+  say(f'model: {_describe(mcfg, state.params if frozen is None else frozen)};'
+      f' data {corpus.name} ({len(corpus):,} {corpus.unit})')
+  if frozen is not None:
+    say(f'LoRA r={config.lora.rank} on {", ".join(config.lora.targets)}: '
+        f'{sum(x.size for x in jax.tree.leaves(state.params)):,} trainable '
+        'parameters, the rest frozen')
   if ckpt.latest_step() is not None:
-    restored, _ = ckpt.restore(
+    restored, restored_meta = ckpt.restore(
         placement.abstract_with_shardings(state, shardings))
     if restored is None:
       say('no checkpoint restores; starting from step 0')
     else:
       state = restored
+      if frozen is not None:
+        lora_run.check_base(restored_meta, init_source)
       say(f'resumed from step {int(state.step)} in {ckpt.directory}')
-  if init_source is not None and int(state.step) == 0:
+  if init_source is not None and int(state.step) == 0 and frozen is None:
     state = state.replace(params=init_from.apply(init_source, state.params))
     n = init_source.num_tiled_layers
     upcycled = (f', {n} dense FFN{"s" * (n > 1)} upcycled into '
@@ -199,6 +211,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     in_shardings=(shardings, batch_sh),
                     out_shardings=(shardings, replicated), donate_argnums=0)
   eval_fn = make_eval_fn(graphdef, shardings, batch_sh, mesh)
+  eval_view = lambda state: state
+  if frozen is not None:
+    lora_step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx,
+                          lora_scale=lora_run.scale(config)),
+        in_shardings=(shardings, batch_sh, frozen_sh),
+        out_shardings=(shardings, replicated), donate_argnums=0)
+    step_fn = lambda state, batch: lora_step(state, batch, frozen)
+    eval_fn = make_eval_fn(graphdef, shardings.replace(params=frozen_sh),
+                           batch_sh, mesh)
+    eval_view = lora_run.merged_view(frozen, frozen_sh, config)
   val_batches = [placement.shard_batch(b, batch_sh) for b in val_batches]
   lr_at = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   t = config.train
@@ -206,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer = MetricWriter(workdir, resume_step=start) if main else _Silent()
   progress = Progress(t.num_steps, start_step=start) if main else _Silent()
   meta = {'config': config_dict}
+  if frozen is not None:
+    meta['lora_base'] = lora_run.base_reference(init_source)
   tokens_per_step = config.batch_size * config.seq_len
   eval_metrics: dict[str, float] = {}
   pending = None  # (step, state_finite, loss) of the previous step: checked
@@ -247,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         else:
           progress.update(done)
         if run_eval:
-          eval_metrics = evaluate(eval_fn, state, val_batches)
+          eval_metrics = evaluate(eval_fn, eval_view(state), val_batches)
           writer.write(done, eval_metrics)
         if save:
           ckpt.save(done, state, meta)
@@ -261,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if pending is not None:
         _check_finite(*pending, ckpt)
       if not eval_metrics:  # Resumed at the end: evaluate what was restored.
-        eval_metrics = evaluate(eval_fn, state, val_batches)
+        eval_metrics = evaluate(eval_fn, eval_view(state), val_batches)
   finally:
     progress.close()
     writer.close()
