@@ -15,11 +15,18 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds init, data order and routing noise.
 
   c.data = ml_collections.ConfigDict()
-  c.data.kind = 'stdlib'  # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic'.
-  # File or folder for 'text' (or a local copy for 'tinyshakespeare'). A
-  # path with any other kind is an error, not a silent switch to 'text'.
+  # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic' | 'tokens'.
+  c.data.kind = 'stdlib'
+  # File or folder for 'text', a .npy/.bin token file for 'tokens' (or a
+  # local copy for 'tinyshakespeare'). A path with any other kind is an
+  # error, not a silent switch to 'text'.
   c.data.path = config_dict.placeholder(str)
-  c.data.max_bytes = config_dict.placeholder(int)  # Truncate the corpus.
+  c.data.token_dtype = 'uint16'  # Ids of a 'tokens' .bin file (nanoGPT's).
+  # A tokenizer.json, or a Hugging Face model folder holding one, that
+  # encodes the text (ids cached); unset: bytes. Set model.vocab_size to match.
+  c.data.tokenizer = config_dict.placeholder(str)
+  # Truncate the corpus: text bytes (before encoding), or a file's tokens.
+  c.data.max_bytes = config_dict.placeholder(int)
   c.data.num_domains = 4  # Domains of 'synthetic'.
   c.data.val_fraction = 0.05  # The last 5% of the bytes are validation.
 
@@ -27,6 +34,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.seq_len = 128  # Bytes per sequence (L).
 
   c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 256  # V: 256 bytes, or the tokenizer's vocabulary.
   c.model.d_model = 128  # D.
   c.model.num_layers = 4
   c.model.num_heads = 4
@@ -82,6 +90,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.renormalize_top_k = True  # 'topk': False keeps full-softmax gates.
   c.moe.slots_per_expert = 1  # P, slots per expert and chunk (soft only).
 
+  # LoRA (Hu et al. 2021) over the frozen parameters of train.init_from;
+  # only the adapters train and are saved. See moe_jax/train/lora.py.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # r; 0: off, every parameter trains.
+  c.lora.alpha = 16.0  # Adapters are scaled by alpha / rank.
+  # Of 'attention' | 'experts' | 'router' | 'shared_experts' | 'dense_ffn'.
+  c.lora.targets = ('attention',)
+
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
   # axis also splits the batch. E.g. (2, 4, 1) on 8 devices.
@@ -103,6 +119,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 8  # Validation batches per pass.
   c.train.checkpoint_every = 200  # Steps between checkpoints (and at end).
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
+  # Workdir of a finished run whose latest parameters start this one (step 0,
+  # fresh optimizer state); a resumed run ignores it. See train/init_from.py.
+  c.train.init_from = config_dict.placeholder(str)
+  # With init_from a dense run: copy its FFNs into every expert of this
+  # model's MoE layers, routers fresh (sparse upcycling).
+  c.train.upcycle = False
   return c
 
 
