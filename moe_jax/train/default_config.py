@@ -43,8 +43,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.moe_every = 2  # Every 2nd FFN is MoE (Switch); 0 = dense model.
   c.model.dtype = 'float32'  # Compute dtype; params and router stay f32.
   c.model.init_scale = 1.0  # Variance scale of dense/attention weights.
-  # Real architectures (configs/presets.py); the defaults change nothing.
-  c.model.vocab_size = 256  # V: bytes; a tokenizer's size for its ids.
+  # Real architectures (configs/presets/); the defaults change nothing.
   c.model.num_kv_heads = config_dict.placeholder(int)  # GQA; unset = heads.
   c.model.tie_embeddings = False  # Output head = embeddingᵀ.
   c.model.norm_eps = 1e-6  # RMSNorm ε.
