@@ -6,7 +6,10 @@ Data: the Python standard library's own source (found on every machine).
 Model: as switch_top1.py, but router='bpr' (top-1, raw softmax gate): when
   capacity is short, the tokens with the highest top gate keep their slot,
   whatever their position (so later tokens can evict earlier ones).
-Measured: not yet measured.
+Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
+  while other jobs shared the cores (load average 5–6), so an idle machine is
+  faster: 600 steps in 233 s wall, start-up and compilation included;
+  final validation loss 1.2970 nats/byte (1.871 bits/byte).
 Tiny variant for tests: --config=configs/bpr_top1.py:tiny
 """
 

@@ -8,7 +8,10 @@ Model: as switch_top1.py, but each expert picks its tokens: capacity
   balance loss. The lookahead-free variant (see moe_jax/core/expert_choice.py);
   --config.moe.causal_routing=False --config.moe.allow_noncausal=True gives
   the paper's whole-sequence choice, which leaks the future in a decoder.
-Measured: not yet measured.
+Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
+  while other jobs shared the cores (load average 7–8), so an idle machine is
+  faster: 600 steps in 664 s wall, start-up and compilation included;
+  final validation loss 1.2939 nats/byte (1.867 bits/byte).
 Tiny variant for tests: --config=configs/expert_choice.py:tiny
 """
 

@@ -8,7 +8,10 @@ Model: gshard_top2.py's experts (E=8, K=2, F=512) split 4 ways with 2 of
   30 routed experts of width 128, top-6 (softmax over the top 6), plus 2
   always-on shared experts of width 128. Total and active expert
   parameters equal gshard_top2.py's.
-Measured: not yet measured.
+Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
+  while other jobs shared the cores (load average 3–5), so an idle machine is
+  faster: 600 steps in 248 s wall, start-up and compilation included;
+  final validation loss 1.2379 nats/byte (1.786 bits/byte).
 Tiny variant for tests: --config=configs/fine_grained_shared.py:tiny
 """
 

@@ -6,7 +6,10 @@ Data: the Python standard library's own source (found on every machine).
 Model: as gshard_top2.py, but router='noisy_topk' (top-2, learned noise
   scale, softmax over the top 2) with the paper's importance and load CV²
   losses (weight 0.1 each) in place of the Switch balance loss.
-Measured: not yet measured.
+Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
+  while other jobs shared the cores (load average 5–6), so an idle machine is
+  faster: 600 steps in 412 s wall, start-up and compilation included;
+  final validation loss 1.3045 nats/byte (1.882 bits/byte).
 Tiny variant for tests: --config=configs/noisy_topk.py:tiny
 """
 

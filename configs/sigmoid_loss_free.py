@@ -9,7 +9,10 @@ Model: as gshard_top2.py (top-2), but router='sigmoid': affinities
   the step's whole-batch load (Wang et al. 2024) and lives in the training
   state; the complementary sequence-wise balance loss at α = 1e-4
   (DeepSeek-V3).
-Measured: not yet measured.
+Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
+  while other jobs shared the cores (load average 7), so an idle machine is
+  faster: 600 steps in 454 s wall, start-up and compilation included;
+  final validation loss 1.2851 nats/byte (1.854 bits/byte).
 Tiny variant for tests: --config=configs/sigmoid_loss_free.py:tiny
 """
 

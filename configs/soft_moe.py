@@ -11,7 +11,10 @@ Model: as switch_top1.py, but each expert sees P = 2 slots per chunk of
   next chunk (moe_jax/core/soft_moe.py says why);
   --config.moe.causal_routing=False --config.moe.allow_noncausal=True gives
   the paper's whole-sequence mixing, which leaks the future in a decoder.
-Measured: not yet measured.
+Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
+  while other jobs shared the cores (load average 2–4), so an idle machine is
+  faster: 600 steps in 118 s wall, start-up and compilation included;
+  final validation loss 1.2955 nats/byte (1.869 bits/byte).
 Tiny variant for tests: --config=configs/soft_moe.py:tiny
 """
 
