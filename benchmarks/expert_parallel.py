@@ -36,7 +36,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common
-from moe_jax.core import MoEConfig, moe_apply
+from moe_jax.core import MoEConfig
+from moe_jax.parallel.expert_parallel import moe_apply
 from moe_jax.core.dispatch import INDEX
 from moe_jax.core.experts import gelu_mlp
 from moe_jax.core.moe import group_tokens

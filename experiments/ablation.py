@@ -51,6 +51,11 @@ class Ablation:
     notes: text for the summary (e.g. the capacity convention).
     plot: optional (rows, curves, out_dir) -> list of PNG names, the
       ablation's own figure.
+    init_run: optional run trained first, once per seed, from the same base
+      and for the same steps, into workdirs/<its name>/seed<s>; every
+      variant of that seed then starts from its final parameters
+      (train.init_from), e.g. the dense checkpoint that upcycling starts
+      from. It is not a row of runs.csv.
   """
   name: str
   title: str
@@ -64,6 +69,7 @@ class Ablation:
       default_factory=dict)
   notes: str = ''
   plot: Callable[..., list[str]] | None = None
+  init_run: Variant | None = None
 
   def variant(self, name: str) -> Variant:
     for v in self.variants:

@@ -82,15 +82,25 @@ def _layer_mean(record: dict, name: str) -> float | None:
   return float(np.mean(values)) if values else None
 
 
+def saved_steps(workdir: pathlib.Path) -> list[int]:
+  """Steps of the run's finished checkpoints."""
+  folder = workdir / 'checkpoints'
+  return [int(p.name) for p in folder.glob('*')
+          if p.name.isdigit()] if folder.is_dir() else []
+
+
 def train_run(ab, variant: str, seed: int, config,
-              workdir: pathlib.Path) -> dict:
-  """Trains (or resumes) one run, then its extra evals; returns its row."""
+              workdir: pathlib.Path, run_config=None) -> dict:
+  """Trains (or resumes) one run, then its extra evals; returns its row.
+
+  run_config, when given, is what trains; `config` (hashed into the row)
+  differs from it only in where it finds files (see run.py's init_run).
+  """
   from moe_jax.train.trainer import train_and_evaluate  # Slow import.
   # A resumed run's wall time covers only its last part: say so in the row.
-  saved = [int(p.name) for p in (workdir / 'checkpoints').glob('*')
-           if p.name.isdigit()] if (workdir / 'checkpoints').is_dir() else []
+  saved = saved_steps(workdir)
   t0 = time.perf_counter()
-  final = train_and_evaluate(config, str(workdir))
+  final = train_and_evaluate(run_config or config, str(workdir))
   wall = time.perf_counter() - t0
   logs = _read_jsonl(workdir)
   rates = [r['tokens_per_sec'] for r in logs if 'tokens_per_sec' in r]

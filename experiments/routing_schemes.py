@@ -1,6 +1,6 @@
 """Ablation 6: routing schemes side by side (the router zoo).
 
-  python -m experiments.run routing_schemes        # 3 seeds, 15 runs
+  python -m experiments.run routing_schemes        # 3 seeds, 18 runs
   python -m experiments.run routing_schemes --quick
 
 Every variant spends about two experts of width F = 192 per token:
@@ -13,7 +13,11 @@ Every variant spends about two experts of width F = 192 per token:
                        moved by γ = 1e-3 per step (Wang et al. 2024);
   fine_grained_shared  each expert split in 4 (E = 30 routed of width 48,
                        K = 6) plus 2 always-on shared experts: the same total
-                       and active expert parameters as top2 (DeepSeekMoE).
+                       and active expert parameters as top2 (DeepSeekMoE);
+  soft                 Soft MoE (Puigcerver et al. 2023), P = 4 slots per
+                       expert per chunk of Q = 16 positions: E·P/Q = 2
+                       expert passes per token, as top2; causal by a
+                       one-chunk delay (moe_jax/core/soft_moe.py).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ ABLATION = Ablation(
             'moe.router': 'sigmoid', 'moe.top_k': 2,
             'moe.bias_update_rate': 1e-3, 'moe.load_balance_weight': 0.0}),
         Variant('fine_grained_shared', _fine_grained()),
+        Variant('soft', {
+            'moe.router': 'soft', 'moe.slots_per_expert': 4,
+            'moe.load_balance_weight': 0.0, 'moe.z_loss_weight': 0.0}),
     ),
     comparisons=(
         Comparison('Zhou 2022: expert choice beats top-2 at equal compute',
@@ -65,10 +72,15 @@ ABLATION = Ablation(
         Comparison('DeepSeekMoE T1: shared + fine-grained experts beat GShard '
                    'top-2 at equal size', ('fine_grained_shared', 'eval_loss'),
                    ('top2', 'eval_loss')),
+        Comparison('Puigcerver 2023: Soft MoE beats token-choice routing at '
+                   'equal compute (shown for ViT encoders)',
+                   ('soft', 'eval_loss'), ('top2', 'eval_loss')),
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,
     notes=regime_config.CAPACITY_NOTE + (
         ' Expert choice uses its causal-safe mode (chunks of 16 positions; '
-        'see moe_jax/core/expert_choice.py).'),
+        'see moe_jax/core/expert_choice.py). Soft MoE was made for encoders; '
+        'in this decoder it is causal by a one-chunk delay, so a token reaches '
+        'the experts only through the next chunk\'s slots.'),
 )

@@ -95,6 +95,10 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
   for v, s in plan:
     c = ab.base(steps)
     apply_overrides(c, {**v.overrides, **overrides, 'seed': s})
+    if ab.init_run is not None:
+      # Relative to `out`, so the config hash in runs.csv does not depend on
+      # where the checkout is; _run_config makes it a real path.
+      apply_overrides(c, {'train.init_from': str(_init_workdir(ab, s))})
     configs[v.name, s] = c
     store.check_same_config(v.name, s, c)  # Before training anything.
   store.save()  # Keeps rows relabelled from the legacy hash.
@@ -130,7 +134,9 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
       except FileNotFoundError:
         pass  # Its checkpoint is gone and extra evals need one: train.
     try:
-      row = records.train_run(ab, v.name, s, config, workdir)
+      row = records.train_run(ab, v.name, s, config, workdir,
+                              _run_config(ab, s, steps, overrides, out,
+                                          config))
     except NonFiniteLossError as e:
       row = records.diverged_row(v.name, s, config, str(e))
     store.add(row, records.read_curves(workdir, v.name, s))
@@ -141,6 +147,30 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
   print(f'[{ab.name}] done in {(time.perf_counter() - started) / 60:.1f} min;'
         f' summary: {out / "summary.md"}', flush=True)
   return rows
+
+
+def _init_workdir(ab: Ablation, seed: int) -> pathlib.Path:
+  """Where ab.init_run trains for `seed`, relative to the results folder."""
+  return pathlib.Path('workdirs') / ab.init_run.name / f'seed{seed}'
+
+
+def _run_config(ab: Ablation, seed: int, steps: int, overrides: dict,
+                out: pathlib.Path, config):
+  """The config a variant trains with: with an init_run, that run is
+  trained first (or finished, or found done) and train.init_from points at
+  it; otherwise `config` itself."""
+  if ab.init_run is None:
+    return config
+  from moe_jax.train.trainer import train_and_evaluate  # Slow import.
+  workdir = out / _init_workdir(ab, seed)
+  if steps not in records.saved_steps(workdir):
+    print(f'[{ab.name}] training {ab.init_run.name} seed {seed}, which the '
+          f'variants start from', flush=True)
+    init = ab.base(steps)
+    apply_overrides(init, {**ab.init_run.overrides, **overrides, 'seed': seed})
+    train_and_evaluate(init, str(workdir))
+  return apply_overrides(config.copy_and_resolve_references(),
+                         {'train.init_from': str(workdir)})
 
 
 def _cache_compilations() -> None:

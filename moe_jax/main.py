@@ -16,6 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from moe_jax import cli
 from moe_jax.errors import UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,41 +34,15 @@ _WORKDIR = flags.DEFINE_string(
     'from the checkpoints already there.')
 
 
-def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _one_line(error: BaseException) -> str:
-  # ml_collections embeds escaped newlines and quotes in its KeyErrors.
-  text = str(error).replace('\\n', ' ').replace("\\'", '')
-  return ' '.join(text.split())
-
-
 def _parse_flags(argv):
-  try:
-    argv = flags.FLAGS(argv)
-    # The config file loads lazily; touch it so a bad path fails here.
-    _CONFIG.value.to_dict()
-    return argv
-  except SyntaxError as e:
-    _fail(f'config file {e.filename} line {e.lineno}: {e.msg}; fix the file.')
-  except OSError as e:
-    _fail(f'could not load the config file: {str(e).splitlines()[-1].strip()}'
-          '; pass --config=configs/<name>.py from the repository root.')
-  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-    # absl and ml_collections would print tracebacks; one line says enough.
-    message = _one_line(e)
-    if isinstance(e, (AttributeError, KeyError)):
-      message = f'unknown config field {message.strip(chr(39))}'
-    _fail(message)
+  return cli.parse_flags(argv, _CONFIG)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; pass --config and --workdir.')
+    cli.fail(f'unexpected arguments {argv[1:]}; pass --config and --workdir.')
   if _CONFIG.value is None or not _WORKDIR.value:
-    _fail('both --config=configs/<name>.py and --workdir=<dir> are required.')
+    cli.fail('both --config=configs/<name>.py and --workdir=<dir> are required.')
   # Orbax logs every file it renames at INFO; keep the terminal readable.
   logging.set_verbosity(logging.WARNING)
   from moe_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
@@ -78,7 +53,7 @@ def main(argv) -> None:
                            _PROCESS_ID.value)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (UserInputError, NonFiniteLossError) as e:
-    _fail(str(e))
+    cli.fail(str(e))
   except TrainingInterrupted as e:
     # Non-zero, as a shell expects of a job stopped by a signal (130, 143).
     print(str(e), file=sys.stderr, flush=True)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from testlib import require_devices  # tests/ is sys.path[0] for scripts.
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.moe import moe_apply
+from moe_jax.parallel.expert_parallel import moe_apply
 from moe_jax.layers.moe import MoELayer
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import rules

@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from testlib import moe_params, require_devices
 from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.moe import moe_apply
+from moe_jax.parallel.expert_parallel import moe_apply
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import rules
@@ -44,6 +44,8 @@ CASES = {
     'bpr': MoEConfig(router='bpr', top_k=1, **_COMMON),
     'shared': MoEConfig(router='topk', top_k=2, num_shared_experts=1,
                         **_COMMON),
+    # E·P = Q = 8 slot logits: the same router_kernel shape as the others.
+    'soft': MoEConfig(router='soft', causal_chunk=8, num_experts=E, d_ff=F),
 }
 
 

@@ -114,3 +114,19 @@ def test_load_refuses_another_format(tmp_path):
   np.savez(path, meta=np.asarray('{"format_version": 99}'))
   with pytest.raises(ValueError, match='format 99'):
     trace_lib.load_trace(path)
+
+
+def test_trace_follows_the_loss_free_bias():
+  # A large bias on expert 3 (selection only) makes it every token's first
+  # choice; the trace must record the biased choices, from the model and
+  # from its (graphdef, params, router_state) split alike.
+  model = _model(router='sigmoid', top_k=2, bias_update_rate=1e-3)
+  for layer in (1, 3):
+    model.blocks[layer].ffn.router_bias[...] = jnp.array([0., 0., 0., 50.])
+  batches = _batches(1)
+  from_model = trace_lib.record_trace(model, batches)
+  graphdef, params, bias = nnx.split(model, nnx.Param, ...)
+  from_split = trace_lib.record_trace((graphdef, params, bias), batches)
+  np.testing.assert_array_equal(from_model.expert[..., 0], 3)
+  np.testing.assert_array_equal(from_split.expert, from_model.expert)
+  np.testing.assert_array_equal(from_split.gate, from_model.gate)

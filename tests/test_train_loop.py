@@ -200,7 +200,9 @@ def test_every_config_builds_and_trains(path, tmp_path):
   d, e, f = mcfg.d_model, mcfg.moe.num_experts, mcfg.moe.d_ff
   assert shapes["['embed'].value"] == (256, d)
   router_shapes = [s for k, s in shapes.items() if 'router_kernel' in k]
-  assert router_shapes == [(d, e)] * mcfg.num_moe_layers
+  # E logits per token (Soft MoE: its E·P slot logits).
+  assert router_shapes == [(d, mcfg.moe.num_router_outputs)
+                          ] * mcfg.num_moe_layers
   expert_shapes = [s for k, s in shapes.items()
                    if k.endswith("['ffn']['wi'].value") and len(s) == 3]
   assert expert_shapes == [(e, d, f)] * mcfg.num_moe_layers

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 ZOO_CONFIGS = ('expert_choice', 'sigmoid_loss_free', 'noisy_topk', 'bpr_top1',
                'fine_grained_shared')
-CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared')
+CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft')
 
 
 def _cli(config, workdir, *flags, cache_dir=None):

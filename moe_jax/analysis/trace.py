@@ -103,9 +103,9 @@ class RoutingTrace:
     return bool(np.any(self.domain != NO_DOMAIN))
 
 
-def _forward(params, tokens, targets, *, graphdef):
+def _forward(states, tokens, targets, *, graphdef):
   """Per-token loss and each MoE layer's routing decision, as host-ready arrays."""
-  model = nnx.merge(graphdef, params)
+  model = nnx.merge(graphdef, *states)
   logits, aux = model(tokens, train=False, return_routing=True)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   routing = {}
@@ -122,13 +122,13 @@ def _forward(params, tokens, targets, *, graphdef):
   return loss, routing
 
 
-def _capacities(graphdef, params, tokens) -> dict[int, int | None]:
+def _capacities(graphdef, states, tokens) -> dict[int, int | None]:
   """Each MoE layer's capacity C (static, so read off an abstract call)."""
-  def plans(p, t):
-    model = nnx.merge(graphdef, p)
+  def plans(s, t):
+    model = nnx.merge(graphdef, *s)
     _, aux = model(t, train=False, return_routing=True)
     return {i: r['plan'] for i, r in aux['routing'].items()}
-  shapes = jax.eval_shape(plans, params, tokens)
+  shapes = jax.eval_shape(plans, states, tokens)
   return {i: plan.capacity for i, plan in shapes.items()}
 
 
@@ -137,7 +137,9 @@ def record_trace(model_or_split, batches: Iterable[dict[str, np.ndarray]],
   """Runs the model over `batches` and records every MoE layer's routing.
 
   Args:
-    model_or_split: a TransformerLM, or its (graphdef, params) pair.
+    model_or_split: a TransformerLM, or its (graphdef, params) pair, or
+      (graphdef, params, router_state) for a router with a loss-free
+      balancing bias (the bias steers which experts are chosen).
     batches: dicts with 'inputs' and 'targets' int [B, L] and optionally
       'domains' int [B, L] (as from moe_jax.data.pipeline).
     meta: extra JSON-serialisable entries for trace.meta.
@@ -146,19 +148,19 @@ def record_trace(model_or_split, batches: Iterable[dict[str, np.ndarray]],
     The RoutingTrace (host arrays).
   """
   if isinstance(model_or_split, tuple):
-    graphdef, params = model_or_split
+    graphdef, *states = model_or_split
   else:
-    graphdef, params = nnx.split(model_or_split)
-  forward = jax.jit(lambda p, x, y: _forward(p, x, y, graphdef=graphdef))
+    graphdef, *states = nnx.split(model_or_split)
+  forward = jax.jit(lambda s, x, y: _forward(s, x, y, graphdef=graphdef))
   parts = {name: [] for name in _ARRAY_FIELDS if name != 'layers'}
   num_seqs, capacities = 0, None
   for batch in batches:
     inputs = np.asarray(batch['inputs'], np.int32)
     b, length = inputs.shape
     if capacities is None:
-      capacities = _capacities(graphdef, params, inputs)
+      capacities = _capacities(graphdef, states, inputs)
     loss, routing = jax.device_get(
-        forward(params, inputs, np.asarray(batch['targets'], np.int32)))
+        forward(states, inputs, np.asarray(batch['targets'], np.int32)))
     layers = sorted(routing)
     if not layers:
       raise ValueError('the model has no MoE layer; there is no routing to '
@@ -220,17 +222,21 @@ def trace_checkpoint(config, workdir: str, *, batches=None,
   """
   from moe_jax.train.evaluate import restore_checkpoint  # Heavy; lazy.
   r = restore_checkpoint(config, workdir, **eval_overrides)
-  if getattr(r.state, 'router_state', None) is not None:
-    raise UserInputError(
-        'tracing a router with a selection bias (aux-loss-free balancing) '
-        'is not supported yet; trace a checkpoint of another router.')
+  # A loss-free balancing bias is training state beside the params.
+  router_state = getattr(r.state, 'router_state', None)
   m = r.config.moe
+  if m.router == 'soft':
+    raise UserInputError(
+        "router='soft' mixes every token into every slot: there are no "
+        'discrete choices to trace; trace a checkpoint of another router.')
   info = {'router': m.router, 'dispatcher': m.dispatcher,
           'eval_capacity_factor': float(m.eval_capacity_factor),
           'workdir': str(workdir)}
   info.update(meta or {})
   with jax.set_mesh(r.mesh):
-    return record_trace((r.graphdef, r.params),
+    split = (r.graphdef, r.params) + (
+        (router_state,) if router_state is not None else ())
+    return record_trace(split,
                         r.val_batches if batches is None else batches,
                         meta=info)
 

@@ -17,12 +17,12 @@ from moe_jax.core.experts import EXPERT_TYPES
 from moe_jax.errors import UserInputError
 
 ROUTERS = ('switch', 'gshard', 'topk', 'expert_choice', 'sigmoid',
-           'noisy_topk', 'bpr')
+           'noisy_topk', 'bpr', 'soft')
 # The number of choices a router makes, where the router fixes it.
 _ROUTER_K = {'switch': 1, 'gshard': 2}
 # Routers whose group-wide form lets later tokens change earlier outputs;
 # `causal_routing` selects their lookahead-free form.
-NONCAUSAL_CAPABLE = ('expert_choice',)
+NONCAUSAL_CAPABLE = ('expert_choice', 'soft')
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -52,7 +52,10 @@ class MoEConfig:
       chosen experts, optional loss-free balancing bias), 'noisy_topk'
       (Shazeer et al. 2017: learned Gaussian noise, softmax over the top k;
       needs top_k < num_experts) or 'bpr' (V-MoE batch-prioritised: top-k
-      softmax gates, capacity claimed in order of the top gate).
+      softmax gates, capacity claimed in order of the top gate) or 'soft'
+      (Puigcerver et al. 2023: each expert's slots are softmax-weighted
+      averages of the group's tokens; no drops, no dispatcher, no aux loss;
+      see core/soft_moe.py).
     dispatcher: 'index' (gathers into capacity buffers, the default),
       'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
       expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
@@ -80,13 +83,14 @@ class MoEConfig:
     fixed_capacity: None (capacity from the factor), or an absolute C per
       group used in training and eval alike (clamped to S; for causal
       expert choice, per chunk and clamped to causal_chunk).
-    causal_routing: for 'expert_choice': True (default) uses the
-      lookahead-free variant (core/expert_choice.py); False the paper's
-      choice over the whole group, which leaks the future in a decoder.
+    causal_routing: for 'expert_choice' and 'soft': True (default) uses the
+      lookahead-free variant (core/expert_choice.py, core/soft_moe.py);
+      False the paper's form over the whole group, which leaks the future in
+      a decoder.
     allow_noncausal: the decoder refuses causal_routing=False unless this
       is True (e.g. to reproduce the leak on purpose).
-    causal_chunk: Q, the window and buffer chunk of causal expert choice;
-      must divide the sequence length.
+    causal_chunk: Q, the window and buffer chunk of causal expert choice,
+      and the chunk causal Soft MoE mixes; must divide the sequence length.
     bias_update_rate: γ of aux-loss-free balancing ('sigmoid' only; DeepSeek
       used 1e-3). > 0 gives each MoE layer a selection bias held in the
       training state and moved by ±γ after each step; 0: no bias.
@@ -100,6 +104,13 @@ class MoEConfig:
     num_shared_experts: K_s always-on shared experts of width d_ff each
       (DeepSeekMoE), run as one dense FFN of width K_s·d_ff beside the
       routed experts; 0: none. See core/fine_grained.py for the split helper.
+    shared_expert_gate: scale the shared experts' output per token by
+      sigmoid(x·w_s), w_s [D] (Qwen1.5-MoE / Qwen2-MoE); False: gate 1.
+    renormalize_top_k: 'topk' only. True: gates are the softmax over the k
+      chosen logits (Mixtral); False: the full softmax's probabilities of the
+      chosen k (DeepSeekMoE, Qwen1.5-MoE, OLMoE).
+    slots_per_expert: P, slots per expert and group (chunk, when causal) of
+      'soft'; E·P = causal_chunk gives top-1's expert FLOPs.
   """
 
   num_experts: int = 8
@@ -128,6 +139,9 @@ class MoEConfig:
   importance_weight: float = 0.0
   load_cv_weight: float = 0.0
   num_shared_experts: int = 0
+  shared_expert_gate: bool = False
+  renormalize_top_k: bool = True
+  slots_per_expert: int = 1
 
   def __post_init__(self):
     _check_positive('num_experts', self.num_experts)
@@ -189,6 +203,18 @@ class MoEConfig:
         self.num_shared_experts < 0):
       raise UserInputError(
           f'num_shared_experts={self.num_shared_experts!r} must be an int >= 0.')
+    for name in ('shared_expert_gate', 'renormalize_top_k'):
+      if not isinstance(getattr(self, name), bool):
+        raise UserInputError(
+            f'{name}={getattr(self, name)!r} must be True or False.')
+    if self.shared_expert_gate and not self.num_shared_experts:
+      raise UserInputError(
+          'shared_expert_gate=True gates the shared experts, but '
+          'num_shared_experts=0; set num_shared_experts >= 1 or the gate off.')
+    if not self.renormalize_top_k and self.router != 'topk':
+      raise UserInputError(
+          f"renormalize_top_k=False needs router='topk' (router is "
+          f'{self.router!r}); set it to True.')
     if self.router == 'noisy_topk' and self.top_k >= self.num_experts:
       raise UserInputError(
           f"router='noisy_topk' needs top_k < num_experts (the load loss "
@@ -202,16 +228,22 @@ class MoEConfig:
       if not isinstance(getattr(self, name), bool):
         raise UserInputError(
             f'{name}={getattr(self, name)!r} must be True or False.')
+    _check_positive('slots_per_expert', self.slots_per_expert)
+    if self.slots_per_expert > 1 and self.router != 'soft':
+      raise UserInputError(
+          f'slots_per_expert={self.slots_per_expert} needs '
+          f"router='soft' (router is {self.router!r}); set it to 1.")
+    if self.router in NONCAUSAL_CAPABLE and self.causal_routing and (
+        self.group_size is not None):
+      raise UserInputError(
+          f'causal {self.router} routes each sequence as its own group; '
+          f'unset group_size (now {self.group_size}) or set '
+          'causal_routing=False.')
     if self.router == 'expert_choice':
       if not DISPATCHERS[self.dispatcher].needs_capacity:
         raise UserInputError(
             f"router='expert_choice' fills fixed-size expert buffers; "
             f"dispatcher={self.dispatcher!r} has none: use 'index' or 'einsum'.")
-      if self.causal_routing and self.group_size is not None:
-        raise UserInputError(
-            'causal expert choice routes each sequence as its own group; '
-            f'unset group_size (now {self.group_size}) or set '
-            'causal_routing=False.')
 
   def capacity(self, group_size: int, train: bool) -> int | None:
     """C for a group of `group_size` tokens; None for the dropless dispatcher."""
@@ -234,6 +266,12 @@ class MoEConfig:
         self.capacity_scales_with_k)
 
   @property
+  def num_router_outputs(self) -> int:
+    """Columns of router_kernel: E, or the E·P slots of Soft MoE."""
+    return self.num_experts * (self.slots_per_expert if self.router == 'soft'
+                               else 1)
+
+  @property
   def has_router_bias(self) -> bool:
     """Whether each MoE layer carries a loss-free balancing bias."""
     return self.router == 'sigmoid' and self.bias_update_rate > 0
@@ -253,7 +291,8 @@ class MoEConfig:
       policy = self.second_policy if train else self.second_policy_eval
       return functools.partial(routers.gshard_top2, second_policy=policy)
     if self.router == 'topk':
-      return functools.partial(routers.top_k, k=self.top_k)
+      return functools.partial(routers.top_k, k=self.top_k,
+                               renormalize=self.renormalize_top_k)
     if self.router == 'sigmoid':
       return functools.partial(sigmoid_router.sigmoid_top_k, k=self.top_k)
     if self.router == 'noisy_topk':

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 
 from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.dispatch import DISPATCHERS, ExpertInputs
+from moe_jax.core.dispatch import (DISPATCHERS, ExpertInputs, RunExperts,
+                                   run_local)
 from moe_jax.core.experts import EXPERT_FNS
+from moe_jax.core.soft_moe import soft_moe
 from moe_jax.errors import UserInputError
-from moe_jax.parallel import expert_parallel
 
 # The stacked expert weights; the other params feed the router.
 EXPERT_PARAMS = ('wi', 'wi_gate', 'wo')
@@ -37,24 +38,42 @@ def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
   they run as a single expert (E = 1) of the same expert function.
 
   Args:
-    params: shared_wi [D, K_s·F], shared_wo [K_s·F, D] (+ shared_wi_gate).
+    params: shared_wi [D, K_s·F], shared_wo [K_s·F, D] (+ shared_wi_gate;
+      + shared_gate [D, 1] for the Qwen-MoE gate).
     xg: [G, S, D].
   """
   names = ('wi', 'wo') + (('wi_gate',) if expert_type == 'swiglu' else ())
   weights = {n: params['shared_' + n][None] for n in names}  # E = 1
   flat = xg.reshape(1, -1, xg.shape[-1])
-  return EXPERT_FNS[expert_type](weights, ExpertInputs(flat)).reshape(xg.shape)
+  out = EXPERT_FNS[expert_type](weights, ExpertInputs(flat)).reshape(xg.shape)
+  if 'shared_gate' in params:  # Qwen-MoE: a per-token sigmoid gate [G, S, 1].
+    out = out * jax.nn.sigmoid(xg @ params['shared_gate'].astype(xg.dtype))
+  return out
+
+
+def _route(params, logits, router_in, config: MoEConfig, train: bool, key):
+  """The config's router on the logits: (RoutingPlan, aux)."""
+  capacity = config.capacity(logits.shape[1], train)
+  inputs = {}  # Router inputs beyond the logits, for the routers that take them.
+  if 'router_bias' in params:
+    inputs['bias'] = params['router_bias']
+  if 'noise_kernel' in params:
+    inputs['noise_logits'] = router_in @ params['noise_kernel'].astype(
+        jnp.float32)
+  return config.router_fn(train)(logits, capacity=capacity, key=key, **inputs)
 
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
-              dtype=None, return_routing: bool = False
+              dtype=None, return_routing: bool = False,
+              run_experts: RunExperts = run_local
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
   Args:
-    params: router_kernel [D, E] plus the expert weights (wi, wo, and
-      wi_gate for SwiGLU; see core/experts.py); router_bias [E] for
+    params: router_kernel [D, E] ([D, E·P] slot logits for Soft MoE) plus
+      the expert weights (wi, wo, and wi_gate for SwiGLU; see
+      core/experts.py); router_bias [E] for
       loss-free balancing (a state, not trained: its gradient is cut);
       noise_kernel [D, E] for noisy top-k; shared_wi/shared_wo (and
       shared_wi_gate) for shared experts.
@@ -67,13 +86,18 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     return_routing: also return the routing decision (for routing traces,
       moe_jax.analysis.trace, and tests). Off by default; it changes nothing
       else.
+    run_experts: dispatch -> experts -> combine. The default runs them on the
+      arrays as given; under a mesh, pass the expert-parallel exchange
+      (moe_jax.parallel.expert_parallel.run_experts, which MoELayer and
+      moe_jax.moe_apply pass), or a partitioner may all-gather the tokens.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
     aux: 'aux_loss' (α·load_balance + c_z·z, add it to the training loss),
       the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
       With return_routing, also 'routing': {'plan': the RoutingPlan
-      ([G, S, K] arrays), 'logits': float32 [G, S, E] router logits}.
+      ([G, S, K] arrays; None for Soft MoE, which has no discrete routing),
+      'logits': float32 [G, S, E] router logits ([G, S, E·P] for Soft MoE)}.
   """
   dtype = dtype or x.dtype
   xg = group_tokens(x, config.group_size)  # [G, S, D]
@@ -88,20 +112,18 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
                                               config.jitter_eps)
   logits = router_in @ params['router_kernel'].astype(jnp.float32)  # [G,S,E]
 
-  capacity = config.capacity(xg.shape[1], train)
-  inputs = {}  # Router inputs beyond the logits, for the routers that take them.
-  if 'router_bias' in params:
-    inputs['bias'] = params['router_bias']
-  if 'noise_kernel' in params:
-    inputs['noise_logits'] = router_in @ params['noise_kernel'].astype(
-        jnp.float32)
-  plan, aux = config.router_fn(train)(logits, capacity=capacity, key=route_key,
-                                      **inputs)
-
   expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
-  out = expert_parallel.run_experts(
-      xg.astype(dtype), plan, expert_params, DISPATCHERS[config.dispatcher],
-      EXPERT_FNS[config.expert_type])
+  expert_fn = EXPERT_FNS[config.expert_type]
+  if config.router == 'soft':  # Dense mixing: no plan, no capacity, no drops.
+    out, aux = soft_moe(xg.astype(dtype), logits, expert_params, expert_fn,
+                        num_experts=config.num_experts,
+                        causal=config.causal_routing, chunk=config.causal_chunk)
+    aux['load_balance_loss'] = aux['z_loss'] = jnp.zeros((), jnp.float32)
+    plan = None
+  else:
+    plan, aux = _route(params, logits, router_in, config, train, route_key)
+    out = run_experts(xg.astype(dtype), plan, expert_params,
+                      DISPATCHERS[config.dispatcher], expert_fn)
 
   if 'shared_wi' in params:  # Always-on shared experts: one dense FFN.
     out = out + shared_experts(params, xg.astype(dtype), config.expert_type)

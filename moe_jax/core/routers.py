@@ -160,19 +160,26 @@ def gshard_top2(logits: jax.Array, *, capacity: int | None,
 
 def top_k(logits: jax.Array, *, capacity: int | None, k: int,
           key: jax.Array | None = None,
-          balance_fn: Callable = losses.load_balance_loss
-          ) -> tuple[RoutingPlan, dict]:
+          balance_fn: Callable = losses.load_balance_loss,
+          renormalize: bool = True) -> tuple[RoutingPlan, dict]:
   """Mixtral-style top-k: softmax over the k largest logits (Jiang et al. 2024).
 
   Equal to the full softmax renormalised over the top k. With k=1 the gate is
   always 1 and the router learns only from the auxiliary losses; use
   `switch_top1` for a router that the task gradient reaches.
+
+  renormalize=False keeps the full-softmax probabilities of the chosen k as
+  gates, so they sum to less than 1 (DeepSeekMoE, Qwen1.5-MoE and OLMoE;
+  Hugging Face's `norm_topk_prob=False`).
   """
   del key
   logits = logits.astype(jnp.float32)
   top_logits, expert_index = top_k_experts(logits, k)
-  gates = jax.nn.softmax(top_logits, axis=-1)
   probs = jax.nn.softmax(logits, axis=-1)
+  if renormalize:
+    gates = jax.nn.softmax(top_logits, axis=-1)
+  else:
+    gates = jnp.take_along_axis(probs, expert_index, axis=-1)
   routed = jnp.ones(gates.shape, bool)
   return build_plan(logits, probs, expert_index, gates, routed, capacity,
                     balance_fn)

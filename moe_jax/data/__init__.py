@@ -1,4 +1,4 @@
-"""Byte-level corpora, train/val splits and deterministic batches."""
+"""Corpora (bytes or token ids), train/val splits and deterministic batches."""
 
 from moe_jax.data.pipeline import BatchIterator
 from moe_jax.data.pipeline import eval_batches
@@ -11,3 +11,5 @@ from moe_jax.data.sources import stdlib_corpus
 from moe_jax.data.sources import synthetic_mixture
 from moe_jax.data.sources import tinyshakespeare
 from moe_jax.data.sources import VOCAB_SIZE
+from moe_jax.data.tokens import check_token_ids
+from moe_jax.data.tokens import read_token_file

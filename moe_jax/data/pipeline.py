@@ -32,7 +32,7 @@ def split_corpus(corpus: Corpus,
   n = len(corpus)
   if n < 2:
     raise UserInputError(
-        f"corpus '{corpus.name}' has {n} bytes, too few to split into train "
+        f"corpus '{corpus.name}' has {n} {corpus.unit}, too few to split into train "
         'and validation; use more data')
   num_val = min(max(int(n * val_fraction), 1), n - 1)
   cut = n - num_val
@@ -56,8 +56,8 @@ def _check_positive_int(name: str, value, flag: str) -> int:
 def _check_fits(corpus: Corpus, seq_len: int) -> None:
   if seq_len + 1 > len(corpus):
     raise UserInputError(
-        f'sequence length L={seq_len} needs at least L+1 bytes but the '
-        f'{corpus.split} split has only {len(corpus)}; use a smaller '
+        f'sequence length L={seq_len} needs at least L+1 {corpus.unit} but '
+        f'the {corpus.split} split has only {len(corpus)}; use a smaller '
         '--config.seq_len or more data')
 
 

@@ -1,7 +1,9 @@
-"""Byte-level text sources (vocab 256, no tokenizer).
+"""Corpora: byte-level text (vocab 256) by default, or token ids.
 
-Every source returns raw bytes (or a `Corpus` of uint8 tokens), so the model's
-vocabulary is always the 256 byte values and no tokenizer has to be shipped.
+The text sources return raw bytes, so by default the model's vocabulary is the
+256 byte values and no tokenizer has to be shipped. `data.tokenizer` encodes
+any of them with a Hugging Face tokenizer (moe_jax/data/tokenize.py), and
+kind 'tokens' reads a pre-tokenized file (moe_jax/data/tokens.py).
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import urllib.request
 
 import numpy as np
 
+from moe_jax.data import tokenize, tokens as token_files
 from moe_jax.errors import UserInputError
 from moe_jax.files import atomic_write
 
@@ -28,8 +31,13 @@ TINYSHAKESPEARE_URL = ('https://raw.githubusercontent.com/karpathy/char-rnn/'
 TINYSHAKESPEARE_MD5 = '6fb458f1232090904fb40fe944165e91'
 TINYSHAKESPEARE_SIZE = 1_115_394
 DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'moe_jax')
+# Overrides DEFAULT_CACHE_DIR (downloads and token caches), e.g. in tests.
+CACHE_DIR_ENV = 'MOE_JAX_CACHE_DIR'
 
-CORPUS_KINDS = ('stdlib', 'text', 'tinyshakespeare', 'synthetic')
+CORPUS_KINDS = ('stdlib', 'text', 'tinyshakespeare', 'synthetic', 'tokens')
+# Kinds whose text a tokenizer can encode ('synthetic' labels each byte
+# with a domain, which tokens would not keep).
+TOKENIZABLE_KINDS = ('stdlib', 'text', 'tinyshakespeare')
 
 _STDLIB_SKIP_DIRS = frozenset(
     {'site-packages', 'dist-packages', 'test', 'tests', 'idlelib',
@@ -38,29 +46,38 @@ _STDLIB_SKIP_DIRS = frozenset(
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  """A byte-level corpus.
+  """A corpus of bytes or token ids.
 
   Attributes:
-    tokens: uint8 [N] byte values.
+    tokens: [N] byte values (uint8) or token ids (uint8/16/32, possibly a
+      read-only memory map).
     domains: int32 [N] domain label per byte, or None when unlabelled.
     name: human-readable source name, used in logs and error messages.
     split: which split this is ('all', 'train' or 'val'), for error messages.
+    unit: what one entry of `tokens` is, 'bytes' or 'tokens', for messages.
   """
   tokens: np.ndarray
   domains: np.ndarray | None
   name: str
   split: str = 'all'
+  unit: str = 'bytes'
 
   def __post_init__(self):
-    if self.tokens.dtype != np.uint8 or self.tokens.ndim != 1:
-      raise ValueError(f'tokens must be uint8 [N], got {self.tokens.dtype} '
-                       f'{self.tokens.shape}')
+    if (self.tokens.dtype.name not in token_files.TOKEN_DTYPES or
+        self.tokens.ndim != 1):
+      raise ValueError(f'tokens must be uint8/16/32 [N], got '
+                       f'{self.tokens.dtype} {self.tokens.shape}')
     if self.domains is not None and self.domains.shape != self.tokens.shape:
       raise ValueError(f'domains shape {self.domains.shape} does not match '
                        f'tokens shape {self.tokens.shape}')
 
   def __len__(self) -> int:
     return int(self.tokens.shape[0])
+
+
+def default_cache_dir() -> str:
+  """$MOE_JAX_CACHE_DIR, else ~/.cache/moe_jax (read at call time)."""
+  return os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
 
 
 def _read_file(path: pathlib.Path) -> bytes:
@@ -185,7 +202,7 @@ def tinyshakespeare(path: str | None = None,
   """
   if path is not None:
     return read_text_path(path)
-  cache = pathlib.Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+  cache = pathlib.Path(cache_dir or default_cache_dir()).expanduser()
   cached = cache / 'tinyshakespeare.txt'
   if cached.is_file():
     data = cached.read_bytes()
@@ -302,17 +319,24 @@ def load_corpus(kind: str,
                 max_bytes: int | None = None,
                 num_domains: int = 4,
                 seed: int = 0,
-                cache_dir: str | None = None) -> Corpus:
+                cache_dir: str | None = None,
+                tokenizer: str | None = None,
+                token_dtype: str = 'uint16') -> Corpus:
   """Loads a corpus by name.
 
   Args:
     kind: one of CORPUS_KINDS.
-    path: required for 'text'; an optional local copy for 'tinyshakespeare'.
+    path: required for 'text' and 'tokens'; an optional local copy for
+      'tinyshakespeare'.
     max_bytes: truncates any corpus; the size of 'synthetic' (default 1e6)
-      and the budget of 'stdlib' (default 8e6).
+      and the budget of 'stdlib' (default 8e6). It counts the text's bytes
+      before a tokenizer encodes it, and the ids of a 'tokens' file.
     num_domains: domains of 'synthetic'.
     seed: seed of 'synthetic'.
-    cache_dir: download cache of 'tinyshakespeare'.
+    cache_dir: download and token cache; default default_cache_dir().
+    tokenizer: a tokenizer.json (or a Hugging Face model folder holding one)
+      that encodes the text of a TOKENIZABLE_KINDS corpus; None: bytes.
+    token_dtype: the dtype of a 'tokens' `.bin` file.
 
   Returns:
     The Corpus; `domains` is set only for 'synthetic'.
@@ -320,7 +344,10 @@ def load_corpus(kind: str,
   if max_bytes is not None and max_bytes <= 0:
     raise UserInputError(f'max_bytes={max_bytes} must be positive; set a '
                          'positive --config.data.max_bytes or leave it unset')
-  domains = None
+  if tokenizer and kind not in TOKENIZABLE_KINDS:
+    raise UserInputError(
+        f'data.tokenizer is set but data.kind={kind!r} has no text to encode; '
+        f"use it with data.kind in {TOKENIZABLE_KINDS} or unset it")
   if kind == 'stdlib':
     data = stdlib_corpus(max_bytes or 8_000_000)
   elif kind == 'text':
@@ -335,6 +362,14 @@ def load_corpus(kind: str,
     tokens, domains = synthetic_mixture(max_bytes or 1_000_000, num_domains,
                                         seed)
     return Corpus(tokens, domains, f'synthetic{num_domains}')
+  elif kind == 'tokens':
+    if not path:
+      raise UserInputError(
+          "data kind 'tokens' needs a path; set --config.data.path to a .npy "
+          'or .bin file of token ids')
+    ids = token_files.read_token_file(path, token_dtype)
+    return Corpus(ids[:max_bytes], None, pathlib.Path(path).name,
+                  unit='tokens')
   else:
     raise UserInputError(
         f"unknown data kind '{kind}'; set --config.data.kind to one of "
@@ -342,4 +377,9 @@ def load_corpus(kind: str,
   if max_bytes is not None:
     data = data[:max_bytes]
   name = kind if kind != 'text' else pathlib.Path(path).name
+  if tokenizer:
+    ids = tokenize.encode_cached(data, tokenizer, cache_dir or
+                                 default_cache_dir())
+    return Corpus(ids, None, f'{name} ({tokenize.tokenizer_file(tokenizer)})',
+                  unit='tokens')
   return Corpus(np.frombuffer(data, np.uint8).copy(), None, name)

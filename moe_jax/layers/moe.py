@@ -12,9 +12,11 @@ from flax import nnx
 
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.experts import PARAM_AXES
-from moe_jax.core.moe import moe_apply
 from moe_jax.core.sigmoid_router import update_bias
 from moe_jax.layers.params import param, scaled_init
+# The layer sits above core and parallel: it runs the core's moe_apply with
+# the expert-parallel exchange, which is the one-device path without a mesh.
+from moe_jax.parallel.expert_parallel import moe_apply
 
 # Logical axis names; the sharding rules map them to mesh axes in one place.
 ROUTER_AXES = ('embed', None)  # Small; replicated everywhere.
@@ -44,8 +46,8 @@ class MoELayer(nnx.Module):
     self.dtype = dtype
     e, d, f = config.num_experts, d_model, config.d_ff
     init = scaled_init(config.init_scale, batch_axes=(0,))
-    self.router_kernel = param(rngs, scaled_init(config.init_scale), (d, e),
-                               ROUTER_AXES)
+    self.router_kernel = param(rngs, scaled_init(config.init_scale),
+                               (d, config.num_router_outputs), ROUTER_AXES)
     self.wi = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
     if config.expert_type == 'swiglu':
       self.wi_gate = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
@@ -63,6 +65,9 @@ class MoELayer(nnx.Module):
       if config.expert_type == 'swiglu':
         self.shared_wi_gate = param(rngs, dense, (d, fs), ('embed', 'mlp'))
       self.shared_wo = param(rngs, dense, (fs, d), ('mlp', 'embed'))
+      if config.shared_expert_gate:
+        self.shared_gate = param(rngs, scaled_init(config.init_scale), (d, 1),
+                                 ROUTER_AXES)
 
   def params(self) -> dict[str, jax.Array]:
     names = ['router_kernel', 'wi', 'wo']
@@ -74,6 +79,8 @@ class MoELayer(nnx.Module):
       names += ['shared_wi', 'shared_wo']
       if self.config.expert_type == 'swiglu':
         names.append('shared_wi_gate')
+      if self.config.shared_expert_gate:
+        names.append('shared_gate')
     if self.config.has_router_bias:
       names.append('router_bias')
     return {name: getattr(self, name)[...] for name in names}

@@ -18,7 +18,7 @@ class ModelConfig:
   """A pre-norm causal transformer whose every `moe_every`-th FFN is MoE.
 
   Attributes:
-    vocab_size: V; 256 for raw bytes (no tokenizer).
+    vocab_size: V; 256 for raw bytes, or a tokenizer's vocabulary (any size).
     d_model: D.
     num_layers: transformer blocks.
     num_heads: attention heads; must divide d_model.
@@ -33,6 +33,15 @@ class ModelConfig:
     dtype: compute dtype, 'float32' or 'bfloat16'. Parameters stay float32
       and the router always runs in float32.
     init_scale: variance scale of the dense and attention weights.
+    num_kv_heads: key/value heads of grouped-query attention (Ainslie et
+      al. 2023); must divide num_heads. None: num_heads (full multi-head).
+    tie_embeddings: True: the output head is the input embedding's
+      transpose (logits = x·Eᵀ, one [V, D] matrix); False: a separate head.
+    norm_eps: ε added to the mean square in every RMSNorm.
+    rope_theta: θ, the base of the rotary frequencies θ^(-2i/Dh).
+    first_dense_layers: the first this many layers keep a dense FFN even
+      where moe_every would make them MoE (DeepSeekMoE's dense layer 0).
+    qkv_bias: biases on the q, k and v projections (Qwen2-MoE).
   """
 
   vocab_size: int = 256
@@ -46,6 +55,12 @@ class ModelConfig:
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
   dtype: str = 'float32'
   init_scale: float = 1.0
+  num_kv_heads: int | None = None
+  tie_embeddings: bool = False
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  first_dense_layers: int = 0
+  qkv_bias: bool = False
 
   def __post_init__(self):
     for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
@@ -71,8 +86,33 @@ class ModelConfig:
     if not isinstance(self.moe_every, int) or self.moe_every < 0:
       raise UserInputError(
           f'model.moe_every={self.moe_every!r} must be >= 0 (0: dense).')
-
+    self._check_architecture()
     self._check_causal_routing()
+
+  def _check_architecture(self) -> None:
+    """The fields real architectures need (all off by default)."""
+    kv = self.num_kv_heads
+    if kv is not None and (not isinstance(kv, int) or isinstance(kv, bool) or
+                           kv <= 0 or self.num_heads % kv):
+      raise UserInputError(
+          f'model.num_kv_heads={kv!r} must be a positive int dividing '
+          f'model.num_heads={self.num_heads} (or unset for multi-head).')
+    for name in ('tie_embeddings', 'qkv_bias'):
+      if not isinstance(getattr(self, name), bool):
+        raise UserInputError(
+            f'model.{name}={getattr(self, name)!r} must be True or False.')
+    for name in ('norm_eps', 'rope_theta'):
+      value = getattr(self, name)
+      if (not isinstance(value, (int, float)) or isinstance(value, bool) or
+          not value > 0 or value == float('inf')):
+        raise UserInputError(
+            f'model.{name}={value!r} must be a finite number > 0 (e.g. '
+            f'{"1e-5" if name == "norm_eps" else "10000.0"}).')
+    if (not isinstance(self.first_dense_layers, int) or
+        not 0 <= self.first_dense_layers <= self.num_layers):
+      raise UserInputError(
+          f'model.first_dense_layers={self.first_dense_layers!r} must be an '
+          f'int in [0, model.num_layers={self.num_layers}].')
 
   def _check_causal_routing(self) -> None:
     """This model is a causal decoder: refuse routing that sees the future."""
@@ -91,7 +131,13 @@ class ModelConfig:
           f'length ({self.max_len}); pick a divisor of seq_len.')
 
   def is_moe_layer(self, i: int) -> bool:
-    return self.moe_every > 0 and (i + 1) % self.moe_every == 0
+    return (self.moe_every > 0 and i >= self.first_dense_layers and
+            (i + 1) % self.moe_every == 0)
+
+  @property
+  def kv_heads(self) -> int:
+    """Hkv: num_kv_heads, or num_heads when it is unset."""
+    return self.num_kv_heads or self.num_heads
 
   @property
   def num_moe_layers(self) -> int:

@@ -1,4 +1,4 @@
-"""Decoder-only byte-level transformer LM with interleaved MoE FFNs."""
+"""Decoder-only transformer LM with interleaved MoE FFNs."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from moe_jax.models.config import ModelConfig
 class RMSNorm(nnx.Module):
   """Root-mean-square norm (Zhang & Sennrich 2019), computed in float32."""
 
-  def __init__(self, dim: int, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6):
+    self.eps = eps
     self.scale = param(rngs, nnx.initializers.ones, (dim,), ('embed',))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + 1e-6)
+    x32 = x32 * jax.lax.rsqrt(
+        jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
     return (x32 * self.scale[...]).astype(x.dtype)
 
 
@@ -54,11 +56,12 @@ class Block(nnx.Module):
   def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
     c = config
     dt = c.compute_dtype
-    self.attn_norm = RMSNorm(c.d_model, rngs=rngs)
+    self.attn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
     self.attn = CausalSelfAttention(
         c.d_model, c.num_heads, rope=c.position == 'rope',
-        init_scale=c.init_scale, rngs=rngs, dtype=dt)
-    self.ffn_norm = RMSNorm(c.d_model, rngs=rngs)
+        init_scale=c.init_scale, rngs=rngs, dtype=dt,
+        num_kv_heads=c.kv_heads, rope_theta=c.rope_theta, qkv_bias=c.qkv_bias)
+    self.ffn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
     self.is_moe = c.is_moe_layer(layer)
     if self.is_moe:
       self.ffn = MoELayer(c.moe, c.d_model, rngs=rngs, dtype=dt)
@@ -78,21 +81,26 @@ class Block(nnx.Module):
 
 
 class TransformerLM(nnx.Module):
-  """Bytes [B, L] -> next-byte logits [B, L, V] (float32) and MoE aux."""
+  """Tokens [B, L] -> next-token logits [B, L, V] (float32) and MoE aux."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     c = config
     self.config = c
-    self.embed = param(rngs, nnx.initializers.normal(1.0),
-                       (c.vocab_size, c.d_model), ('vocab', 'embed'))
+    # A tied embedding is also the output head, so it starts at the head's
+    # scale (variance init_scale/D) to keep the first logits O(1).
+    embed_init = (nnx.initializers.normal(c.init_scale ** 0.5 / c.d_model ** 0.5)
+                  if c.tie_embeddings else nnx.initializers.normal(1.0))
+    self.embed = param(rngs, embed_init, (c.vocab_size, c.d_model),
+                       ('vocab', 'embed'))
     if c.position == 'learned':
       self.pos_embed = param(rngs, nnx.initializers.normal(0.02),
                              (c.max_len, c.d_model), (None, 'embed'))
     self.blocks = nnx.List(
         [Block(c, i, rngs=rngs) for i in range(c.num_layers)])
-    self.final_norm = RMSNorm(c.d_model, rngs=rngs)
-    self.head = param(rngs, scaled_init(c.init_scale), (c.d_model, c.vocab_size),
-                      ('embed', 'vocab'))
+    self.final_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
+    if not c.tie_embeddings:
+      self.head = param(rngs, scaled_init(c.init_scale),
+                        (c.d_model, c.vocab_size), ('embed', 'vocab'))
 
   def update_router_biases(self, aux: dict[str, jax.Array]) -> None:
     """Loss-free balancing: each MoE layer with a bias moves it from its
@@ -133,5 +141,8 @@ class TransformerLM(nnx.Module):
     if return_routing:
       aux['routing'] = routing
     x = self.final_norm(x)
-    logits = jnp.einsum('bld,dv->blv', x, self.head[...].astype(dt))
+    if c.tie_embeddings:
+      logits = jnp.einsum('bld,vd->blv', x, self.embed[...].astype(dt))
+    else:
+      logits = jnp.einsum('bld,dv->blv', x, self.head[...].astype(dt))
     return logits.astype(jnp.float32), aux

@@ -11,6 +11,10 @@ groups (G split over data × expert) and E / EP experts (EP = size of the
   all_to_all  back               -> [E, G_l·C, D]
   combine     [E, G_l·C, D]      -> [G_l, S, D]         (local)
 
+This layer sits above the pure core: moe_apply here is core's moe_apply
+with run_experts below as its exchange (MoELayer and moe_jax.moe_apply use
+it); the core never imports this module.
+
 The collectives are explicit (shard_map + jax.lax.all_to_all): in our trial
 a dispatch written only with sharding constraints compiled to all-gathers of
 the tokens on CPU, not all-to-alls. The router runs outside, on global
@@ -23,7 +27,8 @@ from typing import Callable
 
 import jax
 
-from moe_jax.core.dispatch import Dispatcher
+from moe_jax.core import moe as core_moe
+from moe_jax.core.dispatch import Dispatcher, run_local
 from moe_jax.core.experts import PARAM_AXES
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.errors import UserInputError
@@ -56,8 +61,7 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
   """
   sizes = _mesh_sizes()
   if all(s == 1 for s in sizes.values()):
-    inputs, ctx = dispatcher.dispatch(x, plan)
-    return dispatcher.combine(expert_fn(params, inputs), plan, ctx)
+    return run_local(x, plan, params, dispatcher, expert_fn)
 
   ep = sizes.get(EXPERT_AXIS, 1)
   tp = sizes.get(MODEL_AXIS, 1)
@@ -90,3 +94,13 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
       local, in_specs=(groups, groups, groups, groups, weights),
       out_specs=groups)(x, plan.expert_index, plan.combine_weights, plan.slot,
                         params)
+
+
+def moe_apply(params: dict[str, jax.Array], x: jax.Array, config, **kwargs):
+  """moe_jax.core.moe.moe_apply, expert-parallel when a mesh is set.
+
+  Same arguments and results (train, key, dtype, return_routing); only the
+  exchange is fixed to run_experts above.
+  """
+  return core_moe.moe_apply(params, x, config, run_experts=run_experts,
+                            **kwargs)

@@ -66,7 +66,8 @@ def batch_parallelism(mesh) -> int:
 
 def check_fits(mesh, *, num_experts: int, batch_size: int,
                num_heads: int | None = None, d_ff: int | None = None,
-               num_groups: int | None = None) -> None:
+               num_groups: int | None = None,
+               num_kv_heads: int | None = None) -> None:
   """Raises UserInputError for a model or batch that the mesh cannot split.
 
   num_groups: routing groups per batch (G) when moe.group_size sets it;
@@ -89,7 +90,8 @@ def check_fits(mesh, *, num_experts: int, batch_size: int,
         f'group_size that leaves a multiple of {dp} groups, or leave it unset '
         '(one group per sequence).')
   mp = axis_size(mesh, 'model')
-  for name, value in (('num_heads', num_heads), ('d_ff', d_ff)):
+  for name, value in (('num_heads', num_heads), ('d_ff', d_ff),
+                      ('num_kv_heads', num_kv_heads)):
     if value is not None and value % mp:
       raise UserInputError(
           f'{name}={value} is not divisible by the model axis ({mp}).')

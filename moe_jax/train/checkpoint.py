@@ -24,7 +24,8 @@ from moe_jax.errors import UserInputError
 
 # Config sections that decide what a checkpoint means. The rest (learning
 # rate, step counts, logging) may change between a run and its resumption.
-FINGERPRINT_KEYS = ('seed', 'data', 'batch_size', 'seq_len', 'model', 'moe')
+FINGERPRINT_KEYS = ('seed', 'data', 'batch_size', 'seq_len', 'model', 'moe',
+                    'lora')
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:

@@ -15,11 +15,18 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds init, data order and routing noise.
 
   c.data = ml_collections.ConfigDict()
-  c.data.kind = 'stdlib'  # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic'.
-  # File or folder for 'text' (or a local copy for 'tinyshakespeare'). A
-  # path with any other kind is an error, not a silent switch to 'text'.
+  # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic' | 'tokens'.
+  c.data.kind = 'stdlib'
+  # File or folder for 'text', a .npy/.bin token file for 'tokens' (or a
+  # local copy for 'tinyshakespeare'). A path with any other kind is an
+  # error, not a silent switch to 'text'.
   c.data.path = config_dict.placeholder(str)
-  c.data.max_bytes = config_dict.placeholder(int)  # Truncate the corpus.
+  c.data.token_dtype = 'uint16'  # Ids of a 'tokens' .bin file (nanoGPT's).
+  # A tokenizer.json, or a Hugging Face model folder holding one, that
+  # encodes the text (ids cached); unset: bytes. Set model.vocab_size to match.
+  c.data.tokenizer = config_dict.placeholder(str)
+  # Truncate the corpus: text bytes (before encoding), or a file's tokens.
+  c.data.max_bytes = config_dict.placeholder(int)
   c.data.num_domains = 4  # Domains of 'synthetic'.
   c.data.val_fraction = 0.05  # The last 5% of the bytes are validation.
 
@@ -27,6 +34,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.seq_len = 128  # Bytes per sequence (L).
 
   c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 256  # V: 256 bytes, or the tokenizer's vocabulary.
   c.model.d_model = 128  # D.
   c.model.num_layers = 4
   c.model.num_heads = 4
@@ -35,12 +43,19 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.moe_every = 2  # Every 2nd FFN is MoE (Switch); 0 = dense model.
   c.model.dtype = 'float32'  # Compute dtype; params and router stay f32.
   c.model.init_scale = 1.0  # Variance scale of dense/attention weights.
+  # Real architectures (configs/presets/); the defaults change nothing.
+  c.model.num_kv_heads = config_dict.placeholder(int)  # GQA; unset = heads.
+  c.model.tie_embeddings = False  # Output head = embeddingᵀ.
+  c.model.norm_eps = 1e-6  # RMSNorm ε.
+  c.model.rope_theta = 10000.0  # Rotary base θ.
+  c.model.first_dense_layers = 0  # Leading layers kept dense (DeepSeekMoE).
+  c.model.qkv_bias = False  # Biases on q, k, v (Qwen2-MoE).
 
   c.moe = ml_collections.ConfigDict()
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
   # 'switch' | 'gshard' | 'topk' | 'expert_choice' | 'sigmoid' |
-  # 'noisy_topk' | 'bpr' (see MoEConfig).
+  # 'noisy_topk' | 'bpr' | 'soft' (see MoEConfig).
   c.moe.router = 'switch'
   # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
   c.moe.dispatcher = 'index'
@@ -59,7 +74,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.init_scale = 0.1  # Router/expert init scale (Switch Table 3).
   # Absolute C per group (train and eval) instead of the factors; unset: off.
   c.moe.fixed_capacity = config_dict.placeholder(int)
-  # expert_choice: True = lookahead-free variant; False = whole group (leaks
+  # expert_choice and soft: True = lookahead-free variant; False = whole group (leaks
   # the future; the decoder refuses it unless allow_noncausal=True).
   c.moe.causal_routing = True
   c.moe.allow_noncausal = False
@@ -70,6 +85,17 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.importance_weight = 0.0  # Importance CV² weight (noisy_topk).
   c.moe.load_cv_weight = 0.0  # Smooth load CV² weight (noisy_topk).
   c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
+  c.moe.shared_expert_gate = False  # Sigmoid gate on shared experts (Qwen).
+  c.moe.renormalize_top_k = True  # 'topk': False keeps full-softmax gates.
+  c.moe.slots_per_expert = 1  # P, slots per expert and chunk (soft only).
+
+  # LoRA (Hu et al. 2021) over the frozen parameters of train.init_from;
+  # only the adapters train and are saved. See moe_jax/train/lora.py.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # r; 0: off, every parameter trains.
+  c.lora.alpha = 16.0  # Adapters are scaled by alpha / rank.
+  # Of 'attention' | 'experts' | 'router' | 'shared_experts' | 'dense_ffn'.
+  c.lora.targets = ('attention',)
 
   c.mesh = ml_collections.ConfigDict()
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
@@ -92,6 +118,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 8  # Validation batches per pass.
   c.train.checkpoint_every = 200  # Steps between checkpoints (and at end).
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
+  # Workdir of a finished run whose latest parameters start this one (step 0,
+  # fresh optimizer state); a resumed run ignores it. See train/init_from.py.
+  c.train.init_from = config_dict.placeholder(str)
+  # With init_from a dense run: copy its FFNs into every expert of this
+  # model's MoE layers, routers fresh (sparse upcycling).
+  c.train.upcycle = False
   return c
 
 

@@ -10,6 +10,7 @@ import optax
 from flax import nnx, struct
 
 from moe_jax.layers.moe import RouterBias
+from moe_jax.train import lora
 
 
 @struct.dataclass
@@ -40,12 +41,17 @@ class RoutedTrainState(TrainState):
 
 def lm_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict[str, Any],
             *, train: bool, key: jax.Array | None,
-            router_state: nnx.State | None = None):
+            router_state: nnx.State | None = None, full=None):
   """Mean next-byte cross-entropy plus the MoE auxiliary losses.
+
+  full: optional params -> the model's parameters (LoRA's merge), applied
+  inside the function so gradients are taken with respect to `params`.
 
   Returns:
     (loss, (cross_entropy, aux)) where aux holds the per-layer MoE metrics.
   """
+  if full is not None:
+    params = full(params)
   if router_state is None:
     model = nnx.merge(graphdef, params)
   else:
@@ -56,9 +62,14 @@ def lm_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict[str, Any],
   return ce + aux['aux_loss'], (ce, aux)
 
 
-def train_step(state: TrainState, batch: dict[str, Any], *,
-               graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+def train_step(state: TrainState, batch: dict[str, Any],
+               frozen: nnx.State | None = None, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, lora_scale: float = 0.0):
   """One AdamW step on loss = CE + α·load_balance + c_z·z (summed over layers).
+
+  With `frozen` (LoRA), state.params are the adapters and the model runs on
+  lora.merge(frozen, adapters, lora_scale); only the adapters are
+  differentiated and updated.
 
   Returns:
     (new state, metrics dict of scalars and per-expert vectors). Its
@@ -69,15 +80,16 @@ def train_step(state: TrainState, batch: dict[str, Any], *,
   grad_fn = jax.value_and_grad(lm_loss, has_aux=True)
   routed = isinstance(state, RoutedTrainState)
   extra = {'router_state': state.router_state} if routed else {}
+  full = lambda p: p if frozen is None else lora.merge(frozen, p, lora_scale)
   (loss, (ce, aux)), grads = grad_fn(state.params, graphdef, batch,
-                                     train=True, key=key, **extra)
+                                     train=True, key=key, full=full, **extra)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
   checked = (new_state.params, new_state.opt_state)
   if routed:  # Biases moved by this step's load (after it, never by tx).
-    model = nnx.merge(graphdef, state.params, state.router_state)
+    model = nnx.merge(graphdef, full(state.params), state.router_state)
     model.update_router_biases(jax.lax.stop_gradient(aux))
     new_state = new_state.replace(router_state=nnx.state(model, RouterBias))
     checked += (new_state.router_state,)

@@ -21,13 +21,14 @@ from flax import nnx
 from moe_jax.core.config import MoEConfig
 from moe_jax.data.pipeline import BatchIterator, eval_batches, split_corpus
 from moe_jax.data.sources import load_corpus
+from moe_jax.data.tokens import check_token_ids
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
-from moe_jax.train import optim, validate
+from moe_jax.train import init_from, lora_run, optim, validate
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
 from moe_jax.train.metric_writer import MetricWriter, Progress
@@ -50,7 +51,9 @@ def load_data(config):
   """(train iterator, validation batches) from the config's data section."""
   d = config.data
   corpus = load_corpus(d.kind, d.path, max_bytes=d.max_bytes,
-                       num_domains=d.num_domains, seed=config.seed)
+                       num_domains=d.num_domains, seed=config.seed,
+                       tokenizer=d.tokenizer, token_dtype=d.token_dtype)
+  check_token_ids(corpus.tokens, config.model.vocab_size, corpus.name)
   train, val = split_corpus(corpus, d.val_fraction)
   batches = BatchIterator(train, config.batch_size, config.seq_len,
                           config.seed)
@@ -66,6 +69,8 @@ def init_state(mcfg: ModelConfig, config, mesh):
   def init():
     model = TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))
     params = nnx.state(model, nnx.Param)
+    if lora_run.enabled(config):  # Train the adapters alone.
+      params = lora_run.init_adapters(config, params)
     fields = dict(step=jnp.zeros((), jnp.int32), params=params,
                   opt_state=tx.init(params),
                   rng=jax.random.PRNGKey(config.seed))
@@ -89,7 +94,8 @@ def make_mesh(config, mcfg: ModelConfig):
                 if group_size and tokens % group_size == 0 else None)
   mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
                       batch_size=config.batch_size, num_heads=mcfg.num_heads,
-                      d_ff=mcfg.d_ff, num_groups=num_groups)
+                      d_ff=mcfg.d_ff, num_groups=num_groups,
+                      num_kv_heads=mcfg.kv_heads)
   if (mesh_lib.axis_size(mesh, 'expert') > 1 and
       mcfg.moe.capacity(1, train=True) is None):
     # The MoE layer would say the same, but only when tracing, after the
@@ -159,9 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate.check_optim_config(config)
   validate.check_data_config(config)
   validate.check_workdir(workdir)
+  lora_run.check_config(config)
   mcfg = model_config(config)
   corpus, batches, val_batches = load_data(config)
   mesh = make_mesh(config, mcfg)
+  init_source = _prepare_init(config, mcfg)
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   config_dict = config.to_dict()
   ckpt.check_compatible(config_dict)
@@ -171,16 +179,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   say = functools.partial(print, flush=True) if main else lambda *_: None
 
   graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
-  say(f'model: {_describe(mcfg, state.params)}; data {corpus.name} '
-      f'({len(corpus):,} bytes)')
+  frozen = None  # LoRA's base parameters.
+  if lora_run.enabled(config):
+    frozen, frozen_sh = lora_run.frozen_base(mcfg, config, mesh, init_source)
+  say(f'model: {_describe(mcfg, state.params if frozen is None else frozen)};'
+      f' data {corpus.name} ({len(corpus):,} {corpus.unit})')
+  if frozen is not None:
+    say(f'LoRA r={config.lora.rank} on {", ".join(config.lora.targets)}: '
+        f'{sum(x.size for x in jax.tree.leaves(state.params)):,} trainable '
+        'parameters, the rest frozen')
   if ckpt.latest_step() is not None:
-    restored, _ = ckpt.restore(
+    restored, restored_meta = ckpt.restore(
         placement.abstract_with_shardings(state, shardings))
     if restored is None:
       say('no checkpoint restores; starting from step 0')
     else:
       state = restored
+      if frozen is not None:
+        lora_run.check_base(restored_meta, init_source)
       say(f'resumed from step {int(state.step)} in {ckpt.directory}')
+  if init_source is not None and int(state.step) == 0 and frozen is None:
+    state = state.replace(params=init_from.apply(init_source, state.params))
+    n = init_source.num_tiled_layers
+    upcycled = (f', {n} dense FFN{"s" * (n > 1)} upcycled into '
+                f'{mcfg.moe.num_experts} experts each' if n else '')
+    say(f'initialised from step {init_source.step} of {init_source.workdir}'
+        f'{upcycled}')
 
   batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
   replicated = placement.replicated(mesh)
@@ -188,6 +212,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     in_shardings=(shardings, batch_sh),
                     out_shardings=(shardings, replicated), donate_argnums=0)
   eval_fn = make_eval_fn(graphdef, shardings, batch_sh, mesh)
+  eval_view = lambda state: state
+  if frozen is not None:
+    lora_step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx,
+                          lora_scale=lora_run.scale(config)),
+        in_shardings=(shardings, batch_sh, frozen_sh),
+        out_shardings=(shardings, replicated), donate_argnums=0)
+    step_fn = lambda state, batch: lora_step(state, batch, frozen)
+    eval_fn = make_eval_fn(graphdef, shardings.replace(params=frozen_sh),
+                           batch_sh, mesh)
+    eval_view = lora_run.merged_view(frozen, frozen_sh, config)
   val_batches = [placement.shard_batch(b, batch_sh) for b in val_batches]
   lr_at = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   t = config.train
@@ -195,6 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer = MetricWriter(workdir, resume_step=start) if main else _Silent()
   progress = Progress(t.num_steps, start_step=start) if main else _Silent()
   meta = {'config': config_dict}
+  if frozen is not None:
+    meta['lora_base'] = lora_run.base_reference(init_source)
   tokens_per_step = config.batch_size * config.seq_len
   eval_metrics: dict[str, float] = {}
   pending = None  # (step, state_finite, loss) of the previous step: checked
@@ -236,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         else:
           progress.update(done)
         if run_eval:
-          eval_metrics = evaluate(eval_fn, state, val_batches)
+          eval_metrics = evaluate(eval_fn, eval_view(state), val_batches)
           writer.write(done, eval_metrics)
         if save:
           ckpt.save(done, state, meta)
@@ -250,17 +287,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if pending is not None:
         _check_finite(*pending, ckpt)
       if not eval_metrics:  # Resumed at the end: evaluate what was restored.
-        eval_metrics = evaluate(eval_fn, state, val_batches)
+        eval_metrics = evaluate(eval_fn, eval_view(state), val_batches)
   finally:
     progress.close()
     writer.close()
     ckpt.close()
-  say(f'final validation loss {eval_metrics["eval/loss"]:.4f} nats/byte '
-      f'({eval_metrics["eval/bits_per_byte"]:.4f} bits/byte) at step '
+  unit = corpus.unit.rstrip('s')  # eval/bits_per_byte is per token here.
+  say(f'final validation loss {eval_metrics["eval/loss"]:.4f} nats/{unit} '
+      f'({eval_metrics["eval/bits_per_byte"]:.4f} bits/{unit}) at step '
       f'{int(state.step)}\ncheckpoints: {ckpt.directory}\nmetrics: '
       f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
       f'{workdir.absolute() / "tb"})')
   return eval_metrics
+
+
+def _prepare_init(config, mcfg: ModelConfig):
+  """train.init_from's checked InitSource, or None; read before any write."""
+  t = config.train
+  if t.upcycle and not t.init_from:
+    raise UserInputError('train.upcycle=True needs the dense run to start '
+                         'from; set --config.train.init_from=<its workdir>.')
+  if not t.init_from:
+    return None
+  return init_from.prepare(
+      t.init_from, t.upcycle,
+      lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)))
 
 
 def _describe(mcfg: ModelConfig, params) -> str:

@@ -54,16 +54,25 @@ def check_optim_config(config) -> None:
 
 
 def check_data_config(config) -> None:
-  """A path only means something to kind='text' (and 'tinyshakespeare').
+  """A path only means something to kinds 'text', 'tokens' (and
+  'tinyshakespeare').
 
   We refuse rather than guess: a path with the default kind='stdlib' would
   otherwise train on the standard library and ignore the user's file.
   """
   d = config.data
-  if d.path and d.kind not in ('text', 'tinyshakespeare'):
+  if d.path and d.kind not in ('text', 'tokens', 'tinyshakespeare'):
     raise UserInputError(
         f'data.path={d.path!r} is set but data.kind={d.kind!r} ignores it; '
         'add --config.data.kind=text to train on that file or folder.')
+  # Every data kind yields bytes; a smaller vocabulary would index past the
+  # embedding, which JAX clamps silently instead of failing.
+  vocab = config.model.get('vocab_size', 256)
+  if vocab < 256:
+    raise UserInputError(
+        f'model.vocab_size={vocab} is smaller than the 256 byte values the '
+        f'data.kind={d.kind!r} data holds; set --config.model.vocab_size=256 '
+        'or more.')
 
 
 def check_workdir(workdir: pathlib.Path) -> None:

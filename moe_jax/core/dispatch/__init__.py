@@ -1,6 +1,7 @@
 """Parameter-free token movers between a group batch and the experts."""
 
-from moe_jax.core.dispatch.base import Dispatcher, ExpertInputs
+from moe_jax.core.dispatch.base import (Dispatcher, ExpertInputs, RunExperts,
+                                        run_local)
 from moe_jax.core.dispatch.dropless import DROPLESS_RAGGED
 from moe_jax.core.dispatch.dropless_blocked import DROPLESS_BLOCKED
 from moe_jax.core.dispatch.einsum import EINSUM

@@ -14,7 +14,7 @@ order) so that work is not repeated.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 
@@ -59,3 +59,35 @@ class Dispatcher(NamedTuple):
   dispatch: Callable[..., tuple[ExpertInputs, Any]]
   combine: Callable[..., jax.Array]
   needs_capacity: bool
+
+
+class RunExperts(Protocol):
+  """dispatch -> experts -> combine; how moe_apply reaches its experts.
+
+  moe_apply takes one of these so that the pure core need not know about
+  meshes: run_local below is the one-device default, and the parallel layer
+  (moe_jax.parallel.expert_parallel.run_experts) passes one that exchanges
+  tokens between devices.
+  """
+
+  def __call__(self, x: jax.Array, plan: Any, params: dict[str, jax.Array],
+               dispatcher: Dispatcher, expert_fn: Callable) -> jax.Array:
+    ...
+
+
+def run_local(x: jax.Array, plan: Any, params: dict[str, jax.Array],
+              dispatcher: Dispatcher, expert_fn: Callable) -> jax.Array:
+  """dispatch -> experts -> combine, all on the arrays as given.
+
+  Args:
+    x: [G, S, D] grouped tokens.
+    plan: the RoutingPlan of x.
+    params: expert weights, each [E, ...] with the expert axis first.
+    dispatcher: how tokens move to per-expert buffers and back.
+    expert_fn: (params, ExpertInputs) -> outputs in the same layout.
+
+  Returns:
+    [G, S, D] combined expert outputs.
+  """
+  inputs, ctx = dispatcher.dispatch(x, plan)
+  return dispatcher.combine(expert_fn(params, inputs), plan, ctx)

@@ -1,0 +1,29 @@
+"""Soft MoE (Puigcerver et al. 2023), causal-safe, on the byte LM.
+
+Command:
+  python -m moe_jax.main --config=configs/soft_moe.py --workdir=/tmp/soft_moe
+Data: the Python standard library's own source (found on every machine).
+Model: as switch_top1.py, but each expert sees P = 2 slots per chunk of
+  Q = 16 positions, each slot a softmax-weighted average of the chunk's
+  tokens, and each token a softmax-weighted average of the slot outputs.
+  E·P = Q, so the expert FLOPs equal top-1 routing's. Nothing is dropped and
+  there is no balance loss. In the decoder the slots of a chunk serve the
+  next chunk (moe_jax/core/soft_moe.py says why);
+  --config.moe.causal_routing=False --config.moe.allow_noncausal=True gives
+  the paper's whole-sequence mixing, which leaks the future in a decoder.
+Measured: not yet measured.
+Tiny variant for tests: --config=configs/soft_moe.py:tiny
+"""
+
+from moe_jax.train.default_config import get_default_config, shrink_for_tests
+
+
+def get_config(arg: str | None = None):
+  c = get_default_config()
+  c.moe.router = 'soft'
+  c.moe.slots_per_expert = 2
+  c.moe.load_balance_weight = 0.0
+  c.moe.z_loss_weight = 0.0
+  if arg == 'tiny':
+    shrink_for_tests(c)
+  return c

@@ -1,0 +1,250 @@
+"""Starting a run from another run's parameters; sparse upcycling.
+
+`train.init_from=<workdir>` starts a new run (step 0, fresh optimizer state,
+the new run's own learning-rate schedule) from the parameters of that
+workdir's latest checkpoint. Each parameter is copied from the one with the
+same path and shape.
+
+`train.upcycle=True` also lets a layer that is dense there be an MoE layer
+here (sparse upcycling, Komatsuzaki et al. 2022): its dense FFN is copied
+into every expert and the router is initialised fresh. With gates that sum
+to 1 over the chosen experts and nothing dropped (e.g. `moe.router='topk'`
+with a dropless dispatcher), the upcycled model computes exactly the dense
+model's function at the start; the experts then diverge as the router learns.
+
+The checks (`plan_init`) look only at shapes, so a mismatch is one line of
+error before anything is written or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from moe_jax.errors import UserInputError
+
+# An MoE layer's stacked expert weights [E, ...] and the dense FFN's [...].
+EXPERT_NAMES = ('wi', 'wi_gate', 'wo')
+# Parameters a dense FFN has no counterpart for: they keep their fresh init.
+FRESH_NAMES = ('router_kernel', 'noise_kernel', 'shared_wi', 'shared_wi_gate',
+               'shared_wo')
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'idx', 'name'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def key_path(keys) -> str:
+  """'blocks/1/ffn/wi' for the key path of a params leaf.
+
+  nnx.State leaves end in `.value`, and orbax's raw restore wraps each leaf
+  as {'value': leaf} and turns list indices into strings; every spelling
+  maps to the same path.
+  """
+  names = [_key_name(k) for k in keys]
+  if names and names[-1] == 'value':
+    names = names[:-1]
+  return '/'.join(names)
+
+
+def flatten(tree) -> dict[str, object]:
+  """{'blocks/1/ffn/wi': leaf, ...} of a params tree (see key_path)."""
+  return {key_path(keys): leaf
+          for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def plan_init(source: dict[str, tuple[int, ...]],
+              target: dict[str, tuple[int, ...]], *, upcycle: bool,
+              name: str) -> dict[str, str]:
+  """How to fill each target parameter from the source run's parameters.
+
+  Args:
+    source: path -> shape of the checkpoint's parameters.
+    target: path -> shape of this model's parameters.
+    upcycle: whether a dense FFN may fill an MoE layer's experts.
+    name: the source, for messages.
+
+  Returns:
+    path -> 'copy' (same shape), 'tile' (the dense FFN's weight, copied into
+    each of the E experts) or 'fresh' (a router: keep the new init).
+
+  Raises:
+    UserInputError: a parameter has no source or a different shape, a
+      source parameter has no place here, or upcycle finds nothing to do.
+  """
+  plan, fix = {}, ('init_from needs a run of the same model, or with '
+                   'train.upcycle=True its dense twin (model.moe_every=0)')
+  for path, shape in target.items():
+    leaf = path.rsplit('/', 1)[-1]
+    have = source.get(path)
+    if have is None and leaf in FRESH_NAMES:
+      plan[path] = 'fresh'
+    elif have is None:
+      raise UserInputError(
+          f"the checkpoint in {name} has no parameter '{path}' {list(shape)};"
+          f' {fix}')
+    elif tuple(have) == tuple(shape):
+      plan[path] = 'copy'
+    elif leaf in EXPERT_NAMES and len(shape) == len(have) + 1:
+      if not upcycle:
+        raise UserInputError(
+            f"'{path.rsplit('/', 1)[0]}' is a dense FFN in {name} and an MoE "
+            'layer here; set --config.train.upcycle=True to copy it into '
+            'every expert')
+      if tuple(have) != tuple(shape[1:]):
+        raise UserInputError(
+            f"the dense FFN weight '{path}' in {name} is {list(have)} but each "
+            f'expert here is {list(shape[1:])}; upcycling needs moe.d_ff equal '
+            "to the dense run's model.d_ff and the same model.d_model")
+      plan[path] = 'tile'
+    else:
+      raise UserInputError(
+          f"parameter '{path}' is {list(have)} in {name} but {list(shape)} "
+          f'here; {fix}')
+  unused = sorted(set(source) - set(target))
+  if unused:
+    raise UserInputError(
+        f"parameter '{unused[0]}' of {name} has no counterpart here "
+        f'({len(unused)} such); {fix}')
+  if upcycle and 'tile' not in plan.values():
+    raise UserInputError(
+        f'train.upcycle=True but no layer is dense in {name} and MoE here; '
+        'upcycle from a dense run (model.moe_every=0) into a model with MoE '
+        'layers, or unset train.upcycle')
+  return plan
+
+
+def apply_plan(plan: dict[str, str], source: dict[str, np.ndarray],
+               target: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The new parameters, path -> array, following `plan` (see plan_init)."""
+  out = {}
+  for path, how in plan.items():
+    if how == 'copy':
+      out[path] = source[path]
+    elif how == 'tile':
+      out[path] = np.broadcast_to(source[path], target[path].shape)
+    else:
+      out[path] = target[path]
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+  """A checked plan and the source parameters (host arrays), ready to apply."""
+  workdir: pathlib.Path
+  step: int
+  plan: dict[str, str]
+  params: dict[str, np.ndarray]
+
+  @property
+  def num_tiled_layers(self) -> int:
+    return len({p.rsplit('/', 1)[0] for p, how in self.plan.items()
+                if how == 'tile'})
+
+
+def read_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
+                    flag: str = '--config.train.init_from'):
+  """(step, raw state tree as host arrays, meta) of a run's checkpoint.
+
+  Args:
+    workdir: the run's workdir.
+    step: which checkpoint; None: the latest.
+    flag: the setting that named `workdir`, for messages.
+  """
+  directory = pathlib.Path(workdir).expanduser().absolute() / 'checkpoints'
+  fix = f'set {flag} to the --workdir of a finished run'
+  if not directory.is_dir():
+    raise UserInputError(f"'{workdir}' has no checkpoints folder; {fix}")
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False),
+      item_names=('state', 'meta'))
+  try:
+    if step is None:
+      step = manager.latest_step()
+      if step is None:
+        raise UserInputError(f"'{workdir}' holds no checkpoint; {fix}")
+    elif step not in manager.all_steps():
+      raise UserInputError(
+          f"'{workdir}' no longer holds the checkpoint of step {step} (it "
+          f'has {sorted(manager.all_steps())}); {fix}')
+    try:
+      # Onto this process's first device: a checkpoint saved across a mesh
+      # of other devices does not restore without a target.
+      saved = ocp.StandardCheckpointHandler().metadata(
+          directory / str(step) / 'state').tree
+      here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+          saved)
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      # Any failure (a torn file, another format) leaves nothing to start from.
+      reason = ' '.join(str(e).split(' See full TensorStore')[0].split())[:200]
+      raise UserInputError(
+          f'the checkpoint at step {step} in {directory} does not restore '
+          f'({type(e).__name__}: {reason}); {fix}') from e
+  finally:
+    manager.close()
+  state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)),
+                       restored.state)
+  if not isinstance(state, dict) or 'params' not in state:
+    raise UserInputError(f'the checkpoint in {directory} holds no params; '
+                         f'{fix}')
+  return step, state, restored.meta
+
+
+def read_params(workdir: str | pathlib.Path, step: int | None = None
+                ) -> tuple[int, dict[str, np.ndarray]]:
+  """(step, path -> host array) of a run's checkpoint (default: latest)."""
+  step, state, _ = read_checkpoint(workdir, step)
+  return step, flatten(state['params'])
+
+
+def prepare(init_from: str, upcycle: bool, model_fn) -> InitSource:
+  """Reads `init_from`'s parameters and plans this model's init from them.
+
+  Args:
+    init_from: the source run's workdir.
+    upcycle: train.upcycle.
+    model_fn: () -> the new nnx model (only its shapes are computed).
+  """
+  step, params = read_params(init_from)
+  target = flatten(nnx.to_pure_dict(nnx.state(nnx.eval_shape(model_fn),
+                                              nnx.Param)))
+  plan = plan_init({k: v.shape for k, v in params.items()},
+                   {k: v.shape for k, v in target.items()},
+                   upcycle=upcycle, name=init_from)
+  return InitSource(pathlib.Path(init_from), step, plan, params)
+
+
+def apply(source: InitSource, params: nnx.State) -> nnx.State:
+  """`params` (the new model's, placed on its mesh) filled from `source`.
+
+  Each new array is built shard by shard on the old one's sharding, so this
+  works for a mesh over several processes as it does for one device.
+  """
+  pure = nnx.to_pure_dict(params)
+  target = flatten(pure)
+  new = apply_plan(source.plan, source.params, target)
+
+  def place(keys, old):
+    path = key_path(keys)
+    if source.plan[path] == 'fresh':
+      return old
+    value = np.asarray(new[path], old.dtype)
+    return jax.make_array_from_callback(old.shape, old.sharding,
+                                        lambda index: value[index])
+
+  nnx.replace_by_pure_dict(params,
+                           jax.tree_util.tree_map_with_path(place, pure))
+  return params

@@ -1,0 +1,68 @@
+"""Architecture presets (configs/presets/*.py): set a published model's
+shape on the default config, and shrink it to a `:tiny` twin.
+
+A preset file only states the architecture; training fields (data, batch,
+optimizer) stay the defaults, so a tiny preset trains on the byte data like
+every other config.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from moe_jax.train.default_config import get_default_config, shrink_for_tests
+
+# The tiny twin's head width and the most experts it keeps (GShard's 2048
+# would make even a tiny model large).
+_TINY_HEAD_DIM = 8
+_TINY_MAX_EXPERTS = 64
+
+
+def preset_config(model: dict, moe: dict) -> ml_collections.ConfigDict:
+  """The default config with these model.* and moe.* fields set.
+
+  Routing that a published model trains without drops (Mixtral, DeepSeek,
+  Qwen, OLMoE) still gets the default 'index' dispatcher here: it is the one
+  that runs expert-parallel. Set --config.moe.dispatcher=dropless to match.
+  """
+  c = get_default_config()
+  c.model.update(model)
+  c.moe.update(moe)
+  return c
+
+
+def shrink_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `:tiny` twin: the same layer pattern, routing, head grouping,
+  expert count (capped at 64) and width ratios, at D = 8 per head.
+
+  Kept: top_k, router, moe_every, first_dense_layers, shared experts and
+  their gate, tied embeddings, qkv biases, num_heads / num_kv_heads, and
+  d_ff / d_model and moe.d_ff / d_model. Shrunk: layers (first dense ones +
+  two MoE layers), heads (two kv heads), V (256 bytes) and the training run
+  (shrink_for_tests).
+  """
+  m, moe = c.model, c.moe
+  group = m.num_heads // (m.num_kv_heads or m.num_heads)
+  heads = 2 * group
+  d_model = heads * _TINY_HEAD_DIM
+  ratio = lambda width: max(1, round(width * d_model / m.d_model))
+  moe_d_ff, d_ff = ratio(moe.d_ff), ratio(m.d_ff)
+  shrink_for_tests(c)  # Data, batch and steps; its model sizes are replaced.
+  m.d_model, m.num_heads, m.d_ff = d_model, heads, d_ff
+  if m.num_kv_heads is not None:
+    m.num_kv_heads = 2
+  m.num_layers = m.first_dense_layers + 2 * max(1, m.moe_every)
+  m.vocab_size = 256
+  moe.d_ff = moe_d_ff
+  moe.num_experts = min(moe.num_experts, _TINY_MAX_EXPERTS)
+  return c
+
+
+def get_preset(model: dict, moe: dict, arg: str | None):
+  """What a preset file's get_config returns: full size, or `:tiny`."""
+  c = preset_config(model, moe)
+  if arg == 'tiny':
+    shrink_preset(c)
+  elif arg:
+    raise ValueError(f'unknown preset variant {arg!r}; use :tiny or nothing.')
+  return c

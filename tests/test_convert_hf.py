@@ -1,0 +1,148 @@
+"""Hugging Face checkpoint export -> import without PyTorch: bitwise round
+trips, the config.json fields, sharding, and one-line errors.
+
+(The comparison against `transformers` itself is tests/test_convert_hf_torch.py.)
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from moe_jax.analysis.trace import record_trace
+from moe_jax.convert import hf_moe
+from moe_jax.core.config import MoEConfig
+from moe_jax.errors import UserInputError
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.transformer import TransformerLM
+
+# The MoE fields an import sets (HF stores no capacity or z-loss).
+_IMPORTED = dict(router='topk', expert_type='swiglu', dispatcher='dropless',
+                 z_loss_weight=0.0, load_balance_weight=0.01)
+
+
+def mixtral_like(**kw):
+  return ModelConfig(
+      vocab_size=40, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
+      d_ff=12, max_len=64, moe_every=1, norm_eps=1e-5, rope_theta=1e6,
+      moe=MoEConfig(num_experts=4, top_k=2, d_ff=12, **_IMPORTED), **kw)
+
+
+def qwen_like(**kw):
+  # Dense layer 0 (mlp_only_layers=[0]), MoE every layer after it, two
+  # gated shared experts, raw softmax gates, q/k/v biases.
+  return ModelConfig(
+      vocab_size=40, d_model=16, num_layers=3, num_heads=4, d_ff=20,
+      max_len=64, moe_every=1, first_dense_layers=1, qkv_bias=True,
+      moe=MoEConfig(num_experts=4, top_k=2, d_ff=8, num_shared_experts=2,
+                    shared_expert_gate=True, renormalize_top_k=False,
+                    **_IMPORTED), **kw)
+
+
+def _params(config):
+  """Random float32 parameters of the model's shapes (numpy: no compiles)."""
+  shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+      lambda: TransformerLM(config, rngs=nnx.Rngs(0))), nnx.Param))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(
+      lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
+
+
+@pytest.mark.parametrize('make', [mixtral_like, qwen_like,
+                                  lambda: mixtral_like(tie_embeddings=True)])
+def test_export_then_import_is_bitwise(make, tmp_path):
+  config = make()
+  params = _params(config)
+  hf_moe.export_checkpoint(config, params, tmp_path)
+  back_config, back = hf_moe.import_checkpoint(tmp_path)
+  assert back_config == config
+  flat, ref = jax.tree.leaves_with_path(back), jax.tree.leaves_with_path(params)
+  assert [p for p, _ in flat] == [p for p, _ in ref]
+  for (path, a), (_, b) in zip(flat, ref):
+    assert np.array_equal(a, np.asarray(b)), path
+
+
+def test_config_json_fields(tmp_path):
+  hf_moe.export_checkpoint(mixtral_like(), _params(mixtral_like()), tmp_path)
+  hf = json.loads((tmp_path / 'config.json').read_text())
+  assert hf['architectures'] == ['MixtralForCausalLM']
+  assert (hf['num_local_experts'], hf['num_experts_per_tok'],
+          hf['intermediate_size'], hf['num_key_value_heads']) == (4, 2, 12, 2)
+  assert (hf['rope_theta'], hf['rms_norm_eps']) == (1e6, 1e-5)
+  assert hf['tie_word_embeddings'] is False
+  hf = hf_moe.config_to_hf(qwen_like())
+  assert hf['model_type'] == 'qwen2_moe'
+  assert (hf['moe_intermediate_size'], hf['shared_expert_intermediate_size'],
+          hf['intermediate_size']) == (8, 16, 20)
+  assert (hf['mlp_only_layers'], hf['decoder_sparse_step']) == ([0], 1)
+  assert hf['norm_topk_prob'] is False and hf['qkv_bias'] is True
+
+
+def test_tensor_layout_of_one_expert_and_attention(tmp_path):
+  config = mixtral_like()
+  params = _params(config)
+  hf_moe.export_checkpoint(config, params, tmp_path)
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  t = load_file(tmp_path / 'model.safetensors')
+  moe = params['blocks'][1]['ffn']
+  # w1 (SiLU gate) of expert 3 is wi_gate[3]ᵀ: [F, D] = [12, 16].
+  w1 = t['model.layers.1.block_sparse_moe.experts.3.w1.weight']
+  np.testing.assert_array_equal(w1, np.asarray(moe['wi_gate'][3]).T)
+  np.testing.assert_array_equal(
+      t['model.layers.1.block_sparse_moe.experts.3.w2.weight'],
+      np.asarray(moe['wo'][3]).T)
+  # k_proj rows are kv-head-major: row h·Dh + j is wk[:, h, j].
+  wk = np.asarray(params['blocks'][0]['attn']['wk'])  # [16, 2, 4]
+  k = t['model.layers.0.self_attn.k_proj.weight']  # [8, 16]
+  np.testing.assert_array_equal(k[1 * 4 + 2], wk[:, 1, 2])
+
+
+def test_sharded_checkpoint_round_trips(tmp_path):
+  config = qwen_like()
+  params = _params(config)
+  names = hf_moe.export_checkpoint(config, params, tmp_path,
+                                   max_shard_bytes=4096)
+  assert len(names) > 2 and (tmp_path / 'model.safetensors.index.json').exists()
+  index = json.loads((tmp_path / 'model.safetensors.index.json').read_text())
+  assert set(index['weight_map'].values()) == set(names)
+  _, back = hf_moe.import_checkpoint(tmp_path)
+  np.testing.assert_array_equal(back['blocks'][2]['ffn']['shared_gate'],
+                                params['blocks'][2]['ffn']['shared_gate'])
+
+
+def test_capacity_counterfactual_on_imported_weights(tmp_path):
+  # The README's recipe: the same weights with capacity, through the
+  # routing-trace API the notebooks use.
+  config = mixtral_like()
+  hf_moe.export_checkpoint(config, _params(config), tmp_path)
+  tokens = np.random.default_rng(0).integers(0, 40, (2, 17))
+  batch = [{'inputs': tokens[:, :-1], 'targets': tokens[:, 1:]}]
+  dropless = record_trace(hf_moe.load_model(tmp_path), batch)
+  tight = record_trace(hf_moe.load_model(
+      tmp_path, dispatcher='index', eval_capacity_factor=0.25,
+      min_capacity=1), batch)
+  assert not dropless.dropped.any()
+  # C = ceil(K·S·cf/E) = ceil(2·16·0.25/4) = 2 slots per expert for 32
+  # choices per group: at least 24 of 32 are dropped.
+  assert tight.dropped.mean() >= 0.75
+  assert not np.allclose(tight.loss, dropless.loss, rtol=1e-3)
+
+
+def test_bad_input_is_one_line(tmp_path):
+  with pytest.raises(UserInputError, match=r"moe\.router='switch'"):
+    hf_moe.config_to_hf(mixtral_like().__class__(
+        moe=MoEConfig(router='switch', expert_type='swiglu')))
+  with pytest.raises(UserInputError, match='dense layers'):
+    hf_moe.config_to_hf(mixtral_like(first_dense_layers=1))
+  hf = hf_moe.config_to_hf(mixtral_like())
+  with pytest.raises(UserInputError, match='RoPE scaling'):
+    hf_moe.config_from_hf({**hf, 'rope_scaling': {'type': 'yarn'}})
+  with pytest.raises(UserInputError, match="model_type='llama'"):
+    hf_moe.config_from_hf({**hf, 'model_type': 'llama'})
+  with pytest.raises(UserInputError, match='config.json is missing'):
+    hf_moe.import_checkpoint(tmp_path)
+  (tmp_path / 'config.json').write_text(json.dumps(hf))
+  with pytest.raises(UserInputError, match='no \\*.safetensors'):
+    hf_moe.import_checkpoint(tmp_path)
