@@ -21,7 +21,6 @@ from flax import nnx
 from moe_jax.core.config import MoEConfig
 from moe_jax.data.pipeline import BatchIterator, eval_batches, split_corpus
 from moe_jax.data.sources import load_corpus
-from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
@@ -90,14 +89,6 @@ def make_mesh(config, mcfg: ModelConfig):
   mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
                       batch_size=config.batch_size, num_heads=mcfg.num_heads,
                       d_ff=mcfg.d_ff, num_groups=num_groups)
-  if (mesh_lib.axis_size(mesh, 'expert') > 1 and
-      mcfg.moe.capacity(1, train=True) is None):
-    # The MoE layer would say the same, but only when tracing, after the
-    # workdir is written.
-    raise UserInputError(
-        f'dispatcher={mcfg.moe.dispatcher!r} has no fixed-size expert '
-        'buffers to exchange; with an expert mesh axis > 1 use '
-        "--config.moe.dispatcher=index.")
   return mesh
 
 
