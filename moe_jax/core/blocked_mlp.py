@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from moe_jax.core import manual_axes
 from moe_jax.core.dispatch.base import ExpertInputs
 from moe_jax.core.plan import segment_of
 
@@ -98,20 +99,6 @@ def _put(a: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
   return jax.lax.dynamic_update_slice_in_dim(a, rows, start, axis=0)
 
 
-def _zeros(shape, dtype, *likes) -> jax.Array:
-  """Zeros that vary over the mesh axes any of `likes` vary over.
-
-  Inside shard_map a loop's carry must keep its type: the rows and weights
-  vary over manual mesh axes, and plain zeros would not. Adding a zero
-  derived from each of `likes` gives the zeros their axes (XLA folds the
-  additions away); outside shard_map this is plain zeros.
-  """
-  z = jnp.zeros(shape, dtype)
-  for like in jax.tree.leaves(likes):
-    z = z + jnp.zeros_like(like.reshape(-1)[0], dtype=dtype)
-  return z
-
-
 def _expert(params, e):
   """One expert's weights, read at a traced index."""
   return jax.tree.map(lambda v: v[e], params)
@@ -123,7 +110,8 @@ def _tiled_forward(pre, post, params, x, schedule, sizes):
   pe = jax.eval_shape(_expert, params, 0)
   h_shape = jax.eval_shape(pre, pe, probe)
   y_shape = h_shape if post is None else jax.eval_shape(post, pe, h_shape)
-  zeros = lambda s: _zeros((x.shape[0], s.shape[-1]), s.dtype, x, params)
+  zeros = lambda s: manual_axes.zeros((x.shape[0], s.shape[-1]), s.dtype, x,
+                                       params)
   y = zeros(y_shape)
   h = None if post is None else jax.tree.map(zeros, h_shape)
   for tiles, size in zip(schedule, sizes):
@@ -163,10 +151,11 @@ def _tiled_fwd(pre, post, params, x, schedule, sizes):
 
 def _tiled_bwd(pre, post, sizes, residuals, dy):
   params, x, h, schedule = residuals
-  dx = _zeros(x.shape, x.dtype, x, params, dy)
+  dx = manual_axes.zeros(x.shape, x.dtype, x, params, dy)
   # float32 sums over tiles: bfloat16 would round at every tile.
   dparams = jax.tree.map(
-      lambda v: _zeros(v.shape, jnp.float32, x, params, dy), params)
+      lambda v: manual_axes.zeros(v.shape, jnp.float32, x, params, dy),
+      params)
   for tiles, size in zip(schedule, sizes):
     def step(i, carry, tiles=tiles, size=size):
       dx, dparams = carry
@@ -215,12 +204,8 @@ def blocked_mlp(pre: _Half, post: _Half | None, params, inputs: ExpertInputs):
   nb, blk, d = inputs.x.shape
   num_experts = jax.tree.leaves(params)[0].shape[0]
   # Inside shard_map rows and weights vary over different mesh axes (rows
-  # over 'data', weights over 'model'). The custom VJP must return
-  # cotangents of its inputs' types, so each enters varying like the other,
-  # and autodiff of these additions sums each gradient over the other's axes.
-  x = inputs.x.reshape(nb * blk, d)
-  x, params = (x + _zeros((), x.dtype, params),
-               jax.tree.map(lambda v: v + _zeros((), v.dtype, x), params))
+  # over 'data', weights over 'model'); see manual_axes.py.
+  x, params = manual_axes.vary_alike(inputs.x.reshape(nb * blk, d), params)
   schedule = _block_schedule(inputs.block_expert, inputs.group_sizes, blk,
                              num_experts)
   tiles = tuple(t for t, _ in schedule)
