@@ -62,6 +62,8 @@ def _run(step, p, xs, mesh):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--no-time', action='store_true',
+                      help='compile and count collectives only; no timing')
   parser.add_argument(
       '--out', default=common.default_out('expert_parallel'),
       help='JSON results (default: untracked runs/benchmarks/); '
@@ -132,13 +134,14 @@ def main():
                  'a2a_MiB/step': moved / 2**20,
                  'expert_MiB/dev': expert_bytes / 2**20})
   # Interleaved rounds, so machine drift does not favour one layout.
-  seconds = common.time_interleaved(runs, rounds=args.repeats)
-  for row, key in zip(rows, runs):
-    row['step_ms'] = 1e3 * seconds[key]
+  if not args.no_time:
+    seconds = common.time_interleaved(runs, rounds=args.repeats)
+    for row, key in zip(rows, runs):
+      row['step_ms'] = 1e3 * seconds[key]
   common.print_table(rows, ['mesh (data,expert,model)', 'variant', 'step_ms',
                             'a2a_count', 'all_gathers', 'all_reduces',
                             'a2a_MiB/step', 'expert_MiB/dev'])
-  common.write_json(args.out, {'layer': dict(B=B, L=L, D=D, F=F, E=E, K=1,
+  common.write_json(args.out, {'timed': not args.no_time, 'layer': dict(B=B, L=L, D=D, F=F, E=E, K=1,
                                              capacity_factor=1.25, C=capacity),
                                'rows': rows})
 
