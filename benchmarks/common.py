@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import platform
+import re
 import statistics
 import time
 from typing import Callable
@@ -49,6 +51,31 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 2,
         fn()
       samples[name].append((time.perf_counter() - start) / inner)
   return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def written_bytes(hlo_text: str) -> int:
+  """Bytes the compiled program writes to memory, counted from its HLO.
+
+  Sums the result shapes of the entry computation's instructions, each a
+  buffer XLA materialises (bitcasts, parameters, constants and tuple plumbing
+  excluded); what happens inside a fusion stays in registers or cache and is
+  not counted. XLA's own 'bytes accessed' counts a fused gather's whole
+  operand at every use, so where token movement is gathers, this says more
+  about the traffic that changed.
+  """
+  entry = hlo_text[hlo_text.index('\nENTRY'):]
+  entry = entry[:entry.index('\n}\n')]
+  skip = {'bitcast', 'parameter', 'constant', 'get-tuple-element', 'tuple'}
+  total = 0
+  for line in entry.splitlines()[1:]:
+    m = re.match(r'\s*(?:ROOT )?%\S+ = (.*?) ([a-z][a-z0-9-]*)\(', line)
+    if not m or m.group(2) in skip:
+      continue
+    for dtype, dims in re.findall(r'\b([a-z]+[0-9]*)\[([0-9,]*)\]',
+                                  m.group(1)):
+      bits = int(re.sub(r'\D', '', dtype) or 8)  # pred: one byte.
+      total += math.prod(int(d) for d in dims.split(',') if d) * bits // 8
+  return total
 
 
 def environment() -> dict[str, str]:

@@ -17,7 +17,12 @@ On CPU the 8 "devices" share 2 cores, so times show overhead, not speedup.
 Each layout runs twice: 'shard_map' is the library's path (explicit
 jax.lax.all_to_all); 'constraints' writes the same math on global arrays and
 only constrains the dispatched buffer [E, G·C, D] to be split over the expert
-axis, leaving the collectives to the SPMD partitioner.
+axis, leaving the collectives to the SPMD partitioner. Layouts with an
+expert axis also run 'dropless' (the dropless dispatcher, no capacity): on
+CPU its exchange is the dense all-to-all of [EP, M, D] per-destination
+buffers, M = G_l·S·K local choices (parallel/dropless_ep.py), so its
+a2a_MiB/step counts the whole static bound, padding included; the ragged
+all-to-all of GPU/TPU would move only the routed rows, about 1/EP of that.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ def _run(step, p, xs, mesh):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--no-time', action='store_true',
+                      help='compile and count collectives only; no timing')
   parser.add_argument(
       '--out', default=common.default_out('expert_parallel'),
       help='JSON results (default: untracked runs/benchmarks/); '
@@ -64,6 +71,7 @@ def main():
   args = parser.parse_args()
 
   cfg = MoEConfig(num_experts=E, d_ff=F, capacity_factor=1.25)
+  dropless_cfg = MoEConfig(num_experts=E, d_ff=F, dispatcher='dropless')
   capacity = cfg.capacity(L, train=True)
   keys = jax.random.split(jax.random.key(0), 4)
   params = {'router_kernel': 0.02 * jax.random.normal(keys[0], (D, E)),
@@ -71,9 +79,12 @@ def main():
             'wo': 0.02 * jax.random.normal(keys[2], (E, F, D))}
   x = jax.random.normal(keys[3], (B, L, D))
 
-  def loss(p, x):
+  def loss(p, x, cfg=cfg):
     y, aux = moe_apply(p, x, cfg, train=True)
     return jnp.mean(jnp.square(y)) + aux['aux_loss']
+
+  def dropless_loss(p, x):
+    return loss(p, x, dropless_cfg)
 
   def constrained_loss(p, x):
     """The same layer with sharding constraints instead of shard_map."""
@@ -91,9 +102,10 @@ def main():
 
   rows, runs = [], {}
   for layout, (variant, fn) in [(l, v) for l in LAYOUTS for v in (
-      ('shard_map', loss), ('constraints', constrained_loss))]:
-    if variant == 'constraints' and layout[1] == 1:
-      continue  # Without an expert axis both variants are the same program.
+      ('shard_map', loss), ('constraints', constrained_loss),
+      ('dropless', dropless_loss))]:
+    if variant != 'shard_map' and layout[1] == 1:
+      continue  # Without an expert axis these add nothing to compare.
     mesh = make_mesh(layout)
     spec = lambda axes, mesh=mesh: NamedSharding(
         mesh, logical_to_spec(axes, mesh=mesh))
@@ -110,6 +122,8 @@ def main():
     data, ep, _ = layout
     groups_per_device = B // (data * ep)
     buffer_bytes = E * groups_per_device * capacity * D * 4
+    if variant == 'dropless':  # [EP, M, D], M = G_l·S·K (K = 1).
+      buffer_bytes = ep * groups_per_device * L * D * 4
     moved = 4 * (ep - 1) / ep * buffer_bytes * len(jax.devices())
     expert_bytes = p['wi'].addressable_shards[0].data.nbytes + (
         p['wo'].addressable_shards[0].data.nbytes)
@@ -120,13 +134,14 @@ def main():
                  'a2a_MiB/step': moved / 2**20,
                  'expert_MiB/dev': expert_bytes / 2**20})
   # Interleaved rounds, so machine drift does not favour one layout.
-  seconds = common.time_interleaved(runs, rounds=args.repeats)
-  for row, key in zip(rows, runs):
-    row['step_ms'] = 1e3 * seconds[key]
+  if not args.no_time:
+    seconds = common.time_interleaved(runs, rounds=args.repeats)
+    for row, key in zip(rows, runs):
+      row['step_ms'] = 1e3 * seconds[key]
   common.print_table(rows, ['mesh (data,expert,model)', 'variant', 'step_ms',
                             'a2a_count', 'all_gathers', 'all_reduces',
                             'a2a_MiB/step', 'expert_MiB/dev'])
-  common.write_json(args.out, {'layer': dict(B=B, L=L, D=D, F=F, E=E, K=1,
+  common.write_json(args.out, {'timed': not args.no_time, 'layer': dict(B=B, L=L, D=D, F=F, E=E, K=1,
                                              capacity_factor=1.25, C=capacity),
                                'rows': rows})
 

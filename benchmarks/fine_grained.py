@@ -8,9 +8,17 @@ top-k routing (Mixtral-style gates), train capacity factor 1.25.
 
   fixed active FLOPs: E ∈ {8, 16, 32, 64}, F = 1024·8/E, K = E/8, so every
     token always uses K·F = 1024 hidden units (DeepSeekMoE's fine-grained
-    split). Target: E = 64 costs <= 1.3x E = 8.
+    split). Target: E = 64 costs <= 1.3x E = 8. Then E ∈ {128, 256} at
+    K = 8, F = 128: the same active FLOPs over more experts (OLMoE: 64
+    top-8; DeepSeek-V3: 256 top-8).
   fixed F: E ∈ {8, 16, 32, 64}, F = 1024, K = 1; active FLOPs are constant
     and total parameters grow with E.
+
+Columns: ms (median, interleaved rounds) and vs E=8; GFLOP and GB_accessed,
+XLA's static cost analysis of the compiled step; GB_written, the bytes of
+the buffers the step materialises (common.written_bytes), which tracks token
+movement where XLA's count of fused gathers does not. --no-time prints the
+cost columns alone (for a machine busy with other work).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from moe_jax.core import MoEConfig
 
 T, S, D = 8192, 1024, 256
 EXPERTS = (8, 16, 32, 64)
+FIXED_ACTIVE = {e: (1024 * 8 // e, e // 8) for e in EXPERTS} | {
+    128: (128, 8), 256: (128, 8)}  # E -> (F, K); K·F = 1024 throughout.
 
 
 def layer_step(e: int, f: int, k: int, dispatcher: str):
@@ -44,6 +54,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--dispatcher', default='index')
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--no-time', action='store_true',
+                      help='cost analysis only; no timing')
   parser.add_argument(
       '--out', default=common.default_out('fine_grained'),
       help='JSON results (default: untracked runs/benchmarks/); '
@@ -51,25 +63,28 @@ def main():
   args = parser.parse_args()
 
   rows = []
-  for series, shape_of in (
-      ('fixed active FLOPs', lambda e: (1024 * 8 // e, e // 8)),
-      ('fixed F, K=1', lambda e: (1024, 1))):
-    built = {e: layer_step(e, *shape_of(e), args.dispatcher) for e in EXPERTS}
-    seconds = common.time_interleaved({e: b[0] for e, b in built.items()},
-                                      rounds=args.repeats)
-    for e in EXPERTS:
-      f, k = shape_of(e)
-      # XLA's static cost analysis of the step: FLOPs and bytes accessed show
-      # whether a slowdown is compute or data movement.
-      rows.append({'series': series, 'E': e, 'F': f, 'K': k,
-                   'ms': 1e3 * seconds[e],
-                   'vs E=8': seconds[e] / seconds[EXPERTS[0]],
-                   **built[e][1]})
+  for series, shapes in (
+      ('fixed active FLOPs', FIXED_ACTIVE),
+      ('fixed F, K=1', {e: (1024, 1) for e in EXPERTS})):
+    built = {e: layer_step(e, *fk, args.dispatcher) for e, fk in shapes.items()}
+    seconds = None
+    if not args.no_time:
+      seconds = common.time_interleaved({e: b[0] for e, b in built.items()},
+                                        rounds=args.repeats)
+    for e, (f, k) in shapes.items():
+      # XLA's static cost analysis of the step: FLOPs and bytes show whether
+      # a slowdown is compute or data movement.
+      row = {'series': series, 'E': e, 'F': f, 'K': k, **built[e][1]}
+      if seconds:
+        row.update({'ms': 1e3 * seconds[e],
+                    'vs E=8': seconds[e] / seconds[EXPERTS[0]]})
+      rows.append(row)
       print(rows[-1], flush=True)
   common.print_table(rows, ['series', 'E', 'F', 'K', 'ms', 'vs E=8', 'GFLOP',
-                            'GB_accessed'])
+                            'GB_accessed', 'GB_written'])
   common.write_json(args.out, {'dispatcher': args.dispatcher,
-                               'shapes': dict(T=T, S=S, D=D), 'rows': rows})
+                               'shapes': dict(T=T, S=S, D=D), 'rows': rows,
+                               'timed': not args.no_time})
 
 
 if __name__ == '__main__':

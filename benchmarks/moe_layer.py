@@ -64,7 +64,8 @@ def moe_step(params, x, cfg, with_cost: bool = False):
   cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return run, {'GFLOP': cost.get('flops', 0.0) / 1e9,
-               'GB_accessed': cost.get('bytes accessed', 0.0) / 1e9}
+               'GB_accessed': cost.get('bytes accessed', 0.0) / 1e9,
+               'GB_written': common.written_bytes(step.as_text()) / 1e9}
 
 
 def main():

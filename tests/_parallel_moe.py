@@ -8,7 +8,11 @@ so nothing is random) it computes the layer output and the gradients with
 respect to x and every parameter (router included), once on one device
 without a mesh and once on each mesh in MESHES, with the inputs placed with
 their real shardings: parameters through the logical-axis rules, x and the
-cotangent over the batch axes. It writes, under OUT_DIR:
+cotangent over the batch axes. The dropless cases run on the meshes of
+DROPLESS_MESHES; 'dropless_skewed' has a zero router kernel, so every token
+ties and picks experts 0 and 1, which live on one device of the (2,4,1)
+mesh: it receives every choice, the exchange's worst case. It writes, under
+OUT_DIR:
 
   <case>_<mesh>.npz   y, loss, aux metrics, grad_x and grad_<param> (mesh
                       'single' is the one-device reference);
@@ -58,7 +62,17 @@ CASES = {
     'switch': MoEConfig(router='switch', top_k=1, **_COMMON),
     'gshard': MoEConfig(router='gshard', top_k=2, second_policy='all',
                         expert_type='swiglu', **_COMMON),
+    # Dropless: no capacity, so the exchange carries ragged counts.
+    'dropless': MoEConfig(router='topk', top_k=2, dispatcher='dropless',
+                          expert_type='swiglu', **_COMMON),
+    'dropless_ragged': MoEConfig(router='switch', top_k=1,
+                                 dispatcher='dropless_ragged', **_COMMON),
+    'dropless_skewed': MoEConfig(router='topk', top_k=2,
+                                 dispatcher='dropless', **_COMMON),
 }
+DROPLESS_MESHES = {'dropless': HLO_MESHES, 'dropless_ragged': ((2, 4, 1),),
+                   'dropless_skewed': ((2, 4, 1),)}
+ZERO_ROUTER = ('dropless_skewed',)
 
 
 def mesh_name(shape) -> str:
@@ -86,7 +100,7 @@ def _flat(result) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _inputs(config):
+def _inputs(config, zero_router=False):
   """(params, their annotated abstract state, x, r); values from numpy.
 
   The logical axis annotations come from an abstract MoELayer (nothing is
@@ -100,17 +114,19 @@ def _inputs(config):
     shape = var.get_value().shape
     params[name] = (rng.normal(size=shape) / np.sqrt(shape[-2])).astype(
         np.float32)
+  if zero_router:
+    params['router_kernel'] = np.zeros_like(params['router_kernel'])
   x = rng.normal(size=(B, L, D)).astype(np.float32)
   r = rng.normal(size=(B, L, D)).astype(np.float32)
   return params, state, x, r
 
 
 def run_case(name, config, out_dir: pathlib.Path, shard_report: dict) -> None:
-  params, state, x, r = _inputs(config)
+  params, state, x, r = _inputs(config, zero_router=name in ZERO_ROUTER)
   fn = _loss_and_grads(config)
   np.savez(out_dir / f'{name}_single.npz', **_flat(fn(params, x, r)))
 
-  for shape in MESHES:
+  for shape in DROPLESS_MESHES.get(name, MESHES):
     mesh = mesh_lib.make_mesh(shape)
     # The parameters' shardings come from their logical annotations, as in
     # training; x and the cotangent r are split over the batch axes.

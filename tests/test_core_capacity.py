@@ -136,3 +136,33 @@ def test_top1_sequence_order():
   routed = np.ones(experts.shape, bool)
   got = _slots(experts, routed, capacity=2)
   np.testing.assert_array_equal(got[..., 0], [[0, 1, 0, DROPPED, DROPPED]])
+
+
+def _one_hot_slots(expert_index, routed, num_experts, capacity):
+  """The O(S·K·E) reference: a running count over one-hot choices."""
+  g, s, k = expert_index.shape
+  onehot = np.eye(num_experts, dtype=np.int64)[expert_index] * routed[..., None]
+  rank_major = onehot.transpose(0, 2, 1, 3).reshape(g, k * s, num_experts)
+  position = (np.cumsum(rank_major, axis=1) - 1).reshape(
+      g, k, s, num_experts).transpose(0, 2, 1, 3)
+  slot = np.sum(position * onehot, axis=-1)
+  kept = routed & (slot < capacity)
+  return np.where(kept, slot, DROPPED)
+
+
+@pytest.mark.parametrize('packed', [True, False])
+def test_sorted_slots_match_one_hot_count(packed, monkeypatch):
+  """The sort (packed key, or the pair sort used past int32) equals the
+  running one-hot count, with distinct top-k experts, unrouted choices and
+  drops."""
+  from moe_jax.core import capacity as capacity_lib
+  if not packed:
+    monkeypatch.setattr(capacity_lib, '_PACKED_KEY_LIMIT', 0)
+  rng = np.random.default_rng(0)
+  g, s, k, e = 3, 40, 4, 16
+  expert_index = np.argsort(rng.normal(size=(g, s, e)), axis=-1)[..., :k]
+  routed = rng.random((g, s, k)) < 0.8
+  want = _one_hot_slots(expert_index, routed, e, capacity=9)
+  got = assign_slots(jnp.asarray(expert_index), jnp.asarray(routed), e, 9)
+  np.testing.assert_array_equal(np.asarray(got), want)
+  assert np.any(want == DROPPED) and np.any(want == 8)

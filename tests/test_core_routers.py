@@ -255,3 +255,16 @@ def test_router_math_is_float32_for_bf16_logits(name):
   np.testing.assert_allclose(plan.combine_weights, want, rtol=1e-6, atol=1e-7)
   lse = np.log(np.exp(logits).sum(-1))
   np.testing.assert_allclose(aux['z_loss'], np.mean(lse**2), rtol=1e-6)
+
+
+def test_top_k_experts_is_the_same_with_and_without_a_mesh():
+  """lax.top_k without a mesh, argmax passes under one: same values and
+  indices, ties (many here) to the lower index."""
+  scores = jnp.asarray(np.random.default_rng(0).integers(0, 4, (2, 16, 8)),
+                       jnp.float32)
+  values, indices = routers.top_k_experts(scores, 3)
+  with jax.set_mesh(jax.make_mesh((1,), ('data',))):
+    mesh_values, mesh_indices = routers.top_k_experts(scores, 3)
+  np.testing.assert_array_equal(mesh_values, values)
+  np.testing.assert_array_equal(mesh_indices, indices)
+  np.testing.assert_array_equal(indices[..., 0], jnp.argmax(scores, axis=-1))

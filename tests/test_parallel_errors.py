@@ -42,11 +42,6 @@ CASES = {
         ['--config.mesh.shape=(2,4,1)', '--config.batch_size=8',
          '--config.moe.group_size=128'],
         ['2 routing groups', 'group_size', 'data × expert axes (8)']),
-    # Used to fail only when tracing, after checkpoints/ was created.
-    'dropless_with_an_expert_axis': (
-        ['--config.mesh.shape=(2,4,1)', '--config.batch_size=8',
-         '--config.moe.dispatcher=dropless'],
-        ["dispatcher='dropless'", 'expert mesh axis > 1']),
 }
 
 

@@ -9,7 +9,9 @@ assertions are here.
 Cases: top-1 switch and top-2 gshard (second_policy='all', so nothing is
 random), both with capacity drops, on meshes (data, expert, model) =
 (8,1,1), (2,4,1), (1,8,1) and (2,2,2), each compared with one device without
-a mesh.
+a mesh. The dropless dispatchers on expert-parallel meshes: 'dropless' on
+(2,4,1) and (1,8,1), 'dropless_ragged' and 'dropless_skewed' (every choice
+to one device) on (2,4,1).
 """
 
 import json
@@ -26,6 +28,8 @@ NUM_DEVICES = 8
 CASES = ('switch', 'gshard')
 MESHES = ('8x1x1', '2x4x1', '1x8x1', '2x2x2')
 EP_MESHES = ('2x4x1', '1x8x1')  # Meshes with an expert axis > 1.
+DROPLESS = (('dropless', '2x4x1'), ('dropless', '1x8x1'),
+            ('dropless_ragged', '2x4x1'), ('dropless_skewed', '2x4x1'))
 RTOL = 1e-5  # float32; the meshes only reorder the batch reductions.
 
 pytestmark = pytest.mark.slow
@@ -62,6 +66,30 @@ def test_reference_has_drops(results, case):
 @pytest.mark.parametrize('mesh', MESHES)
 @pytest.mark.parametrize('case', CASES)
 def test_layer_output_and_gradients_match_one_device(results, case, mesh):
+  _assert_matches_one_device(results, case, mesh)
+
+
+@pytest.mark.parametrize('case, mesh', DROPLESS)
+def test_dropless_output_and_gradients_match_one_device(results, case, mesh):
+  _assert_matches_one_device(results, case, mesh)
+
+
+@pytest.mark.parametrize('case', sorted({c for c, _ in DROPLESS}))
+def test_dropless_reference_drops_nothing(results, case):
+  ref = _load(results, case, 'single')
+  assert np.max(ref['aux_dropped_fraction']) == 0
+  assert ref['aux_unrouted_fraction'] == 0
+
+
+def test_skewed_case_sends_every_choice_to_one_device(results):
+  """Experts 0 and 1 get every choice; on (2,4,1) both live on the first
+  device of the expert axis, which so receives the exchange's full bound."""
+  fraction = _load(results, 'dropless_skewed', 'single')['aux_expert_fraction']
+  np.testing.assert_allclose(fraction[:2], 0.5)
+  assert not np.any(fraction[2:])
+
+
+def _assert_matches_one_device(results, case, mesh):
   ref = _load(results, case, 'single')
   got = _load(results, case, mesh)
   assert sorted(got) == sorted(ref)
@@ -115,6 +143,22 @@ def test_expert_parallel_exchanges_tokens_with_all_to_all(results, case, mesh):
   opcodes = [op for op, _ in collectives]
   # Dispatch and return, in the forward pass and again in the backward.
   assert opcodes.count('all-to-all') >= 2, opcodes
+  _assert_no_gathers(results, case, mesh, collectives)
+
+
+@pytest.mark.parametrize('case, mesh', DROPLESS)
+def test_dropless_exchanges_counts_then_tokens_with_all_to_all(results, case,
+                                                               mesh):
+  """The per-expert counts (int32) go first, then the tokens (float32): out
+  and back in the forward pass and again in the backward; no all-gather."""
+  collectives = _collectives((results / f'{case}_{mesh}.hlo').read_text())
+  a2a = [shape for op, shape in collectives if op == 'all-to-all']
+  assert sum('s32[' in shape for shape in a2a) >= 1, a2a
+  assert sum('f32[' in shape for shape in a2a) >= 4, a2a
+  _assert_no_gathers(results, case, mesh, collectives)
+
+
+def _assert_no_gathers(results, case, mesh, collectives):
   gathers = [c for c in collectives if c[0].startswith('all-gather')]
   assert not gathers, gathers
   shards = _shards(results)[f'{case}_{mesh}']
@@ -129,6 +173,15 @@ def test_expert_parallel_exchanges_tokens_with_all_to_all(results, case, mesh):
 @pytest.mark.parametrize('case', CASES)
 def test_each_device_holds_its_share_of_experts(results, case, mesh):
   """Expert weights and their gradients: total / EP bytes per device."""
+  _assert_holds_its_share(results, case, mesh)
+
+
+@pytest.mark.parametrize('case, mesh', DROPLESS)
+def test_dropless_device_holds_its_share_of_experts(results, case, mesh):
+  _assert_holds_its_share(results, case, mesh)
+
+
+def _assert_holds_its_share(results, case, mesh):
   report = _shards(results)[f'{case}_{mesh}']
   ep = report.pop('expert_axis')
   assert ep == int(mesh.split('x')[1]) > 1

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from moe_jax.core import manual_axes
 from moe_jax.core.dispatch.base import ExpertInputs
 from moe_jax.core.plan import segment_of
 
@@ -109,7 +110,8 @@ def _tiled_forward(pre, post, params, x, schedule, sizes):
   pe = jax.eval_shape(_expert, params, 0)
   h_shape = jax.eval_shape(pre, pe, probe)
   y_shape = h_shape if post is None else jax.eval_shape(post, pe, h_shape)
-  zeros = lambda s: jnp.zeros((x.shape[0], s.shape[-1]), s.dtype)
+  zeros = lambda s: manual_axes.zeros((x.shape[0], s.shape[-1]), s.dtype, x,
+                                       params)
   y = zeros(y_shape)
   h = None if post is None else jax.tree.map(zeros, h_shape)
   for tiles, size in zip(schedule, sizes):
@@ -149,9 +151,11 @@ def _tiled_fwd(pre, post, params, x, schedule, sizes):
 
 def _tiled_bwd(pre, post, sizes, residuals, dy):
   params, x, h, schedule = residuals
-  dx = jnp.zeros_like(x)
+  dx = manual_axes.zeros(x.shape, x.dtype, x, params, dy)
   # float32 sums over tiles: bfloat16 would round at every tile.
-  dparams = jax.tree.map(lambda v: jnp.zeros(v.shape, jnp.float32), params)
+  dparams = jax.tree.map(
+      lambda v: manual_axes.zeros(v.shape, jnp.float32, x, params, dy),
+      params)
   for tiles, size in zip(schedule, sizes):
     def step(i, carry, tiles=tiles, size=size):
       dx, dparams = carry
@@ -199,9 +203,12 @@ def blocked_mlp(pre: _Half, post: _Half | None, params, inputs: ExpertInputs):
   """
   nb, blk, d = inputs.x.shape
   num_experts = jax.tree.leaves(params)[0].shape[0]
+  # Inside shard_map rows and weights vary over different mesh axes (rows
+  # over 'data', weights over 'model'); see manual_axes.py.
+  x, params = manual_axes.vary_alike(inputs.x.reshape(nb * blk, d), params)
   schedule = _block_schedule(inputs.block_expert, inputs.group_sizes, blk,
                              num_experts)
   tiles = tuple(t for t, _ in schedule)
   sizes = tuple(s for _, s in schedule)
-  y = _tiled(pre, post, params, inputs.x.reshape(nb * blk, d), tiles, sizes)
+  y = _tiled(pre, post, params, x, tiles, sizes)
   return y.reshape(nb, blk, -1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moe_jax.core.plan import expert_counts
+
 
 def load_balance_loss(probs: jax.Array, expert_index: jax.Array) -> jax.Array:
   """Switch Transformer load-balancing loss, E · Σ_e f_e · P_e.
@@ -24,9 +26,9 @@ def load_balance_loss(probs: jax.Array, expert_index: jax.Array) -> jax.Array:
   """
   num_experts = probs.shape[-1]
   probs = probs.reshape(-1, num_experts).astype(jnp.float32)
-  choices = jax.nn.one_hot(expert_index.reshape(-1), num_experts,
-                           dtype=jnp.float32)
-  fraction = jnp.mean(choices, axis=0)  # f_e, sums to 1.
+  rows = expert_index.shape[0] if expert_index.ndim > 1 else 1
+  counts = expert_counts(expert_index.reshape(rows, -1), num_experts)
+  fraction = jnp.sum(counts, axis=0) / expert_index.size  # f_e, sums to 1.
   mean_prob = jnp.mean(probs, axis=0)  # P_e, sums to 1.
   return num_experts * jnp.sum(fraction * mean_prob)
 

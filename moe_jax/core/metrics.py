@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moe_jax.core.plan import expert_counts
+
 
 def routing_metrics(probs: jax.Array, expert_index: jax.Array,
                     routed: jax.Array, kept: jax.Array) -> dict[str, jax.Array]:
@@ -39,9 +41,9 @@ def routing_metrics(probs: jax.Array, expert_index: jax.Array,
   num_experts = probs.shape[-1]
   top_k = expert_index.shape[-1]
   routed_f = routed.astype(jnp.float32)
-  load = jnp.sum(
-      jax.nn.one_hot(expert_index, num_experts) * routed_f[..., None],
-      axis=tuple(range(expert_index.ndim)))  # [E]
+  rows = expert_index.shape[0] if expert_index.ndim > 1 else 1
+  load = jnp.sum(expert_counts(expert_index.reshape(rows, -1), num_experts,
+                               routed_f.reshape(rows, -1)), axis=0)  # [E]
   total = jnp.maximum(jnp.sum(load), 1.0)
   dropped = (routed & ~kept).astype(jnp.float32).reshape(-1, top_k)
   entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)

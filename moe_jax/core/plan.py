@@ -28,6 +28,27 @@ def segment_of(ends: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.minimum(segment, ends.shape[0] - 1).astype(jnp.int32)
 
 
+def expert_counts(index: jax.Array, num_bins: int,
+                  weights: jax.Array | None = None) -> jax.Array:
+  """[G, num_bins]: per row of `index`, how often (or how much weight) each
+  bin occurs.
+
+  A scatter-add per row, O(N), where summing a one-hot [G, N, num_bins]
+  costs O(N·E): at E = 256, K = 8 the one-hot sums took more time than the
+  expert matmuls on CPU. vmap keeps the rows a batch dimension of the
+  scatter, so a partitioner splitting G keeps each row's counts local.
+
+  Args:
+    index: int [G, N] bins in [0, num_bins).
+    num_bins: static.
+    weights: None (count 1 each, int32), or float [G, N] to sum instead.
+  """
+  if weights is None:
+    weights = jnp.ones(index.shape, jnp.int32)
+  count = lambda i, w: jnp.zeros((num_bins,), w.dtype).at[i].add(w)
+  return jax.vmap(count)(index, weights)
+
+
 @struct.dataclass
 class RoutingPlan:
   """Where each of a token's K choices goes.
@@ -83,5 +104,6 @@ class RoutingPlan:
     """
     e = self.num_experts
     key = jnp.where(self.kept, self.expert_index, e).reshape(-1)
+    # A fused one-hot sum: the dropless path stays free of scatters.
     sizes = jnp.sum(jax.nn.one_hot(key, e, dtype=jnp.int32), axis=0)
     return key, sizes

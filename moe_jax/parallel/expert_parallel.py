@@ -11,6 +11,9 @@ groups (G split over data × expert) and E / EP experts (EP = size of the
   all_to_all  back               -> [E, G_l·C, D]
   combine     [E, G_l·C, D]      -> [G_l, S, D]         (local)
 
+The dropless dispatchers have no [E, C] buffers; they exchange just the
+routed choices, counts first (dropless_ep.py).
+
 This layer sits above the pure core: moe_apply here is core's moe_apply
 with run_experts below as its exchange (MoELayer and moe_jax.moe_apply use
 it); the core never imports this module.
@@ -31,7 +34,7 @@ from moe_jax.core import moe as core_moe
 from moe_jax.core.dispatch import Dispatcher, run_local
 from moe_jax.core.experts import PARAM_AXES
 from moe_jax.core.plan import RoutingPlan
-from moe_jax.errors import UserInputError
+from moe_jax.parallel import dropless_ep
 from moe_jax.parallel import rules as rules_lib
 
 EXPERT_AXIS = 'expert'
@@ -46,8 +49,13 @@ def _mesh_sizes() -> dict[str, int]:
 
 
 def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
-                dispatcher: Dispatcher, expert_fn: Callable) -> jax.Array:
+                dispatcher: Dispatcher, expert_fn: Callable, *,
+                exchange_impl: str | None = None) -> jax.Array:
   """dispatch -> experts -> combine, expert-parallel when a mesh is set.
+
+  Capacity dispatchers exchange their fixed [E, G_l·C, D] buffers with
+  all-to-all (below); dropless ones exchange only the routed choices
+  (dropless_ep.py).
 
   Args:
     x: [G, S, D] grouped tokens.
@@ -55,6 +63,8 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
     params: expert weights, each [E, ...] with the expert axis first.
     dispatcher: how tokens move to per-expert buffers and back.
     expert_fn: (params, ExpertInputs) -> outputs in the same layout.
+    exchange_impl: dropless only: 'ragged' or 'dense' (ragged_exchange.py);
+      None picks by backend.
 
   Returns:
     [G, S, D] combined expert outputs.
@@ -65,10 +75,6 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
 
   ep = sizes.get(EXPERT_AXIS, 1)
   tp = sizes.get(MODEL_AXIS, 1)
-  if ep > 1 and not dispatcher.needs_capacity:
-    raise UserInputError(
-        f"dispatcher={dispatcher.name!r} has no fixed-size expert buffers to "
-        "exchange; with an expert mesh axis > 1 use dispatcher='index'.")
   mesh = jax.sharding.get_abstract_mesh()
   # Tokens [G, S, D] and plan arrays [G, S, K] split alike over the groups.
   groups = rules_lib.logical_to_spec(('batch', None, None), mesh=mesh)
@@ -79,6 +85,12 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
     local_plan = RoutingPlan(expert_index, combine_weights, slot,
                              num_experts=plan.num_experts,
                              capacity=plan.capacity)
+    if ep > 1 and not dispatcher.needs_capacity:
+      y = dropless_ep.dropless_experts(x, local_plan, params, dispatcher,
+                                       expert_fn, EXPERT_AXIS, exchange_impl)
+      # Everything after the experts is linear, so the partial products
+      # over F are summed once, on the smallest array.
+      return jax.lax.psum(y, MODEL_AXIS) if tp > 1 else y
     inputs, ctx = dispatcher.dispatch(x, local_plan)
     xe = inputs.x
     if ep > 1:  # [E, N, D] -> [E/EP, EP·N, D]: rows travel to their expert.

@@ -96,14 +96,6 @@ def make_mesh(config, mcfg: ModelConfig):
                       batch_size=config.batch_size, num_heads=mcfg.num_heads,
                       d_ff=mcfg.d_ff, num_groups=num_groups,
                       num_kv_heads=mcfg.kv_heads)
-  if (mesh_lib.axis_size(mesh, 'expert') > 1 and
-      mcfg.moe.capacity(1, train=True) is None):
-    # The MoE layer would say the same, but only when tracing, after the
-    # workdir is written.
-    raise UserInputError(
-        f'dispatcher={mcfg.moe.dispatcher!r} has no fixed-size expert '
-        'buffers to exchange; with an expert mesh axis > 1 use '
-        "--config.moe.dispatcher=index.")
   return mesh
 
 
