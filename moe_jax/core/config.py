@@ -31,6 +31,12 @@ def _check_choice(name: str, value, allowed) -> None:
         f'{name}={value!r} is not valid; allowed values: {", ".join(map(repr, allowed))}.')
 
 
+def check_bool(name: str, value) -> None:
+  """One-line error unless value is a bool (1 or 'yes' are mistakes here)."""
+  if not isinstance(value, bool):
+    raise UserInputError(f'{name}={value!r} must be True or False.')
+
+
 def _check_positive(name: str, value, kinds=(int,)) -> None:
   if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0:
     kind = 'int' if kinds == (int,) else 'number'
@@ -203,10 +209,9 @@ class MoEConfig:
         self.num_shared_experts < 0):
       raise UserInputError(
           f'num_shared_experts={self.num_shared_experts!r} must be an int >= 0.')
-    for name in ('shared_expert_gate', 'renormalize_top_k'):
-      if not isinstance(getattr(self, name), bool):
-        raise UserInputError(
-            f'{name}={getattr(self, name)!r} must be True or False.')
+    for name in ('shared_expert_gate', 'renormalize_top_k', 'causal_routing',
+                 'allow_noncausal'):
+      check_bool(name, getattr(self, name))
     if self.shared_expert_gate and not self.num_shared_experts:
       raise UserInputError(
           'shared_expert_gate=True gates the shared experts, but '
@@ -224,10 +229,6 @@ class MoEConfig:
       raise UserInputError(
           f'bias_update_rate={self.bias_update_rate} needs '
           f"router='sigmoid' (router is {self.router!r}); set it to 0.")
-    for name in ('causal_routing', 'allow_noncausal'):
-      if not isinstance(getattr(self, name), bool):
-        raise UserInputError(
-            f'{name}={getattr(self, name)!r} must be True or False.')
     _check_positive('slots_per_expert', self.slots_per_expert)
     if self.slots_per_expert > 1 and self.router != 'soft':
       raise UserInputError(

@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from moe_jax.core.config import NONCAUSAL_CAPABLE, MoEConfig
+from moe_jax.core.config import NONCAUSAL_CAPABLE, MoEConfig, check_bool
 from moe_jax.errors import UserInputError
 
 POSITIONS = ('rope', 'learned')
@@ -98,9 +98,7 @@ class ModelConfig:
           f'model.num_kv_heads={kv!r} must be a positive int dividing '
           f'model.num_heads={self.num_heads} (or unset for multi-head).')
     for name in ('tie_embeddings', 'qkv_bias'):
-      if not isinstance(getattr(self, name), bool):
-        raise UserInputError(
-            f'model.{name}={getattr(self, name)!r} must be True or False.')
+      check_bool(f'model.{name}', getattr(self, name))
     for name in ('norm_eps', 'rope_theta'):
       value = getattr(self, name)
       if (not isinstance(value, (int, float)) or isinstance(value, bool) or
