@@ -248,3 +248,17 @@ def apply(source: InitSource, params: nnx.State) -> nnx.State:
   nnx.replace_by_pure_dict(params,
                            jax.tree_util.tree_map_with_path(place, pure))
   return params
+
+
+def fill(tree: nnx.State, source: dict[str, np.ndarray], name: str
+         ) -> nnx.State:
+  """`tree` with every leaf copied from `source` (same paths and shapes).
+
+  The checks are plan_init's, so a leaf missing on either side is one line
+  of error naming `name`.
+  """
+  plan = plan_init({k: v.shape for k, v in source.items()},
+                   {k: v.shape for k, v in flatten(
+                       nnx.to_pure_dict(tree)).items()},
+                   upcycle=False, name=name)
+  return apply(InitSource(pathlib.Path(name), 0, plan, source), tree)

@@ -40,9 +40,8 @@ def merge_run(workdir: str, out: str) -> pathlib.Path:
       is gone, or `out` already holds a checkpoint (never overwritten).
   """
   # Imported here so `--help` and argument errors stay fast.
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from moe_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from moe_jax.train import init_from, lora, trainer  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import init_from, lora, lora_run, trainer  # pylint: disable=g-import-not-at-top
   from moe_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
 
   if (pathlib.Path(out) / 'checkpoints').is_dir() and any(
@@ -55,23 +54,17 @@ def merge_run(workdir: str, out: str) -> pathlib.Path:
                          'no base); pass the --workdir of a lora.rank > 0 run')
   config = ml_collections.ConfigDict(meta['config'])
   _, params = init_from.read_params(base['workdir'], base['step'])
-  merged = lora.merge(params, state['params'],
-                      config.lora.alpha / config.lora.rank)
+  merged = lora.merge(params, state['params'], lora_run.scale(config))
   plain = merged_config(meta['config'])
   mcfg = trainer.model_config(plain)
   # Any mesh will do: a checkpoint restores onto any mesh.
   mesh = mesh_lib.make_mesh((-1, 1, 1))
   _, fresh, _, _ = trainer.init_state(mcfg, plain, mesh)
-  fill = lambda tree, source: init_from.apply(init_from.InitSource(
-      pathlib.Path(workdir), step,
-      init_from.plan_init({k: v.shape for k, v in source.items()},
-                          {k: v.shape for k, v in init_from.flatten(
-                              nnx.to_pure_dict(tree)).items()},
-                          upcycle=False, name=workdir), source), tree)
-  fresh = fresh.replace(params=fill(fresh.params, merged), step=fresh.step + step)
+  fresh = fresh.replace(params=init_from.fill(fresh.params, merged, workdir),
+                        step=fresh.step + step)
   if 'router_state' in state:  # Loss-free biases kept moving during LoRA.
-    fresh = fresh.replace(router_state=fill(
-        fresh.router_state, init_from.flatten(state['router_state'])))
+    fresh = fresh.replace(router_state=init_from.fill(
+        fresh.router_state, init_from.flatten(state['router_state']), workdir))
   ckpt = Checkpointer(out, plain.train.keep_checkpoints)
   try:
     ckpt.save(step, fresh, {'config': plain.to_dict(), 'merged_from': {
