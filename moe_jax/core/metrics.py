@@ -12,6 +12,11 @@ import jax.numpy as jnp
 from moe_jax.core.plan import expert_counts
 
 
+def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
+  """Entropy in nats of distributions along `axis` (0·log 0 taken as 0)."""
+  return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=axis)
+
+
 def routing_metrics(probs: jax.Array, expert_index: jax.Array,
                     routed: jax.Array, kept: jax.Array) -> dict[str, jax.Array]:
   """Load, drop and confidence statistics of one routing decision.
@@ -46,12 +51,11 @@ def routing_metrics(probs: jax.Array, expert_index: jax.Array,
                                routed_f.reshape(rows, -1)), axis=0)  # [E]
   total = jnp.maximum(jnp.sum(load), 1.0)
   dropped = (routed & ~kept).astype(jnp.float32).reshape(-1, top_k)
-  entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
   return {
       'expert_fraction': load / total,
       'dropped_fraction': jnp.mean(dropped, axis=0),
       'unrouted_fraction': jnp.mean(~jnp.any(kept, axis=-1)),
-      'router_entropy': jnp.mean(entropy),
+      'router_entropy': jnp.mean(entropy(probs)),
       'top_gate': jnp.mean(jnp.max(probs, axis=-1)),
       'max_violation': jnp.max(load) / (total / num_experts) - 1.0,
       'dead_expert_fraction': jnp.mean(load == 0),

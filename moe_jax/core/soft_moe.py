@@ -34,10 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.core.dispatch.base import ExpertInputs
-
-
-def _entropy(p: jax.Array, axis: int) -> jax.Array:
-  return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=axis)
+from moe_jax.core.metrics import entropy
 
 
 def soft_metrics(dispatch: jax.Array, combine: jax.Array,
@@ -61,8 +58,8 @@ def soft_metrics(dispatch: jax.Array, combine: jax.Array,
   t, n = dispatch.shape[-2:]
   zero = jnp.zeros((), jnp.float32)
   return {
-      'dispatch_entropy': jnp.mean(jnp.exp(_entropy(dispatch, -2))) / t,
-      'combine_entropy': jnp.mean(jnp.exp(_entropy(combine, -1))) / n,
+      'dispatch_entropy': jnp.mean(jnp.exp(entropy(dispatch, -2))) / t,
+      'combine_entropy': jnp.mean(jnp.exp(entropy(combine, -1))) / n,
       'expert_fraction': jnp.full((num_experts,), 1.0 / num_experts),
       'max_violation': zero,
       'dropped_fraction': jnp.zeros((1,), jnp.float32),
