@@ -63,9 +63,12 @@ def moe_step(params, x, cfg, with_cost: bool = False):
     return run
   cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  hlo = step.as_text()
   return run, {'GFLOP': cost.get('flops', 0.0) / 1e9,
                'GB_accessed': cost.get('bytes accessed', 0.0) / 1e9,
-               'GB_written': common.written_bytes(step.as_text()) / 1e9}
+               'GB_written': common.written_bytes(hlo) / 1e9,
+               # The static analysis counts a loop's body once, not per trip.
+               'has_loop': ' while(' in hlo}
 
 
 def main():

@@ -8,8 +8,8 @@ so nothing is random) it computes the layer output and the gradients with
 respect to x and every parameter (router included), once on one device
 without a mesh and once on each mesh in MESHES, with the inputs placed with
 their real shardings: parameters through the logical-axis rules, x and the
-cotangent over the batch axes. The dropless cases run on the meshes of
-DROPLESS_MESHES; 'dropless_skewed' has a zero router kernel, so every token
+cotangent over the batch axes. The dropless and fused cases run on the
+meshes of CASE_MESHES; 'dropless_skewed' has a zero router kernel, so every token
 ties and picks experts 0 and 1, which live on one device of the (2,4,1)
 mesh: it receives every choice, the exchange's worst case. It writes, under
 OUT_DIR:
@@ -69,9 +69,16 @@ CASES = {
                                  dispatcher='dropless_ragged', **_COMMON),
     'dropless_skewed': MoEConfig(router='topk', top_k=2,
                                  dispatcher='dropless', **_COMMON),
+    # Fused: its loop runs inside shard_map on (4,1,2) (tokens vary over
+    # 'data', weights over 'model'); (2,4,1) exchanges the index twin's
+    # buffers.
+    'fused': MoEConfig(router='gshard', top_k=2, second_policy='all',
+                       dispatcher='fused', expert_type='swiglu', **_COMMON),
 }
-DROPLESS_MESHES = {'dropless': HLO_MESHES, 'dropless_ragged': ((2, 4, 1),),
-                   'dropless_skewed': ((2, 4, 1),)}
+# Cases that run on their own meshes rather than MESHES.
+CASE_MESHES = {'dropless': HLO_MESHES, 'dropless_ragged': ((2, 4, 1),),
+               'dropless_skewed': ((2, 4, 1),),
+               'fused': ((4, 1, 2), (2, 4, 1))}
 ZERO_ROUTER = ('dropless_skewed',)
 
 
@@ -126,7 +133,7 @@ def run_case(name, config, out_dir: pathlib.Path, shard_report: dict) -> None:
   fn = _loss_and_grads(config)
   np.savez(out_dir / f'{name}_single.npz', **_flat(fn(params, x, r)))
 
-  for shape in DROPLESS_MESHES.get(name, MESHES):
+  for shape in CASE_MESHES.get(name, MESHES):
     mesh = mesh_lib.make_mesh(shape)
     # The parameters' shardings come from their logical annotations, as in
     # training; x and the cotangent r are split over the batch axes.

@@ -1,7 +1,7 @@
-"""Dispatcher and expert equivalence: einsum vs index vs dropless.
+"""Dispatcher and expert equivalence: einsum vs index vs fused vs dropless.
 
-The einsum dispatcher is the readable GShard reference; index and dropless
-must match it (dropless only when nothing is dropped) in the forward pass and
+The einsum dispatcher is the readable GShard reference; index, fused and
+dropless must match it (dropless only when nothing is dropped) in the forward pass and
 in the gradients w.r.t. the tokens, the expert weights and the router kernel.
 """
 
@@ -107,13 +107,14 @@ def test_einsum_and_index_agree_with_drops(case):
   params = _params(0, expert_type)
   x, r = _inputs(1)
   key = jax.random.key(2)
-  want, got = _run([_with(config, dispatcher='einsum'),
-                    _with(config, dispatcher='index')], params, x, r, True,
-                   key)
+  want, got, fused = _run([_with(config, dispatcher=name)
+                           for name in ('einsum', 'index', 'fused')],
+                          params, x, r, True, key)
   # Preconditions: the case really drops, and the router gets a gradient.
   assert np.sum(want[2]['dropped_fraction']) > 0
   assert np.abs(want[3][0]['router_kernel']).max() > 1e-3
   _assert_same(got, want)
+  _assert_same(fused, want)
 
 
 _NO_DROP = {

@@ -63,10 +63,14 @@ class MoEConfig:
       averages of the group's tokens; no drops, no dispatcher, no aux loss;
       see core/soft_moe.py).
     dispatcher: 'index' (gathers into capacity buffers, the default),
+      'fused' (the same capacity buffers, gathered one expert at a time
+      inside the expert loop, which adds the outputs straight back: no
+      K·cf copies of the tokens; faster for fine-grained layers on CPU, see
+      benchmarks/RESULTS.md),
       'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
       expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
       (no capacity: sort + jax.lax.ragged_dot, for backends with a grouped
-      matmul kernel). Index and einsum give identical results; the dropless
+      matmul kernel). Index, fused and einsum give the same results; the dropless
       ones match them when nothing is dropped.
     expert_type: 'gelu' or 'swiglu' expert MLP.
     d_ff: F, each expert's hidden width.

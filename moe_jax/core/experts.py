@@ -5,7 +5,9 @@ wi_gate [E, D, F]). The same function serves every ExpertInputs layout:
 padded per-expert batches [E, N, D] use a batched einsum; rows sorted by
 expert [M, D] with group_sizes use a grouped matmul (jax.lax.ragged_dot);
 blocks [NB, blk, D] with block_expert run the whole MLP tile by tile, each
-tile one expert's rows (see blocked_mlp.py).
+tile one expert's rows (see blocked_mlp.py); the gathered layout (tokens plus
+rows) runs it expert by expert on rows gathered from the tokens and returns
+the gate-weighted sums (see gathered_mlp.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 
 from moe_jax.core.blocked_mlp import blocked_mlp
 from moe_jax.core.dispatch.base import ExpertInputs
+from moe_jax.core.gathered_mlp import gathered_mlp
 
 EXPERT_TYPES = ('gelu', 'swiglu')
 
@@ -75,13 +78,20 @@ def _swiglu_pre(p, x):
   return x @ p['wi_gate'], x @ p['wi']
 
 
-def _swiglu_post(p, h):
+def _swiglu_act(h):
   gate, up = h
-  return (jax.nn.silu(gate) * up) @ p['wo']
+  return jax.nn.silu(gate) * up
+
+
+def _swiglu_post(p, h):
+  return _swiglu_act(h) @ p['wo']
 
 
 def gelu_mlp(params: dict[str, jax.Array], inputs: ExpertInputs) -> jax.Array:
   """wo · gelu(wi · x), per expert. params: wi [E, D, F], wo [E, F, D]."""
+  if inputs.rows is not None:
+    p = _cast(params, ('wi', 'wo'), inputs.x.dtype)
+    return gathered_mlp(_gelu_pre, jax.nn.gelu, p, inputs)
   if inputs.block_expert is not None:
     p = _cast(params, ('wi', 'wo'), inputs.x.dtype)
     return blocked_mlp(_gelu_pre, _gelu_post, p, inputs)
@@ -93,6 +103,9 @@ def gelu_mlp(params: dict[str, jax.Array], inputs: ExpertInputs) -> jax.Array:
 def swiglu_mlp(params: dict[str, jax.Array],
                inputs: ExpertInputs) -> jax.Array:
   """wo · (silu(wi_gate · x) ⊙ wi · x), per expert (Shazeer 2020)."""
+  if inputs.rows is not None:
+    p = _cast(params, ('wi_gate', 'wi', 'wo'), inputs.x.dtype)
+    return gathered_mlp(_swiglu_pre, _swiglu_act, p, inputs)
   if inputs.block_expert is not None:
     p = _cast(params, ('wi_gate', 'wi', 'wo'), inputs.x.dtype)
     return blocked_mlp(_swiglu_pre, _swiglu_post, p, inputs)

@@ -75,6 +75,9 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
 
   ep = sizes.get(EXPERT_AXIS, 1)
   tp = sizes.get(MODEL_AXIS, 1)
+  if ep > 1 and dispatcher.buffered is not None:
+    # Rows cross devices as buffers: use the twin that materialises them.
+    dispatcher = dispatcher.buffered
   mesh = jax.sharding.get_abstract_mesh()
   # Tokens [G, S, D] and plan arrays [G, S, K] split alike over the groups.
   groups = rules_lib.logical_to_spec(('batch', None, None), mesh=mesh)

@@ -20,7 +20,7 @@ import jax
 
 
 class ExpertInputs(NamedTuple):
-  """Tokens laid out for the experts, in one of three layouts.
+  """Tokens laid out for the experts, in one of four layouts.
 
   padded (capacity modes): x [E, N, D], N = G·C; group_sizes and
     block_expert None.
@@ -29,6 +29,10 @@ class ExpertInputs(NamedTuple):
   blocked (dropless): x [NB, blk, D], rows sorted by expert and each
     expert's rows padded to whole blocks, so block b belongs to expert
     block_expert[b] alone; both fields set.
+  gathered (fused): x [T, D] the tokens themselves; rows int32 [E, N] the
+    token of each capacity-buffer row (T: empty) and row_weights [E, N] its
+    gate. The experts gather their rows, and return [T, D] gate-weighted
+    sums: the combine is already done (see core/gathered_mlp.py).
 
   Attributes:
     x: the rows, shaped as above.
@@ -38,11 +42,15 @@ class ExpertInputs(NamedTuple):
       sum_e ceil(n_e / blk) in use, which are all padding).
     block_expert: None, or int32 [NB] the expert of each block (blocked
       layout). Rows that hold no choice are zero whatever their block.
+    rows, row_weights: the gathered layout's buffer rows and gates; None in
+      the others.
   """
 
   x: jax.Array
   group_sizes: jax.Array | None = None
   block_expert: jax.Array | None = None
+  rows: jax.Array | None = None
+  row_weights: jax.Array | None = None
 
 
 class Dispatcher(NamedTuple):
@@ -53,12 +61,16 @@ class Dispatcher(NamedTuple):
     dispatch: (x [G, S, D], plan) -> (ExpertInputs, ctx).
     combine: (y, plan, ctx) -> [G, S, D].
     needs_capacity: whether plans must have a finite capacity.
+    buffered: None, or a dispatcher with the same results whose experts see
+      materialised [E, G·C, D] buffers; expert parallelism exchanges those
+      buffers between devices, so it runs this one instead.
   """
 
   name: str
   dispatch: Callable[..., tuple[ExpertInputs, Any]]
   combine: Callable[..., jax.Array]
   needs_capacity: bool
+  buffered: 'Dispatcher | None' = None
 
 
 class RunExperts(Protocol):

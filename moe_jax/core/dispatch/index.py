@@ -81,16 +81,25 @@ def combine_rows(y: jax.Array, plan: RoutingPlan, row: jax.Array,
   return jnp.einsum('gskd,gsk->gsd', picked, weights)
 
 
-def dispatch(x: jax.Array, plan: RoutingPlan):
-  """[G, S, D] -> ExpertInputs with x [E, G·C, D]."""
+def row_maps(plan: RoutingPlan) -> tuple[jax.Array, jax.Array]:
+  """(row, choice): each choice's buffer row and each row's choice.
+
+  row: int32 [G·S·K], the row in the expert-major [E·G·C] buffer, E·G·C
+  where dropped; choice: int32 [E·G·C], its inverse, G·S·K for an empty row.
+  """
   g, s, k = plan.shape
   num_rows = plan.num_experts * g * plan.capacity
   num_choices = g * s * k
-  row = plan.buffer_index().reshape(-1)  # [G·S·K], num_rows where dropped.
-  # The inverse map: which choice fills each buffer row (num_choices: empty).
+  row = plan.buffer_index().reshape(-1)
   choice = jnp.full((num_rows,), num_choices, jnp.int32)
   choice = choice.at[row].set(jnp.arange(num_choices, dtype=jnp.int32),
                               mode='drop')
+  return row, choice
+
+
+def dispatch(x: jax.Array, plan: RoutingPlan):
+  """[G, S, D] -> ExpertInputs with x [E, G·C, D]."""
+  row, choice = row_maps(plan)
   expert_x = rows_from_choices(x, plan, choice, row)
   return (ExpertInputs(expert_x.reshape(plan.num_experts, -1, x.shape[-1])),
           (row, choice))
