@@ -10,7 +10,11 @@ three ways, through moe_apply's run_experts argument:
   route  router, capacity slots, losses and metrics; the tokens are only
          scaled by their summed gates (no dispatch, no experts);
   move   route + dispatch + combine, with the experts replaced by a scale;
-  full   the whole layer.
+  full   the whole layer;
+
+and two more: logits, the router's matmul x @ w_r alone (part of route), and
+fused, the whole layer with dispatcher='fused', whose movement happens inside
+the expert loop and so cannot be split off.
 
 move - route is the token movement; full - move the expert MLPs. The
 rounds are interleaved, so on a shared machine the ratios between rows
@@ -48,12 +52,14 @@ def _route_only(x, plan, params, dispatcher, expert_fn):
   return x * gate * params['wi'][0, 0, 0]
 
 
-PARTS = {'route': _route_only, 'move': _move_only, 'full': run_local}
+PARTS = {'route': _route_only, 'move': _move_only, 'full': run_local,
+         'fused': run_local}
 
 
-def _step(e, f, k, run):
+def _step(e, f, k, run, part):
   cfg = MoEConfig(num_experts=e, top_k=k, router='topk' if k > 1 else 'switch',
-                  d_ff=f, group_size=S)
+                  d_ff=f, group_size=S,
+                  dispatcher='fused' if part == 'fused' else 'index')
   keys = jax.random.split(jax.random.key(0), 4)
   params = {'router_kernel': 0.02 * jax.random.normal(keys[0], (D, e)),
             'wi': 0.02 * jax.random.normal(keys[1], (e, D, f)),
@@ -61,6 +67,8 @@ def _step(e, f, k, run):
   x = jax.random.normal(keys[3], (T // S, S, D))
 
   def loss(p, x):
+    if part == 'logits':  # The router matmul and its gradients alone.
+      return jnp.mean(jnp.square(x @ p['router_kernel']))
     y, aux = moe_apply(p, x, cfg, train=True, run_experts=run)
     return jnp.mean(jnp.square(y)) + aux['aux_loss']
 
@@ -73,20 +81,23 @@ def main():
   parser.add_argument('--repeats', type=int, default=7)
   parser.add_argument('--out', default=common.default_out('fine_grained_parts'))
   args = parser.parse_args()
-  runs = {(shape, part): _step(*shape, run)
-          for shape in SHAPES for part, run in PARTS.items()}
+  parts = {'logits': None, **PARTS}
+  runs = {(shape, part): _step(*shape, run, part)
+          for shape in SHAPES for part, run in parts.items()}
   seconds = common.time_interleaved(runs, rounds=args.repeats, inner=1)
   rows = []
   for e, f, k in SHAPES:
-    ms = {part: 1e3 * seconds[((e, f, k), part)] for part in PARTS}
-    rows.append({'E': e, 'F': f, 'K': k, 'route_ms': ms['route'],
+    ms = {part: 1e3 * seconds[((e, f, k), part)] for part in parts}
+    rows.append({'E': e, 'F': f, 'K': k, 'logits_ms': ms['logits'],
+                 'route_ms': ms['route'], 'fused_ms': ms['fused'],
                  'move_ms': ms['move'], 'full_ms': ms['full'],
                  'movement_ms': ms['move'] - ms['route'],
                  'experts_ms': ms['full'] - ms['move']})
   for row in rows:
     row['full vs E=8'] = row['full_ms'] / rows[0]['full_ms']
-  columns = ['E', 'F', 'K', 'route_ms', 'movement_ms', 'experts_ms', 'full_ms',
-             'full vs E=8']
+    row['fused vs E=8'] = row['fused_ms'] / rows[0]['fused_ms']
+  columns = ['E', 'F', 'K', 'logits_ms', 'route_ms', 'movement_ms',
+             'experts_ms', 'full_ms', 'full vs E=8', 'fused_ms', 'fused vs E=8']
   common.print_table(rows, columns)
   common.write_json(args.out, {'shapes': dict(T=T, S=S, D=D), 'rows': rows})
 
