@@ -345,3 +345,15 @@ def test_reported_parameter_counts(switch_run):
   assert match, stdout
   reported = tuple(int(g.replace(',', '')) for g in match.groups())
   assert reported == _counts_and_router_size(config)[0]
+
+
+def test_eval_loss_in_bits_is_named_by_the_data_unit():
+  from moe_jax.train.step import EVAL_ROUTING_METRICS  # pylint: disable=g-import-not-at-top
+  sums = {'ce_sum': np.float32(6.0), 'count': np.float32(3.0),
+          **{name: np.float32(0.0) for name in EVAL_ROUTING_METRICS}}
+  eval_fn = lambda state, batch: sums
+  for unit in ('byte', 'token'):
+    out = trainer.evaluate(eval_fn, None, [None], unit)
+    assert out['eval/loss'] == pytest.approx(2.0)
+    assert out[f'eval/bits_per_{unit}'] == pytest.approx(2.0 / math.log(2))
+  assert 'eval/bits_per_byte' not in out  # Token data: no per-byte name.

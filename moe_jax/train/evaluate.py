@@ -33,6 +33,7 @@ class Restored(NamedTuple):
   shardings: Any  # Of `state`.
   val_batches: list
   mesh: Any
+  unit: str = 'byte'  # What one position of the data is: 'byte' or 'token'.
 
   @property
   def params(self):
@@ -64,7 +65,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     section, name = field.split('.')
     config[section][name] = value
   mcfg = trainer.model_config(config)
-  _, _, val_batches = trainer.load_data(config)
+  corpus, _, val_batches = trainer.load_data(config)
   mesh = trainer.make_mesh(config, mcfg)
   ckpt = Checkpointer(pathlib.Path(workdir), config.train.keep_checkpoints)
   try:
@@ -83,7 +84,8 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if diffs:
     raise UserInputError(f'the checkpoint in {workdir} was trained with '
                          f'another config ({"; ".join(diffs)}).')
-  return Restored(config, graphdef, state, shardings, val_batches, mesh)
+  return Restored(config, graphdef, state, shardings, val_batches, mesh,
+                  corpus.unit.rstrip('s'))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -101,4 +103,4 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   eval_fn = trainer.make_eval_fn(r.graphdef, r.shardings, batch_sh, r.mesh)
   batches = [placement.shard_batch(b, batch_sh) for b in r.val_batches]
   with jax.set_mesh(r.mesh):
-    return trainer.evaluate(eval_fn, r.state, batches)
+    return trainer.evaluate(eval_fn, r.state, batches, r.unit)

@@ -116,17 +116,19 @@ def make_eval_fn(graphdef, shardings, batch_sh, mesh):
   return lambda state, batch: fn(state.params, batch)
 
 
-def evaluate(eval_fn, state, batches) -> dict[str, float]:
+def evaluate(eval_fn, state, batches, unit: str = 'byte') -> dict[str, float]:
   """Mean loss and routing metrics over the validation batches (on devices).
 
   eval_fn: (state, batch) -> eval_step's sums (see make_eval_fn).
+  unit: what one position is, 'byte' or 'token': the loss in bits is
+  reported as 'eval/bits_per_<unit>'.
 
   'eval/max_violation' etc. are means over batches of the per-batch value
   (itself a mean over MoE layers), so MaxVio is that of a batch's routing.
   """
   sums = [jax.device_get(eval_fn(state, b)) for b in batches]
   ce = sum(float(s['ce_sum']) for s in sums) / sum(float(s['count']) for s in sums)
-  out = {'eval/loss': ce, 'eval/bits_per_byte': ce / math.log(2)}
+  out = {'eval/loss': ce, f'eval/bits_per_{unit}': ce / math.log(2)}
   for name in EVAL_ROUTING_METRICS:
     out[f'eval/{name}'] = float(np.mean([s[name] for s in sums]))
   return out
@@ -143,7 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Resumes from the latest checkpoint in `workdir` when there is one.
 
   Returns:
-    The final evaluation metrics ('eval/loss', 'eval/bits_per_byte', ...).
+    The final evaluation metrics ('eval/loss', 'eval/bits_per_byte' or, for
+    token data, 'eval/bits_per_token', ...).
 
   Raises:
     UserInputError: bad config, data or workdir (nothing is written).
@@ -160,6 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lora_run.check_config(config)
   mcfg = model_config(config)
   corpus, batches, val_batches = load_data(config)
+  unit = corpus.unit.rstrip('s')  # 'byte' or 'token', for the metric names.
   mesh = make_mesh(config, mcfg)
   init_source = _prepare_init(config, mcfg)
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
@@ -265,7 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         else:
           progress.update(done)
         if run_eval:
-          eval_metrics = evaluate(eval_fn, eval_view(state), val_batches)
+          eval_metrics = evaluate(eval_fn, eval_view(state), val_batches,
+                                  unit)
           writer.write(done, eval_metrics)
         if save:
           ckpt.save(done, state, meta)
@@ -279,14 +284,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if pending is not None:
         _check_finite(*pending, ckpt)
       if not eval_metrics:  # Resumed at the end: evaluate what was restored.
-        eval_metrics = evaluate(eval_fn, eval_view(state), val_batches)
+        eval_metrics = evaluate(eval_fn, eval_view(state), val_batches, unit)
   finally:
     progress.close()
     writer.close()
     ckpt.close()
-  unit = corpus.unit.rstrip('s')  # eval/bits_per_byte is per token here.
   say(f'final validation loss {eval_metrics["eval/loss"]:.4f} nats/{unit} '
-      f'({eval_metrics["eval/bits_per_byte"]:.4f} bits/{unit}) at step '
+      f'({eval_metrics[f"eval/bits_per_{unit}"]:.4f} bits/{unit}) at step '
       f'{int(state.step)}\ncheckpoints: {ckpt.directory}\nmetrics: '
       f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
       f'{workdir.absolute() / "tb"})')
