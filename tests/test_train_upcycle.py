@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -166,6 +167,14 @@ def test_runner_trains_the_dense_start_then_upcycled_and_continued_runs(
   apply_overrides(config, {**ab.variant('upcycled').overrides, 'seed': 0,
                            'train.init_from': 'workdirs/dense_start/seed0'})
   assert rows['upcycled']['config_hash'] == records.config_hash(config)
+  # Resuming reads its own checkpoint, not the source: with the dense start
+  # moved away, the finished upcycled run restores and evaluates the same.
+  run_config = run._run_config(ab, 0, 3, {}, out, config)  # pylint: disable=protected-access
+  shutil.move(start, tmp_path / 'moved')
+  final = trainer.train_and_evaluate(
+      run_config, str(out / 'workdirs' / 'upcycled' / 'seed0'))
+  assert final['eval/loss'] == pytest.approx(float(rows['upcycled']['eval_loss']))
+  shutil.move(tmp_path / 'moved', start)
   monkeypatch.setattr(records, 'train_run', None)  # Would fail if called.
   monkeypatch.setattr(trainer, 'train_and_evaluate', None)
   run.run_ablation(ab, seeds=1, steps=3, out=out, overrides={},

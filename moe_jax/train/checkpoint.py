@@ -85,6 +85,13 @@ def _quiet_async_errors():
     sys.unraisablehook = hook
 
 
+def has_checkpoint(workdir: str | pathlib.Path) -> bool:
+  """Whether `workdir` holds a checkpoint step; reads, creates nothing."""
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(
+      p.is_dir() and p.name.isdigit() for p in directory.iterdir())
+
+
 class Checkpointer:
   """A CheckpointManager over `workdir/checkpoints` holding (state, meta)."""
 

@@ -29,7 +29,7 @@ from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
 from moe_jax.train import init_from, lora_run, optim, validate
-from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.checkpoint import Checkpointer, has_checkpoint
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
 from moe_jax.train.metric_writer import MetricWriter, Progress
 from moe_jax.layers.moe import RouterBias
@@ -165,7 +165,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   corpus, batches, val_batches = load_data(config)
   unit = corpus.unit.rstrip('s')  # 'byte' or 'token', for the metric names.
   mesh = make_mesh(config, mcfg)
-  init_source = _prepare_init(config, mcfg)
+  # A resumed run restores its own parameters, so the init source is read
+  # only for a fresh run (before any write, so a bad source costs nothing)
+  # or for LoRA, whose frozen base it is.
+  init_source = _prepare_init(
+      config, mcfg,
+      read=not has_checkpoint(workdir) or lora_run.enabled(config))
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   config_dict = config.to_dict()
   ckpt.check_compatible(config_dict)
@@ -194,7 +199,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if frozen is not None:
         lora_run.check_base(restored_meta, init_source)
       say(f'resumed from step {int(state.step)} in {ckpt.directory}')
-  if init_source is not None and int(state.step) == 0 and frozen is None:
+  if config.train.init_from and int(state.step) == 0 and frozen is None:
+    if init_source is None:  # Its checkpoints were there but none restored.
+      init_source = _prepare_init(config, mcfg)
     state = state.replace(params=init_from.apply(init_source, state.params))
     n = init_source.num_tiled_layers
     upcycled = (f', {n} dense FFN{"s" * (n > 1)} upcycled into '
@@ -297,13 +304,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return eval_metrics
 
 
-def _prepare_init(config, mcfg: ModelConfig):
-  """train.init_from's checked InitSource, or None; read before any write."""
+def _prepare_init(config, mcfg: ModelConfig, read: bool = True):
+  """train.init_from's checked InitSource, or None (none set, or not `read`)."""
   t = config.train
   if t.upcycle and not t.init_from:
     raise UserInputError('train.upcycle=True needs the dense run to start '
                          'from; set --config.train.init_from=<its workdir>.')
-  if not t.init_from:
+  if not t.init_from or not read:
     return None
   return init_from.prepare(
       t.init_from, t.upcycle,
