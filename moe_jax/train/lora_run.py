@@ -19,7 +19,7 @@ from flax import nnx
 
 from moe_jax.errors import UserInputError
 from moe_jax.models.transformer import TransformerLM
-from moe_jax.parallel import placement
+from moe_jax.parallel import placement, rules
 from moe_jax.train import init_from, lora
 
 
@@ -58,10 +58,18 @@ def init_adapters(config, params: nnx.State) -> dict:
 
 def frozen_base(mcfg, config, mesh, source: init_from.InitSource):
   """(the base parameters placed on `mesh`, their shardings)."""
-  params, shardings = placement.init_sharded(
-      lambda: nnx.state(TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)),
-                        nnx.Param), mesh)
-  return init_from.apply(source, params), shardings
+  init_fn = lambda: nnx.state(TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)),
+                              nnx.Param)
+  if 'fresh' in source.plan.values():  # Some arrays keep a random init.
+    params, shardings = placement.init_sharded(init_fn, mesh)
+    return init_from.apply(source, params), shardings
+  # Every array comes from the base run: place those directly, with no
+  # random model built only to be overwritten.
+  with jax.set_mesh(mesh):
+    abstract = jax.eval_shape(init_fn)
+  shardings = rules.tree_shardings(abstract, mesh)
+  return init_from.apply(
+      source, placement.abstract_with_shardings(abstract, shardings)), shardings
 
 
 def base_reference(source: init_from.InitSource) -> dict:
