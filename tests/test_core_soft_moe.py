@@ -168,3 +168,18 @@ def test_decoder_refuses_noncausal_soft_unless_allowed():
     ModelConfig(d_model=4, num_heads=1, d_ff=3, max_len=8, moe=moe)
   ModelConfig(d_model=4, num_heads=1, d_ff=3, max_len=8,
               moe=_soft_config(causal_routing=False, allow_noncausal=True))
+
+
+def test_expert_passes_per_token_count_slots_not_top_k():
+  # Soft MoE runs each of its E·P slots once per chunk (group): E·P/S.
+  soft = MoEConfig(router='soft', num_experts=8, slots_per_expert=4,
+                   causal_chunk=16)
+  assert soft.expert_passes_per_token(128) == 2.0  # Causal: per chunk.
+  noncausal = MoEConfig(router='soft', num_experts=8, slots_per_expert=4,
+                        causal_routing=False, allow_noncausal=True)
+  assert noncausal.expert_passes_per_token(32) == 1.0
+  # Expert choice: E·C/S, C = ceil(16·1.25/8) = 3 per 16-position chunk.
+  ec = MoEConfig(router='expert_choice', num_experts=8, capacity_factor=1.25,
+                 causal_chunk=16, min_capacity=1)
+  assert ec.expert_passes_per_token(128) == 8 * 3 / 16
+  assert MoEConfig(router='topk', top_k=3).expert_passes_per_token(128) == 3

@@ -270,6 +270,21 @@ class MoEConfig:
         group_size, self.num_experts, self.top_k, cf, self.min_capacity,
         self.capacity_scales_with_k)
 
+  def expert_passes_per_token(self, group_size: int) -> float:
+    """Expert MLP passes per token, on average: the K of parameter counts.
+
+    top_k for token-choice routers. Expert choice fills E·C slots per
+    group (per chunk when causal) of S tokens, so E·C/S; Soft MoE runs
+    each of its E·P slots per group (chunk) once, so E·P/S.
+    """
+    span = (min(group_size, self.causal_chunk) if self.causal_routing
+            else group_size)
+    if self.router == 'expert_choice':
+      return self.num_experts * self.capacity(group_size, train=True) / span
+    if self.router == 'soft':
+      return self.num_experts * self.slots_per_expert / span
+    return self.top_k
+
   @property
   def num_router_outputs(self) -> int:
     """Columns of router_kernel: E, or the E·P slots of Soft MoE."""

@@ -17,7 +17,7 @@ def shapes_and_axes(params: nnx.State) -> list[tuple[tuple[int, ...], tuple]]:
 
 
 def count_leaves(leaves: Iterable[tuple[Sequence[int], Sequence]],
-                 top_k: int, num_experts: int) -> tuple[int, int]:
+                 top_k: float, num_experts: int) -> tuple[int, int]:
   """(total, active) over (shape, logical axes) pairs; see count_params."""
   total = active = 0
   for shape, axes in leaves:
@@ -26,14 +26,16 @@ def count_leaves(leaves: Iterable[tuple[Sequence[int], Sequence]],
       size *= dim
     total += size
     is_expert = len(axes) > 0 and axes[0] == 'expert'
-    active += size * top_k // num_experts if is_expert else size
+    active += int(size * top_k // num_experts) if is_expert else size
   return total, active
 
 
-def count_params(params: nnx.State, top_k: int, num_experts: int):
+def count_params(params: nnx.State, top_k: float, num_experts: int):
   """Returns (total, active) parameter counts.
 
   Active counts what one token uses: each expert-stacked weight (first
   logical axis 'expert') contributes K/E of its size; all else counts fully.
+  K may be fractional: MoEConfig.expert_passes_per_token gives it for the
+  routers whose tokens use a varying number of experts.
   """
   return count_leaves(shapes_and_axes(params), top_k, num_experts)

@@ -183,7 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   frozen = None  # LoRA's base parameters.
   if lora_run.enabled(config):
     frozen, frozen_sh = lora_run.frozen_base(mcfg, config, mesh, init_source)
-  say(f'model: {_describe(mcfg, state.params if frozen is None else frozen)};'
+  described = _describe(mcfg, state.params if frozen is None else frozen,
+                        config.seq_len)
+  say(f'model: {described};'
       f' data {corpus.name} ({len(corpus):,} {corpus.unit})')
   if frozen is not None:
     say(f'LoRA r={config.lora.rank} on {", ".join(config.lora.targets)}: '
@@ -317,11 +319,16 @@ def _prepare_init(config, mcfg: ModelConfig, read: bool = True):
       lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)))
 
 
-def _describe(mcfg: ModelConfig, params) -> str:
-  """'4 layers (2 MoE, E=8, K=1), params total ... active/token ...'."""
-  total, active = count_params(params, mcfg.moe.top_k, mcfg.moe.num_experts)
+def _describe(mcfg: ModelConfig, params, seq_len: int) -> str:
+  """'4 layers (2 MoE, E=8, K=1), params total ... active/token ...'.
+
+  K is the expert passes per token: top_k, or for expert choice and Soft
+  MoE their average (MoEConfig.expert_passes_per_token).
+  """
+  k = mcfg.moe.expert_passes_per_token(mcfg.moe.group_size or seq_len)
+  total, active = count_params(params, k, mcfg.moe.num_experts)
   kind = (f'{mcfg.num_moe_layers} MoE, E={mcfg.moe.num_experts}, '
-          f'K={mcfg.moe.top_k}' if mcfg.num_moe_layers else 'dense')
+          f'K={k:g}' if mcfg.num_moe_layers else 'dense')
   return (f'{mcfg.num_layers} layers ({kind}), params total {total:,} '
           f'active/token {active:,}')
 
