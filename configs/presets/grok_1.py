@@ -9,7 +9,9 @@ experts with 2 used per token ("25% of the weights active on a given
 token"), 64 layers, 48 query heads and 8 key/value heads of width 128,
 embedding size 6144, vocabulary 131072, rotary embeddings; widening factor 8,
 which the released code turns into a gated FFN of width
-int(8·6144)·2//3 = 32768. The output layer reuses the input embedding.
+int(8·6144)·2//3 = 32768 (checked 2026-11-28: ffn_size in the repository's
+model.py computes int(widening_factor·emb_size)·2//3, rounded up to a
+multiple of 8). The output layer reuses the input embedding.
   moe_jax counts 315.68B total (+0.5%) and 83.76B active (26.5%: the experts
   are 25% active, attention and embeddings 100%).
 Left out: the extra post-attention and post-FFN RMSNorms (2·6144 per layer,

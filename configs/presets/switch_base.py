@@ -17,6 +17,13 @@ Left out, and what it does to the count: the decoder's 12 cross-attention
   biases (~1k). moe_jax counts 7.41B (0.22B active, T5-Base's size); the
   paper's "7B" is given to one significant figure, so it cannot be matched
   to 1%: with cross-attention the encoder-decoder would be 7.44B.
+Checked 2026-11-28: the T5X config of the released checkpoints
+  (google/flaxformer, flaxformer/t5x/configs/moe/models/switch_base.gin)
+  differs from Table 9 as written above: ReLU experts of MLP_DIM 3072 (two
+  matrices, not three of 2048), every other layer sparse in a 12 + 12
+  encoder-decoder. This preset follows the paper's table, which could not
+  be re-read here; with the released 3072-wide ReLU experts the count would
+  differ, so treat Switch-Base's dims as the paper's, not the checkpoints'.
 Routing: router='switch' (raw top-1 gate), capacity factor 1.25 as in the
   paper's Switch-Base runs.
 Tiny variant (same pattern, 64 experts): :tiny
