@@ -22,8 +22,8 @@ Checked 2026-11-28: the T5X config of the released checkpoints
   differs from Table 9 as written above: ReLU experts of MLP_DIM 3072 (two
   matrices, not three of 2048), every other layer sparse in a 12 + 12
   encoder-decoder. This preset follows the paper's table, which could not
-  be re-read here; with the released 3072-wide ReLU experts the count would
-  differ, so treat Switch-Base's dims as the paper's, not the checkpoints'.
+  be re-read here. The parameter count is the same either way (2·3072 =
+  3·2048 columns per expert); the FLOPs and the activation are not.
 Routing: router='switch' (raw top-1 gate), capacity factor 1.25 as in the
   paper's Switch-Base runs.
 Tiny variant (same pattern, 64 experts): :tiny
