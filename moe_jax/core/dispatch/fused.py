@@ -15,7 +15,6 @@ so the exchange runs the index dispatcher instead (`buffered`).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from moe_jax.core.dispatch.base import Dispatcher, ExpertInputs
 from moe_jax.core.dispatch.index import INDEX, row_maps
@@ -23,7 +22,8 @@ from moe_jax.core.plan import RoutingPlan
 
 
 def dispatch(x: jax.Array, plan: RoutingPlan):
-  """[G, S, D] -> the gathered layout: tokens [G·S, D], rows and gates [E, G·C]."""
+  """[G, S, D] -> the gathered layout: tokens [G·S, D], rows and gates
+  [E, G·C]."""
   g, s, k = plan.shape
   _, choice = row_maps(plan)
   # The token of each row; an empty row's choice G·S·K maps to token G·S,
