@@ -29,7 +29,7 @@ def test_hand_computed_sums():
   weights = jnp.array([[0.5, 1.0], [2.0, 9.0]])  # 9.0 must not be used.
   out = gathered_mlp(_linear_pre, lambda h: h, params,
                      ExpertInputs(x, rows=rows, row_weights=weights))
-  # Token 0: 0.5·2·1 + 2·(-3·1) = -5; token 1 is in no row; token 2: 1·2·3.
+  # Token 0: 0.5·2·1 + 2·(-3·1) = -5; token 1 in no row; token 2: 1·2·3.
   np.testing.assert_allclose(out, [[-5.0], [0.0], [6.0]])
 
 

@@ -70,8 +70,8 @@ class MoEConfig:
       'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
       expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
       (no capacity: sort + jax.lax.ragged_dot, for backends with a grouped
-      matmul kernel). Index, fused and einsum give the same results; the dropless
-      ones match them when nothing is dropped.
+      matmul kernel). Index, fused and einsum give the same results; the
+      dropless ones match them when nothing is dropped.
     expert_type: 'gelu' or 'swiglu' expert MLP.
     d_ff: F, each expert's hidden width.
     capacity_factor: train capacity factor (ST-MoE recommends 1.25).
