@@ -149,7 +149,7 @@ def test_decoder_refuses_noncausal_expert_choice():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(dispatcher='dropless'), "use 'index' or 'einsum'"),
+    (dict(dispatcher='dropless'), "use 'index', 'fused' or 'einsum'"),
     (dict(group_size=64), 'unset group_size'),
     (dict(causal_chunk=0), 'causal_chunk'),
     (dict(fixed_capacity=-1), 'fixed_capacity'),

@@ -15,8 +15,8 @@ Published figures:
 Left out: the sliding-window attention of Mistral 7B (no parameters; Mixtral
   itself uses full attention). Routing: Mixtral's softmax over the top-2
   logits is router='topk'; it trains dropless (add
-  --config.moe.dispatcher=dropless to match; the default 'index' is the one
-  that runs expert-parallel).
+  --config.moe.dispatcher=dropless to match; the default is 'index', with a
+  capacity factor, as in every config).
 Tiny variant (same pattern, 8 heads / 2 kv heads, D=64): :tiny
 """
 

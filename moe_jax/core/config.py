@@ -248,7 +248,8 @@ class MoEConfig:
       if not DISPATCHERS[self.dispatcher].needs_capacity:
         raise UserInputError(
             f"router='expert_choice' fills fixed-size expert buffers; "
-            f"dispatcher={self.dispatcher!r} has none: use 'index' or 'einsum'.")
+            f"dispatcher={self.dispatcher!r} has none: use 'index', 'fused' "
+            "or 'einsum'.")
 
   def capacity(self, group_size: int, train: bool) -> int | None:
     """C for a group of `group_size` tokens; None for the dropless dispatcher."""

@@ -22,8 +22,10 @@ def preset_config(model: dict, moe: dict) -> ml_collections.ConfigDict:
   """The default config with these model.* and moe.* fields set.
 
   Routing that a published model trains without drops (Mixtral, DeepSeek,
-  Qwen, OLMoE) still gets the default 'index' dispatcher here: it is the one
-  that runs expert-parallel. Set --config.moe.dispatcher=dropless to match.
+  Qwen, OLMoE) still gets the default 'index' dispatcher here, with its
+  capacity factor, like every other config. Set
+  --config.moe.dispatcher=dropless to match (it runs expert-parallel too),
+  or 'fused' for the capacity layout with the least token movement.
   """
   c = get_default_config()
   c.model.update(model)
