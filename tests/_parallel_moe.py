@@ -74,11 +74,14 @@ CASES = {
     # buffers.
     'fused': MoEConfig(router='gshard', top_k=2, second_policy='all',
                        dispatcher='fused', expert_type='swiglu', **_COMMON),
+    'dropless_fused': MoEConfig(router='topk', top_k=2,
+                                dispatcher='dropless_fused', **_COMMON),
 }
 # Cases that run on their own meshes rather than MESHES.
 CASE_MESHES = {'dropless': HLO_MESHES, 'dropless_ragged': ((2, 4, 1),),
                'dropless_skewed': ((2, 4, 1),),
-               'fused': ((4, 1, 2), (2, 4, 1))}
+               'fused': ((4, 1, 2), (2, 4, 1)),
+               'dropless_fused': ((2, 4, 1),)}
 ZERO_ROUTER = ('dropless_skewed',)
 
 

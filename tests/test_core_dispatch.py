@@ -136,12 +136,13 @@ def test_dropless_and_index_agree_without_drops(case):
   params = _params(3)
   x, r = _inputs(4)
   key = jax.random.key(5)
-  want, got = _run([_with(config, dispatcher='index'),
-                    _with(config, dispatcher='dropless')], params, x, r, True,
-                   key)
+  want, got, fused = _run([_with(config, dispatcher=name)
+                           for name in ('index', 'dropless', 'dropless_fused')],
+                          params, x, r, True, key)
   np.testing.assert_allclose(want[2]['dropped_fraction'], 0.0)
   assert np.abs(want[3][0]['router_kernel']).max() > 1e-3
   _assert_same(got, want)
+  _assert_same(fused, want)
 
 
 # ------------------------------------------------- direct dispatcher calls

@@ -236,7 +236,7 @@ def test_tile_schedule():
   group_sizes = jnp.asarray([9, 0, 6, 1], jnp.int32)  # blk = 2.
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(blocked_mlp, 'TILE_ROWS', (4,))
-    (tiles, rows), (blocks, blk) = blocked_mlp._block_schedule(
+    (tiles, rows), (blocks, blk) = blocked_mlp.block_schedule(
         block_expert, group_sizes, 2, 4)
   assert (rows, blk) == (4, 2)
   assert int(tiles.count) == 3 and int(blocks.count) == 3

@@ -44,12 +44,25 @@ def test_gradients_match_numerical_differences():
   # Token 1 in two experts, token 4 in none, two empty rows (index t).
   rows = jnp.array([[0, 1, t], [1, 2, 3], [t, 2, 0]], jnp.int32)
   weights = jnp.asarray(rng.uniform(0.1, 1.0, size=(e, n)), jnp.float32)
+  # Blocks of 2 rows sorted by expert: expert 0 has 3 rows (blocks 0-1,
+  # one padding row), expert 1 none, expert 2 one (block 2); block 3 is
+  # past the used ones. Token 0 is in two experts, token 1 in none.
+  blocked = dict(rows=jnp.array([[0, 2], [4, t], [0, t], [t, t]], jnp.int32),
+                 block_expert=jnp.array([0, 0, 2, 2], jnp.int32),
+                 group_sizes=jnp.array([3, 0, 1], jnp.int32))
+  blocked_weights = jnp.asarray(rng.uniform(0.1, 1.0, size=(4, 2)),
+                                jnp.float32)
   for name in ('gelu', 'swiglu'):
     fn = EXPERT_FNS[name]
 
     def f(params, x, weights, fn=fn):
       return fn(params, ExpertInputs(x, rows=rows, row_weights=weights))
 
+    def g(params, x, weights, fn=fn):
+      return fn(params, ExpertInputs(x, row_weights=weights, **blocked))
+
     p = params if name == 'swiglu' else {k: params[k] for k in ('wi', 'wo')}
     check_grads(f, (p, x, weights), order=1, modes=['rev'], eps=1e-2,
+                atol=2e-2, rtol=2e-2)
+    check_grads(g, (p, x, blocked_weights), order=1, modes=['rev'], eps=1e-2,
                 atol=2e-2, rtol=2e-2)

@@ -12,7 +12,8 @@ random), both with capacity drops, on meshes (data, expert, model) =
 a mesh. The dropless dispatchers on expert-parallel meshes: 'dropless' on
 (2,4,1) and (1,8,1), 'dropless_ragged' and 'dropless_skewed' (every choice
 to one device) on (2,4,1). The fused dispatcher on (4,1,2) (its loop inside
-shard_map, weights split over 'model') and (2,4,1) (the index twin).
+shard_map, weights split over 'model') and (2,4,1) (the index twin), and
+'dropless_fused' on (2,4,1).
 """
 
 import json
@@ -31,7 +32,7 @@ MESHES = ('8x1x1', '2x4x1', '1x8x1', '2x2x2')
 EP_MESHES = ('2x4x1', '1x8x1')  # Meshes with an expert axis > 1.
 DROPLESS = (('dropless', '2x4x1'), ('dropless', '1x8x1'),
             ('dropless_ragged', '2x4x1'), ('dropless_skewed', '2x4x1'))
-FUSED = (('fused', '4x1x2'), ('fused', '2x4x1'))
+FUSED = (('fused', '4x1x2'), ('fused', '2x4x1'), ('dropless_fused', '2x4x1'))
 RTOL = 1e-5  # float32; the meshes only reorder the batch reductions.
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ from moe_jax.core.plan import segment_of
 
 
 # Heights in rows of the tiles the blocked layout runs in, biggest first;
-# what no tile covers runs block by block (see _block_schedule).
+# what no tile covers runs block by block (see block_schedule).
 TILE_ROWS = (1024, 512, 256, 128)
 
 # An expert MLP in two halves, pre(p, x) -> h and post(p, h) -> y, with p the
@@ -31,7 +31,7 @@ TILE_ROWS = (1024, 512, 256, 128)
 _Half = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
 
 
-class _Tiles(NamedTuple):
+class Tiles(NamedTuple):
   """A static-size list of tiles, of which the first `count` are real.
 
   Attributes:
@@ -46,16 +46,16 @@ class _Tiles(NamedTuple):
 
 
 def _tiles(per_expert: jax.Array, first_row: jax.Array, tile_rows: int,
-           max_tiles: int) -> _Tiles:
+           max_tiles: int) -> Tiles:
   """per_expert[e] consecutive tiles of `tile_rows` rows from first_row[e]."""
   end = jnp.cumsum(per_expert)
   t = jnp.arange(max_tiles, dtype=jnp.int32)
   expert = segment_of(end, t)
   start = first_row[expert] + (t - (end - per_expert)[expert]) * tile_rows
-  return _Tiles(expert, start.astype(jnp.int32), end[-1])
+  return Tiles(expert, start.astype(jnp.int32), end[-1])
 
 
-def _block_schedule(block_expert, group_sizes, block_size, num_experts):
+def block_schedule(block_expert, group_sizes, block_size, num_experts):
   """Splits each expert's blocks into tiles of TILE_ROWS, then single blocks.
 
   Tiles never cross experts, so a tile is plain matmuls with one expert's
@@ -136,7 +136,7 @@ def _tiled(pre: _Half, post: _Half | None, params, x, schedule, sizes):
     pre, post: the MLP halves (post None: just pre).
     params: expert weights, each [E, ...].
     x: [R, D] rows.
-    schedule: tuple of _Tiles; sizes: their tile heights (static).
+    schedule: tuple of Tiles; sizes: their tile heights (static).
 
   Returns:
     [R, D'], 0 in rows no tile covers.
@@ -190,7 +190,7 @@ _tiled.defvjp(_tiled_fwd, _tiled_bwd)
 def blocked_mlp(pre: _Half, post: _Half | None, params, inputs: ExpertInputs):
   """Runs an MLP over the blocked layout x [NB, blk, D] -> [NB, blk, D'].
 
-  The MLP runs tile by tile (see _block_schedule), both halves in one loop,
+  The MLP runs tile by tile (see block_schedule), both halves in one loop,
   so the hidden activations of a tile stay in cache and only h = pre(x) is
   written out, for the backward pass. On CPU (2 cores, T=8192, D=256,
   F=1024, E=8, top-1, forward + backward) this layer took ~1.1x a dense FFN;
@@ -206,7 +206,7 @@ def blocked_mlp(pre: _Half, post: _Half | None, params, inputs: ExpertInputs):
   # Inside shard_map rows and weights vary over different mesh axes (rows
   # over 'data', weights over 'model'); see manual_axes.py.
   x, params = manual_axes.vary_alike(inputs.x.reshape(nb * blk, d), params)
-  schedule = _block_schedule(inputs.block_expert, inputs.group_sizes, blk,
+  schedule = block_schedule(inputs.block_expert, inputs.group_sizes, blk,
                              num_experts)
   tiles = tuple(t for t, _ in schedule)
   sizes = tuple(s for _, s in schedule)

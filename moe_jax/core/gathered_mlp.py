@@ -1,14 +1,19 @@
 """Expert MLPs that gather their tokens inside the loop over experts.
 
-The capacity layout [E, G·C, D] holds every token K·cf times. With many
-small experts (E = 64, K = 8, F = 128 < D) writing and reading those copies,
-and the [G·S·K, D] choices of the K-way combine, cost more than the expert
-matmuls' extra time (benchmarks/RESULTS.md, section 2). Here one expert at a
-time, in a loop, gathers its rows straight from the tokens, runs its MLP and
-adds its gate-weighted output into the tokens' sums, so the only [rows, D]
-arrays are one expert's. A custom VJP runs the backward pass as the same
-loop; the gates' gradient comes from a product the backward pass computes
-anyway, so no output matmul is redone.
+The capacity layout [E, G·C, D] holds every token K·cf times, and the blocked
+dropless layout [NB·blk, D] K times. With many small experts (E = 64, K = 8,
+F = 128 < D) writing and reading those copies, and the [G·S·K, D] choices of
+the K-way combine, cost more than the expert matmuls' extra time
+(benchmarks/RESULTS.md, section 2). Here the buffers hold only token indices
+and gates: a loop over tiles of rows, each tile one expert's, gathers the
+tile's tokens, runs the expert's MLP and adds its gate-weighted output into
+the tokens' sums, so the only [rows, D] arrays are one tile's. A custom VJP
+runs the backward pass as the same loop; the gates' gradient comes from a
+product the backward pass computes anyway, so no output matmul is redone.
+
+Tiles: one per expert (its N rows) in the capacity layout; in the blocked
+layout, runs of one expert's blocks, as blocked_mlp.block_schedule cuts them
+(padding blocks past the used ones are skipped).
 
 The MLP is given as pre(p, x) -> h (the input matmuls; h is saved for the
 backward pass), act(h) -> a [n, F] (elementwise, no weights) and the output
@@ -24,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.core import manual_axes
+from moe_jax.core.blocked_mlp import Tiles, block_schedule
 from moe_jax.core.dispatch.base import ExpertInputs
 
 _Pre = Callable[[dict[str, jax.Array], jax.Array], object]
@@ -34,75 +40,101 @@ def _expert(params, e):
   return jax.tree.map(lambda v: v[e], params)
 
 
-def _rows(a: jax.Array, index: jax.Array) -> jax.Array:
-  """a[index] with 0 where index == len(a) (an empty buffer row)."""
+def _gather(a: jax.Array, index: jax.Array) -> jax.Array:
+  """a[index] with 0 where index == len(a) (an empty row)."""
   return jnp.asarray(a).at[index].get(mode='fill', fill_value=0)
 
 
-def _forward(pre, act, params, x, rows, weights):
-  e_count = rows.shape[0]
-  probe = jax.ShapeDtypeStruct((rows.shape[1], x.shape[-1]), x.dtype)
+def _slice(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
+  return jax.lax.dynamic_slice_in_dim(a, start, size, axis=0)
+
+
+def _put(a: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_update_slice_in_dim(a, rows, start, axis=0)
+
+
+def _forward(pre, act, params, x, rows, weights, schedule, sizes):
+  probe = jax.ShapeDtypeStruct((1, x.shape[-1]), x.dtype)
   h_shape = jax.eval_shape(pre, _expert(params, 0), probe)
   hs = jax.tree.map(
-      lambda s: manual_axes.zeros((e_count, *s.shape), s.dtype, x, params),
-      h_shape)
+      lambda s: manual_axes.zeros((rows.shape[0], s.shape[-1]), s.dtype, x,
+                                  params), h_shape)
   out = manual_axes.zeros(x.shape, x.dtype, x, params)
+  for tiles, size in zip(schedule, sizes):
+    def step(i, carry, tiles=tiles, size=size):
+      out, hs = carry
+      start, pe = tiles.start[i], _expert(params, tiles.expert[i])
+      r = _slice(rows, start, size)
+      h = pre(pe, _gather(x, r))
+      y = act(h) @ pe['wo']
+      w = _slice(weights, start, size)[:, None].astype(y.dtype)
+      # mode='drop' skips the empty rows (index T).
+      out = out.at[r].add(y * w, mode='drop')
+      return out, jax.tree.map(lambda buf, v: _put(buf, v, start), hs, h)
 
-  def step(e, carry):
-    out, hs = carry
-    pe, r = _expert(params, e), rows[e]
-    h = pre(pe, _rows(x, r))
-    y = act(h) @ pe['wo']
-    # mode='drop' skips the empty rows (index T).
-    out = out.at[r].add(y * weights[e][:, None].astype(y.dtype), mode='drop')
-    hs = jax.tree.map(lambda buf, v: buf.at[e].set(v), hs, h)
-    return out, hs
-
-  return jax.lax.fori_loop(0, e_count, step, (out, hs))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _gathered(pre: _Pre, act: _Act, params, x, rows, weights):
-  return _forward(pre, act, params, x, rows, weights)[0]
+    out, hs = jax.lax.fori_loop(0, tiles.count, step, (out, hs))
+  return out, hs
 
 
-def _gathered_fwd(pre, act, params, x, rows, weights):
-  out, hs = _forward(pre, act, params, x, rows, weights)
-  return out, (params, x, rows, weights, hs)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 7))
+def _gathered(pre: _Pre, act: _Act, params, x, rows, weights, schedule,
+              sizes):
+  return _forward(pre, act, params, x, rows, weights, schedule, sizes)[0]
 
 
-def _gathered_bwd(pre, act, residuals, dout):
-  params, x, rows, weights, hs = residuals
-  dx = manual_axes.zeros(x.shape, x.dtype, x, params, dout)
+def _gathered_fwd(pre, act, params, x, rows, weights, schedule, sizes):
+  out, hs = _forward(pre, act, params, x, rows, weights, schedule, sizes)
+  return out, (params, x, rows, weights, schedule, hs)
+
+
+def _gathered_bwd(pre, act, sizes, residuals, dout):
+  params, x, rows, weights, schedule, hs = residuals
+  like = (x, params, dout)
+  dx = manual_axes.zeros(x.shape, x.dtype, *like)
+  # float32 sums over an expert's tiles: bfloat16 would round at each one.
   dparams = jax.tree.map(
-      lambda v: manual_axes.zeros(v.shape, v.dtype, x, params, dout), params)
-  dweights = manual_axes.zeros(weights.shape, weights.dtype, x, params, dout)
+      lambda v: manual_axes.zeros(v.shape, jnp.float32, *like), params)
+  dweights = manual_axes.zeros(weights.shape, weights.dtype, *like)
+  for tiles, size in zip(schedule, sizes):
+    def step(i, carry, tiles=tiles, size=size):
+      dx, dparams, dweights = carry
+      start, e = tiles.start[i], tiles.expert[i]
+      pe, r = _expert(params, e), _slice(rows, start, size)
+      xr, dout_r = _gather(x, r), _gather(dout, r)
+      w = _slice(weights, start, size)[:, None].astype(dout.dtype)
+      a, act_vjp = jax.vjp(act, jax.tree.map(
+          lambda b: _slice(b, start, size), hs))
+      # u = dout · wo^T serves both the gate's gradient, <a, u> = <y, dout>,
+      # and the hidden units' gradient, w·u.
+      u = dout_r @ pe['wo'].T
+      dw = jnp.sum(a.astype(jnp.float32) * u.astype(jnp.float32), axis=-1)
+      dwo = (a * w).T @ dout_r
+      dpe, dxr = jax.vjp(pre, pe, xr)[1](act_vjp(u * w)[0])
+      dpe = dict(dpe, wo=dpe['wo'] + dwo.astype(dpe['wo'].dtype))
+      # Each expert's sum is updated in place in the loop carry.
+      dparams = jax.tree.map(
+          lambda acc, g: jax.lax.dynamic_update_index_in_dim(
+              acc, acc[e] + g.astype(jnp.float32), e, 0), dparams, dpe)
+      dweights = _put(dweights, dw.astype(dweights.dtype), start)
+      return dx.at[r].add(dxr.astype(dx.dtype), mode='drop'), dparams, dweights
 
-  def step(e, carry):
-    dx, dparams, dweights = carry
-    pe, r = _expert(params, e), rows[e]
-    xr, dout_r = _rows(x, r), _rows(dout, r)
-    w = weights[e][:, None].astype(dout.dtype)
-    a, act_vjp = jax.vjp(act, jax.tree.map(lambda b: b[e], hs))
-    # u = dout · wo^T serves both the gate's gradient, <a, u> = <y, dout>,
-    # and the hidden units' gradient, w·u.
-    u = dout_r @ pe['wo'].T
-    dw = jnp.sum(a.astype(jnp.float32) * u.astype(jnp.float32), axis=-1)
-    dwo = (a * w).T @ dout_r
-    dpe, dxr = jax.vjp(pre, pe, xr)[1](act_vjp(u * w)[0])
-    dpe = dict(dpe, wo=dpe['wo'] + dwo.astype(dpe['wo'].dtype))
-    # Each expert is visited once, so its gradients are set, not summed.
-    dparams = jax.tree.map(lambda acc, g: acc.at[e].set(g.astype(acc.dtype)),
-                           dparams, dpe)
-    dweights = dweights.at[e].set(dw.astype(dweights.dtype))
-    return dx.at[r].add(dxr.astype(dx.dtype), mode='drop'), dparams, dweights
-
-  dx, dparams, dweights = jax.lax.fori_loop(0, rows.shape[0], step,
-                                            (dx, dparams, dweights))
-  return dparams, dx, None, dweights
+    dx, dparams, dweights = jax.lax.fori_loop(0, tiles.count, step,
+                                              (dx, dparams, dweights))
+  dparams = jax.tree.map(lambda d, v: d.astype(v.dtype), dparams, params)
+  return dparams, dx, None, dweights, None
 
 
 _gathered.defvjp(_gathered_fwd, _gathered_bwd)
+
+
+def _schedule(inputs: ExpertInputs, num_experts: int):
+  """[(Tiles, rows per tile)] over the flat rows of the layout."""
+  if inputs.block_expert is None:  # Capacity: expert e's N rows, one tile.
+    n = inputs.rows.shape[-1]
+    experts = jnp.arange(num_experts, dtype=jnp.int32)
+    return [(Tiles(experts, experts * n, jnp.int32(num_experts)), n)]
+  return block_schedule(inputs.block_expert, inputs.group_sizes,
+                        inputs.rows.shape[-1], num_experts)
 
 
 def gathered_mlp(pre: _Pre, act: _Act, params: dict[str, jax.Array],
@@ -112,13 +144,18 @@ def gathered_mlp(pre: _Pre, act: _Act, params: dict[str, jax.Array],
   Args:
     pre, act: the MLP before its output matmul (see the module docstring).
     params: expert weights, each [E, ...], with wo [E, F, D].
-    inputs: the gathered layout: x [T, D] tokens, rows int32 [E, N] the token
-      of each buffer row (T: empty), row_weights [E, N] its gate.
+    inputs: a gathered layout: x [T, D] tokens; rows int32 the token of each
+      buffer row (T: empty) and row_weights its gate, both [E, N] (capacity)
+      or [NB, blk] with block_expert and group_sizes (blocked dropless).
 
   Returns:
     [T, D] gate-weighted sums of the experts' outputs (0 for a token in no
     row).
   """
-  x, params, weights = manual_axes.vary_alike(inputs.x, params,
-                                              inputs.row_weights)
-  return _gathered(pre, act, params, x, inputs.rows, weights)
+  num_experts = jax.tree.leaves(params)[0].shape[0]
+  schedule = _schedule(inputs, num_experts)
+  x, params, weights = manual_axes.vary_alike(
+      inputs.x, params, inputs.row_weights.reshape(-1))
+  return _gathered(pre, act, params, x, inputs.rows.reshape(-1), weights,
+                   tuple(t for t, _ in schedule),
+                   tuple(s for _, s in schedule))

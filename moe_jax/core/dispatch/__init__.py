@@ -5,7 +5,7 @@ from moe_jax.core.dispatch.base import (Dispatcher, ExpertInputs, RunExperts,
 from moe_jax.core.dispatch.dropless import DROPLESS_RAGGED
 from moe_jax.core.dispatch.dropless_blocked import DROPLESS_BLOCKED
 from moe_jax.core.dispatch.einsum import EINSUM
-from moe_jax.core.dispatch.fused import FUSED
+from moe_jax.core.dispatch.fused import DROPLESS_FUSED, FUSED
 from moe_jax.core.dispatch.index import INDEX
 
 # 'dropless' is the blocked layout: tiled matmuls, fast on every backend.
@@ -13,4 +13,5 @@ from moe_jax.core.dispatch.index import INDEX
 # GPU/TPU but several times slower than dense matmuls on CPU.
 DISPATCHERS: dict[str, Dispatcher] = {
     d.name: d
-    for d in (EINSUM, INDEX, FUSED, DROPLESS_BLOCKED, DROPLESS_RAGGED)}
+    for d in (EINSUM, INDEX, FUSED, DROPLESS_BLOCKED, DROPLESS_FUSED,
+              DROPLESS_RAGGED)}

@@ -29,10 +29,12 @@ class ExpertInputs(NamedTuple):
   blocked (dropless): x [NB, blk, D], rows sorted by expert and each
     expert's rows padded to whole blocks, so block b belongs to expert
     block_expert[b] alone; both fields set.
-  gathered (fused): x [T, D] the tokens themselves; rows int32 [E, N] the
-    token of each capacity-buffer row (T: empty) and row_weights [E, N] its
-    gate. The experts gather their rows, and return [T, D] gate-weighted
-    sums: the combine is already done (see core/gathered_mlp.py).
+  gathered (fused, dropless_fused): x [T, D] the tokens themselves; rows
+    int32 the token of each buffer row (T: empty) and row_weights its gate,
+    [E, N] for capacity buffers or [NB, blk] for blocks (then group_sizes
+    and block_expert set too). The experts gather their rows, and return
+    [T, D] gate-weighted sums: the combine is already done (see
+    core/gathered_mlp.py).
 
   Attributes:
     x: the rows, shaped as above.

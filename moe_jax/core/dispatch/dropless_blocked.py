@@ -34,7 +34,7 @@ from moe_jax.core.plan import RoutingPlan, segment_of
 
 # The buffer's padding, up to E·blk rows, stays between M / (2·PAD_DIVISOR)
 # and M / PAD_DIVISOR (before clipping). The experts skip unused blocks and
-# run runs of blocks as big tiles (blocked_mlp._block_schedule), so small blocks
+# run runs of blocks as big tiles (blocked_mlp.block_schedule), so small blocks
 # cost little: 8, 16 and 32 timed alike on CPU at M = 8192, E = 8.
 PAD_DIVISOR = 16
 MIN_BLOCK, MAX_BLOCK = 8, 512
