@@ -68,7 +68,9 @@ class MoEConfig:
       K·cf copies of the tokens; faster for fine-grained layers on CPU, see
       benchmarks/RESULTS.md),
       'einsum' (one-hot GShard reference), 'dropless' (no capacity: sort by
-      expert into expert-aligned blocks, tiled matmuls) or 'dropless_ragged'
+      expert into expert-aligned blocks, tiled matmuls), 'dropless_fused'
+      (the same blocks of token indices, gathered tile by tile inside the
+      expert loop) or 'dropless_ragged'
       (no capacity: sort + jax.lax.ragged_dot, for backends with a grouped
       matmul kernel). Index, fused and einsum give the same results; the
       dropless ones match them when nothing is dropped.
