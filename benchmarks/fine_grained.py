@@ -1,6 +1,6 @@
 """Fine-grained experts: MoE layer time as the number of experts grows.
 
-  python benchmarks/fine_grained.py [--dispatchers=index,fused] \
+  python benchmarks/fine_grained.py [--dispatchers=index,fused,dropless,dropless_fused] \
       [--out=runs/benchmarks/fine_grained.json]
 
 T = 8192 tokens (G = 8 groups of 1024), D = 256, float32, forward + backward,
@@ -16,7 +16,8 @@ top-k routing (Mixtral-style gates), train capacity factor 1.25.
 
 Every dispatcher of a series is timed in the same interleaved rounds.
 Columns: ms (median) and vs E=8, the time over the fastest E = 8 row of the
-series (coarse MoE at its best, whatever its dispatcher); GFLOP and
+series among dispatchers of the same kind (capacity or dropless: coarse MoE
+at its best, for the same work); GFLOP and
 GB_accessed, XLA's static cost analysis of the compiled step; GB_written,
 the bytes of the buffers the step materialises (common.written_bytes), which
 tracks token movement where XLA's count of fused gathers does not. The cost
@@ -37,6 +38,7 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common, moe_layer  # pylint: disable=g-import-not-at-top
 from moe_jax.core import MoEConfig
+from moe_jax.core.dispatch import DISPATCHERS
 
 T, S, D = 8192, 1024, 256
 EXPERTS = (8, 16, 32, 64)
@@ -60,7 +62,8 @@ def layer_step(e: int, f: int, k: int, dispatcher: str):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--dispatchers', default='index,fused')
+  parser.add_argument('--dispatchers',
+                      default='index,fused,dropless,dropless_fused')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--no-time', action='store_true',
                       help='cost analysis only; no timing')
@@ -81,7 +84,11 @@ def main():
     if not args.no_time:
       seconds = common.time_interleaved({k: b[0] for k, b in built.items()},
                                         rounds=args.repeats)
-      base = min(seconds[(d, EXPERTS[0])] for d in dispatchers)
+      # Capacity and dropless layers do different work (cf·K·T rows against
+      # K·T), so each is compared with the fastest E = 8 of its own kind.
+      kind = lambda d: DISPATCHERS[d].needs_capacity
+      base = {d: min(seconds[(o, EXPERTS[0])] for o in dispatchers
+                     if kind(o) == kind(d)) for d in dispatchers}
     for (d, e), (run, cost) in built.items():
       f, k = shapes[e]
       # XLA's static cost analysis of the step: FLOPs and bytes show whether
@@ -89,7 +96,7 @@ def main():
       row = {'series': series, 'dispatcher': d, 'E': e, 'F': f, 'K': k, **cost}
       if seconds:
         row.update({'ms': 1e3 * seconds[(d, e)],
-                    'vs E=8': seconds[(d, e)] / base})
+                    'vs E=8': seconds[(d, e)] / base[d]})
       rows.append(row)
       print(rows[-1], flush=True)
   common.print_table(rows, ['series', 'dispatcher', 'E', 'F', 'K', 'ms',

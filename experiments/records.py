@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import pathlib
 import time
 
@@ -118,6 +119,9 @@ def train_run(ab, variant: str, seed: int, config,
       'train_s': config.train.num_steps * tokens_per_step / tps,
       'wall_s': wall,
       'resumed_from_step': max(saved, default=0),
+      # XLA:CPU's threading sets the matmuls' summation order, so a run is
+      # bit-reproducible only with the same flags (experiments/README.md).
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'expert_fraction': json.dumps(
           [[round(x, 4) for x in f] for f in fractions]),
   }

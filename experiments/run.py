@@ -1,7 +1,7 @@
 """Runs an ablation: every variant at every seed, one after another.
 
   python -m experiments.run <ablation> [--seeds 3] [--steps N] [--quick]
-      [--out DIR] [--variants a,b] [--report-only]
+      [--out DIR] [--variants a,b] [--report-only] [--fresh]
       [--config.<field>=<value> ...]
 
 <ablation> is a file experiments/<ablation>.py defining ABLATION. The
@@ -10,7 +10,9 @@
 experiments/results/<ablation>/ (…-quick/ for --quick): runs.csv,
 curves.csv, summary.md and PNG plots; each run trains in its own workdir
 under workdirs/. A rerun skips runs already in runs.csv and resumes an
-interrupted one from its checkpoint.
+interrupted one from its checkpoint. A run with the same config as one in
+another ablation's results is copied from there, unless --fresh (which,
+with --out to a new folder, retrains everything from scratch).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def parse_args(argv):
                       help='comma-separated subset of variants to run now')
   parser.add_argument('--report-only', action='store_true',
                       help='only rebuild summary.md and plots from runs.csv')
+  parser.add_argument('--fresh', action='store_true',
+                      help="train every run; copy none from other ablations' "
+                      'results (a from-scratch rerun; pair it with --out)')
   args, rest = parser.parse_known_args(argv)
   overrides = {}
   for item in rest:
@@ -83,9 +88,11 @@ def available() -> list[str]:
 
 def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
                  overrides: dict, command: str,
-                 only: list[str] | None = None) -> list[dict]:
+                 only: list[str] | None = None,
+                 reuse: bool = True) -> list[dict]:
   """Trains what runs.csv lacks (of `only`'s variants, if given); returns all
-  rows. Rebuilds the report."""
+  rows. Rebuilds the report. With reuse, a run that another ablation's
+  results already hold (same config hash) is copied, not retrained."""
   from moe_jax.train.trainer import NonFiniteLossError  # Slow import.
   store = records.RunStore(out)
   # Seed-major: an ablation stopped part-way holds every variant at the
@@ -123,7 +130,7 @@ def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
     t0 = time.perf_counter()
     config = configs[v.name, s]
     workdir = out / 'workdirs' / v.name / f'seed{s}'
-    found = records.find_finished(RESULTS, config, out)
+    found = records.find_finished(RESULTS, config, out) if reuse else None
     if found is not None:
       try:
         store.add(*records.reuse_run(ab, v.name, s, config, found))
@@ -209,7 +216,8 @@ def main(argv=None) -> int:
       return 0
     run_ablation(ab, seeds=seeds, steps=steps, out=out, overrides=overrides,
                  command=command,
-                 only=args.variants.split(',') if args.variants else None)
+                 only=args.variants.split(',') if args.variants else None,
+                 reuse=not args.fresh)
   except (UserInputError, KeyError) as e:
     print(f'error: {str(e).strip(chr(39))}', file=sys.stderr)
     return 2

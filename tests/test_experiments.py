@@ -188,6 +188,13 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
   assert reused['reused_from'] == 'tiny/top1'
   assert reused['eval_loss'] == original[0]['eval_loss']
   assert float(reused['eval_loss@cf1']) > 0 and 'eval_loss@cf4' not in reused
+  # --fresh retrains it instead, and gets the same loss bit for bit.
+  run.run_ablation(other, seeds=1, steps=3, out=tmp_path / 'fresh',
+                   overrides={}, command='test', reuse=False)
+  assert calls == [('dense', 1), ('same_as_top1', 0)]
+  (fresh,) = _rows(tmp_path / 'fresh')
+  assert 'reused_from' not in fresh or not fresh['reused_from']
+  assert fresh['eval_loss'] == original[0]['eval_loss']
 
   # Other steps into the same folder would mix configs: refused up front.
   with pytest.raises(run.UserInputError, match='another config'):
