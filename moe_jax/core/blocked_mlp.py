@@ -23,8 +23,11 @@ from moe_jax.core.plan import segment_of
 
 
 # Heights in rows of the tiles the blocked layout runs in, biggest first;
-# what no tile covers runs block by block (see block_schedule).
-TILE_ROWS = (1024, 512, 256, 128)
+# what no tile covers runs block by block (see block_schedule). Halving
+# down to 16 cuts each expert's rows into at most one tile per height: with
+# only (1024, ..., 128), an expert of ~127 rows ran as 15 single blocks of
+# 8, and E = 64 at F = 1024 took 1.7x longer on CPU (benchmarks/RESULTS.md).
+TILE_ROWS = (1024, 512, 256, 128, 64, 32, 16)
 
 # An expert MLP in two halves, pre(p, x) -> h and post(p, h) -> y, with p the
 # weights of one expert; the blocked layout saves h for the backward pass.
