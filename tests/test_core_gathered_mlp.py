@@ -62,7 +62,8 @@ def test_gradients_match_numerical_differences():
       return fn(params, ExpertInputs(x, row_weights=weights, **blocked))
 
     p = params if name == 'swiglu' else {k: params[k] for k in ('wi', 'wo')}
-    check_grads(f, (p, x, weights), order=1, modes=['rev'], eps=1e-2,
-                atol=2e-2, rtol=2e-2)
-    check_grads(g, (p, x, blocked_weights), order=1, modes=['rev'], eps=1e-2,
-                atol=2e-2, rtol=2e-2)
+    # jit: check_grads calls its function many times; eager is slow.
+    check_grads(jax.jit(f), (p, x, weights), order=1, modes=['rev'],
+                eps=1e-2, atol=2e-2, rtol=2e-2)
+    check_grads(jax.jit(g), (p, x, blocked_weights), order=1, modes=['rev'],
+                eps=1e-2, atol=2e-2, rtol=2e-2)

@@ -121,8 +121,9 @@ def test_gradients():
     fn = lambda x, lg, wi, wo: soft_moe(
         x, lg, {'wi': wi, 'wo': wo}, gelu_mlp, num_experts=2,
         causal=causal, chunk=2)[0]
-    check_grads(fn, (x, logits, params['wi'], params['wo']), order=1,
-                modes=('rev',), atol=1e-2, rtol=1e-2)
+    # jit: check_grads calls fn many times, and eager dispatch dominated.
+    check_grads(jax.jit(fn), (x, logits, params['wi'], params['wo']),
+                order=1, modes=('rev',), atol=1e-2, rtol=1e-2)
 
 
 def _soft_config(**kw):
