@@ -94,15 +94,15 @@ def block_schedule(block_expert, group_sizes, block_size, num_experts):
   return schedule
 
 
-def _rows(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
+def row_slice(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
   return jax.lax.dynamic_slice_in_dim(a, start, size, axis=0)
 
 
-def _put(a: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
+def put_rows(a: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
   return jax.lax.dynamic_update_slice_in_dim(a, rows, start, axis=0)
 
 
-def _expert(params, e):
+def expert_weights(params, e):
   """One expert's weights, read at a traced index."""
   return jax.tree.map(lambda v: v[e], params)
 
@@ -110,7 +110,7 @@ def _expert(params, e):
 def _tiled_forward(pre, post, params, x, schedule, sizes):
   """y and h = pre(x) for every scheduled tile; other rows stay 0."""
   probe = jax.ShapeDtypeStruct((1, x.shape[-1]), x.dtype)
-  pe = jax.eval_shape(_expert, params, 0)
+  pe = jax.eval_shape(expert_weights, params, 0)
   h_shape = jax.eval_shape(pre, pe, probe)
   y_shape = h_shape if post is None else jax.eval_shape(post, pe, h_shape)
   zeros = lambda s: manual_axes.zeros((x.shape[0], s.shape[-1]), s.dtype, x,
@@ -120,12 +120,12 @@ def _tiled_forward(pre, post, params, x, schedule, sizes):
   for tiles, size in zip(schedule, sizes):
     def step(i, carry, tiles=tiles, size=size):
       y, h = carry
-      start, pe = tiles.start[i], _expert(params, tiles.expert[i])
-      ht = pre(pe, _rows(x, start, size))
+      start, pe = tiles.start[i], expert_weights(params, tiles.expert[i])
+      ht = pre(pe, row_slice(x, start, size))
       if post is None:
-        return _put(y, ht, start), h
-      h = jax.tree.map(lambda a, b: _put(a, b, start), h, ht)
-      return _put(y, post(pe, ht), start), h
+        return put_rows(y, ht, start), h
+      h = jax.tree.map(lambda a, b: put_rows(a, b, start), h, ht)
+      return put_rows(y, post(pe, ht), start), h
 
     y, h = jax.lax.fori_loop(0, tiles.count, step, (y, h))
   return y, h
@@ -163,16 +163,16 @@ def _tiled_bwd(pre, post, sizes, residuals, dy):
     def step(i, carry, tiles=tiles, size=size):
       dx, dparams = carry
       start, e = tiles.start[i], tiles.expert[i]
-      pe = _expert(params, e)
-      dyt = _rows(dy, start, size)
+      pe = expert_weights(params, e)
+      dyt = row_slice(dy, start, size)
       if post is None:
         dpe = jax.tree.map(jnp.zeros_like, pe)
       else:
         # From the saved h only post's activation is recomputed; its unused
         # output matmul is dead code that XLA removes.
-        ht = jax.tree.map(lambda a: _rows(a, start, size), h)
+        ht = jax.tree.map(lambda a: row_slice(a, start, size), h)
         dpe, dyt = jax.vjp(post, pe, ht)[1](dyt)
-      dpe_pre, dxt = jax.vjp(pre, pe, _rows(x, start, size))[1](dyt)
+      dpe_pre, dxt = jax.vjp(pre, pe, row_slice(x, start, size))[1](dyt)
       # Each expert's sum is updated in place in the loop carry: no
       # scatter, and no full [E, ...] cotangent per tile.
       dparams = jax.tree.map(
@@ -180,7 +180,7 @@ def _tiled_bwd(pre, post, sizes, residuals, dy):
               acc, acc[e] + a.astype(jnp.float32) + b.astype(jnp.float32),
               e, 0),
           dparams, dpe, dpe_pre)
-      return _put(dx, dxt, start), dparams
+      return put_rows(dx, dxt, start), dparams
 
     dx, dparams = jax.lax.fori_loop(0, tiles.count, step, (dx, dparams))
   dparams = jax.tree.map(lambda d, v: d.astype(v.dtype), dparams, params)

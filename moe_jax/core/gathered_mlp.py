@@ -29,15 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.core import manual_axes
-from moe_jax.core.blocked_mlp import Tiles, block_schedule
+from moe_jax.core.blocked_mlp import (Tiles, block_schedule, expert_weights,
+                                     put_rows, row_slice)
 from moe_jax.core.dispatch.base import ExpertInputs
 
 _Pre = Callable[[dict[str, jax.Array], jax.Array], object]
 _Act = Callable[[object], jax.Array]
-
-
-def _expert(params, e):
-  return jax.tree.map(lambda v: v[e], params)
 
 
 def _gather(a: jax.Array, index: jax.Array) -> jax.Array:
@@ -45,17 +42,9 @@ def _gather(a: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.asarray(a).at[index].get(mode='fill', fill_value=0)
 
 
-def _slice(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
-  return jax.lax.dynamic_slice_in_dim(a, start, size, axis=0)
-
-
-def _put(a: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
-  return jax.lax.dynamic_update_slice_in_dim(a, rows, start, axis=0)
-
-
 def _forward(pre, act, params, x, rows, weights, schedule, sizes):
   probe = jax.ShapeDtypeStruct((1, x.shape[-1]), x.dtype)
-  h_shape = jax.eval_shape(pre, _expert(params, 0), probe)
+  h_shape = jax.eval_shape(pre, expert_weights(params, 0), probe)
   hs = jax.tree.map(
       lambda s: manual_axes.zeros((rows.shape[0], s.shape[-1]), s.dtype, x,
                                   params), h_shape)
@@ -63,14 +52,14 @@ def _forward(pre, act, params, x, rows, weights, schedule, sizes):
   for tiles, size in zip(schedule, sizes):
     def step(i, carry, tiles=tiles, size=size):
       out, hs = carry
-      start, pe = tiles.start[i], _expert(params, tiles.expert[i])
-      r = _slice(rows, start, size)
+      start, pe = tiles.start[i], expert_weights(params, tiles.expert[i])
+      r = row_slice(rows, start, size)
       h = pre(pe, _gather(x, r))
       y = act(h) @ pe['wo']
-      w = _slice(weights, start, size)[:, None].astype(y.dtype)
+      w = row_slice(weights, start, size)[:, None].astype(y.dtype)
       # mode='drop' skips the empty rows (index T).
       out = out.at[r].add(y * w, mode='drop')
-      return out, jax.tree.map(lambda buf, v: _put(buf, v, start), hs, h)
+      return out, jax.tree.map(lambda buf, v: put_rows(buf, v, start), hs, h)
 
     out, hs = jax.lax.fori_loop(0, tiles.count, step, (out, hs))
   return out, hs
@@ -99,23 +88,23 @@ def _gathered_bwd(pre, act, sizes, residuals, dout):
     def step(i, carry, tiles=tiles, size=size):
       dx, dparams, dweights = carry
       start, e = tiles.start[i], tiles.expert[i]
-      pe, r = _expert(params, e), _slice(rows, start, size)
+      pe, r = expert_weights(params, e), row_slice(rows, start, size)
       xr, dout_r = _gather(x, r), _gather(dout, r)
-      w = _slice(weights, start, size)[:, None].astype(dout.dtype)
+      w = row_slice(weights, start, size)[:, None].astype(dout.dtype)
       a, act_vjp = jax.vjp(act, jax.tree.map(
-          lambda b: _slice(b, start, size), hs))
+          lambda b: row_slice(b, start, size), hs))
       # u = dout · wo^T serves both the gate's gradient, <a, u> = <y, dout>,
       # and the hidden units' gradient, w·u.
       u = dout_r @ pe['wo'].T
       dw = jnp.sum(a.astype(jnp.float32) * u.astype(jnp.float32), axis=-1)
       dwo = (a * w).T @ dout_r
       dpe, dxr = jax.vjp(pre, pe, xr)[1](act_vjp(u * w)[0])
-      dpe = dict(dpe, wo=dpe['wo'] + dwo.astype(dpe['wo'].dtype))
+      dpe = dict(dpe, wo=dwo)  # pre does not read wo: its cotangent is 0.
       # Each expert's sum is updated in place in the loop carry.
       dparams = jax.tree.map(
           lambda acc, g: jax.lax.dynamic_update_index_in_dim(
               acc, acc[e] + g.astype(jnp.float32), e, 0), dparams, dpe)
-      dweights = _put(dweights, dw.astype(dweights.dtype), start)
+      dweights = put_rows(dweights, dw.astype(dweights.dtype), start)
       return dx.at[r].add(dxr.astype(dx.dtype), mode='drop'), dparams, dweights
 
     dx, dparams, dweights = jax.lax.fori_loop(0, tiles.count, step,
