@@ -43,7 +43,7 @@ def build(config) -> tuple[dict, Callable[[], None]]:
   graphdef, state, _, tx = init_state(mcfg, config, mesh)
   total, active = count_params(state.params, mcfg.moe.top_k,
                                mcfg.moe.num_experts)
-  batch = load_data(config)[1].batch_at(0)
+  batch = load_data(config).batches.batch_at(0)
   step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
                  donate_argnums=0)
   start = time.perf_counter()

@@ -20,17 +20,33 @@ class Variant:
   overrides: dict[str, Any]
 
 
+# What a comparison holds equal between its two sides (the verdict table's
+# "basis" column); a claim is only meaningful at the basis it was made at.
+BASES = ('equal steps', 'equal steps, equal active params',
+         'equal steps, equal FLOPs', 'equal time', 'equal total params',
+         'same checkpoint')
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
   """A paper's claim that `better` scores lower than `worse` on a metric.
 
   Each side is (variant name, runs.csv column), e.g.
   ('top1_cf1.0', 'eval_loss'). The sides are paired by seed (see
-  experiments/verdict.py).
+  experiments/verdict.py). `basis` (one of BASES) says what the two sides
+  hold equal. With basis 'equal time' the column is read off each run's
+  validation curve at the training time of the faster side of the pair
+  (experiments/report.py, at_equal_time).
   """
   claim: str
   better: tuple[str, str]
   worse: tuple[str, str]
+  basis: str
+
+  def __post_init__(self):
+    if self.basis not in BASES:
+      raise ValueError(f'basis {self.basis!r} of {self.claim!r} is not one '
+                       f'of {BASES}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,10 +24,11 @@ ABLATION = Ablation(
                    for a in ALPHAS),
     comparisons=(
         Comparison('Shazeer T6: a balance loss (α=1e-2) gives a better loss '
-                   'than none', ('alpha0.01', 'eval_loss'), ('alpha0', 'eval_loss')),
+                   'than none', ('alpha0.01', 'eval_loss'), ('alpha0', 'eval_loss'),
+                   'equal steps, equal FLOPs'),
         Comparison('Shazeer T6: a balance loss (α=1e-2) balances the load '
                    '(MaxVio)', ('alpha0.01', 'eval_max_violation'),
-                   ('alpha0', 'eval_max_violation')),
+                   ('alpha0', 'eval_max_violation'), 'equal steps, equal FLOPs'),
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,

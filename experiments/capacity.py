@@ -30,13 +30,13 @@ ABLATION = Ablation(
     comparisons=(
         Comparison('ST-MoE T8: train cf 1.0 beats 0.75 (eval cf 2.0)',
                    ('train_cf1.0', 'eval_loss@cf2.0'),
-                   ('train_cf0.75', 'eval_loss@cf2.0')),
+                   ('train_cf0.75', 'eval_loss@cf2.0'), 'equal steps'),
         Comparison('ST-MoE T8: train cf 1.25 beats 1.0 (eval cf 2.0)',
                    ('train_cf1.25', 'eval_loss@cf2.0'),
-                   ('train_cf1.0', 'eval_loss@cf2.0')),
+                   ('train_cf1.0', 'eval_loss@cf2.0'), 'equal steps'),
         Comparison('ST-MoE T8: a cf-1.0 checkpoint is better at eval cf 2.0 '
                    'than at 1.0', ('train_cf1.0', 'eval_loss@cf2.0'),
-                   ('train_cf1.0', 'eval_loss@cf1.0')),
+                   ('train_cf1.0', 'eval_loss@cf1.0'), 'same checkpoint'),
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,

@@ -125,8 +125,16 @@ def train_run(ab, variant: str, seed: int, config,
       'expert_fraction': json.dumps(
           [[round(x, 4) for x in f] for f in fractions]),
   }
+  row.update(describe_data(config))
   row.update(extra_evals(ab, config, workdir))
   return row
+
+
+def describe_data(config) -> dict:
+  """The corpus a run read and what its validation split held out."""
+  from moe_jax.train.trainer import load_data  # Slow import.
+  data = load_data(config)
+  return {'data': data.corpus.name, 'held_out': data.held_out}
 
 
 def extra_evals(ab, config, workdir: pathlib.Path) -> dict:
@@ -285,7 +293,8 @@ def _read_csv(path: pathlib.Path) -> list[dict]:
 
 # Columns kept as text even when they look like numbers (a hash of digits).
 _TEXT_COLUMNS = ('variant', 'status', 'config_hash', 'defaults_hash',
-                 'expert_fraction', 'metric', 'reused_from')
+                 'expert_fraction', 'metric', 'reused_from', 'command',
+                 'data', 'held_out', 'xla_flags')
 
 
 def _parse(value: str):

@@ -27,9 +27,11 @@ ABLATION = Ablation(
     ),
     comparisons=(
         Comparison('switch top-1 beats its dense twin (equal active params)',
-                   ('switch_top1', 'eval_loss'), ('dense', 'eval_loss')),
+                   ('switch_top1', 'eval_loss'), ('dense', 'eval_loss'),
+                   'equal steps, equal active params'),
         Comparison('gshard top-2 beats the dense model',
-                   ('gshard_top2', 'eval_loss'), ('dense', 'eval_loss')),
+                   ('gshard_top2', 'eval_loss'), ('dense', 'eval_loss'),
+                   'equal steps'),
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,

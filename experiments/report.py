@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
 import pathlib
 import platform
+from typing import Any
 
 import matplotlib
 matplotlib.use('Agg')  # Files only; no display on a CPU box or in CI.
@@ -93,32 +95,114 @@ def by_seed(rows, variant: str, column: str) -> dict[int, float]:
   return out
 
 
-def verdicts(ab, rows) -> list[tuple]:
-  """(comparison, Verdict, better values, worse values) per claim.
+@dataclasses.dataclass(frozen=True)
+class Judged:
+  """One claim's verdict and the numbers it came from."""
+  comparison: Any
+  verdict: verdict_lib.Verdict
+  better: list[float]  # Per seed, in `seeds` order when paired.
+  worse: list[float]
+  seeds: list[int]  # The seeds compared (paired), or those of `better`.
+  mde: float  # Minimum detectable effect at 80% power (verdict.py).
+  seeds_for_001: int | None  # Paired seeds to detect 0.01 (losses only).
+  note: str  # Seeds left out, or the diverged run that forced Welch.
 
-  Paired by seed when both sides have the same seeds (the rule in
-  experiments/verdict.py), Welch otherwise.
+
+def _diverged(rows, variant: str) -> list[int]:
+  return sorted(int(r['seed']) for r in rows if r['variant'] == variant and
+                str(r.get('status', 'ok')) != 'ok')
+
+
+def at_equal_time(curves, rows, comp, seeds) -> tuple[list, list]:
+  """Each side's curve value at the training time of the pair's faster run.
+
+  A run's step s is at s × train_s / steps seconds (the measured mean time
+  per step, compilation and evaluation excluded); values between two
+  evaluations are interpolated linearly.
+  """
+  def curve_at(variant, column, seed, seconds):
+    row = next(r for r in rows if r['variant'] == variant and
+               int(r['seed']) == seed)
+    pts = sorted((int(c['step']), float(c['value'])) for c in curves
+                 if c['variant'] == variant and int(c['seed']) == seed and
+                 c['metric'] == column)
+    per_step = float(row['train_s']) / int(row['steps'])
+    return float(np.interp(seconds, [s * per_step for s, _ in pts],
+                           [v for _, v in pts]))
+
+  a, b = [], []
+  for seed in seeds:
+    times = [float(by_seed(rows, v, 'train_s')[seed])
+             for v in (comp.better[0], comp.worse[0])]
+    a.append(curve_at(*comp.better, seed, min(times)))
+    b.append(curve_at(*comp.worse, seed, min(times)))
+  return a, b
+
+
+def verdicts(ab, rows, curves=()) -> list[Judged]:
+  """The rule of experiments/verdict.py applied to each claim.
+
+  Paired on the seeds both sides have. Welch on all finite values only when
+  a run of either side diverged, since its seed has nothing to pair with.
   """
   out = []
   for comp in ab.comparisons:
     a, b = by_seed(rows, *comp.better), by_seed(rows, *comp.worse)
-    paired = len(a) >= 2 and set(a) == set(b)
-    seeds = sorted(a) if paired else None
-    xa = [a[s] for s in seeds] if paired else list(a.values())
-    xb = [b[s] for s in seeds] if paired else list(b.values())
-    out.append((comp, verdict_lib.judge(xa, xb, paired=paired), xa, xb))
+    common = sorted(set(a) & set(b))
+    diverged = {v: _diverged(rows, v) for v in (comp.better[0],
+                                                comp.worse[0])}
+    notes = [f'{v} seed {s} diverged' for v, ss in diverged.items()
+             for s in ss]
+    paired = not notes
+    if paired:
+      xa, xb = [a[s] for s in common], [b[s] for s in common]
+      if comp.basis == 'equal time' and common:
+        xa, xb = at_equal_time(curves, rows, comp, common)
+      left = sorted(set(a) ^ set(b))
+      if left:
+        notes.append('seeds without a pair left out: ' +
+                     ', '.join(map(str, left)))
+      diffs = np.subtract(xa, xb)
+      sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
+      mde = verdict_lib.min_detectable_effect(sd, len(diffs))
+      seeds = common
+    else:
+      xa, xb = list(a.values()), list(b.values())
+      notes.append("Welch's test on all finite values")
+      pooled = (float(np.sqrt((np.var(xa, ddof=1) + np.var(xb, ddof=1)) / 2))
+                if min(len(xa), len(xb)) > 1 else math.nan)
+      sd, seeds = pooled, sorted(a)
+      mde = verdict_lib.min_detectable_effect(sd, len(xa), False, len(xb))
+    needed = (verdict_lib.seeds_needed(sd, 0.01)
+              if paired and comp.better[1].startswith('eval_loss') else None)
+    out.append(Judged(comp, verdict_lib.judge(xa, xb, paired=paired), xa,
+                      xb, seeds, mde, needed, '; '.join(notes)))
   return out
 
 
-def verdict_table(ab, rows) -> list[str]:
-  lines = ['| claim | better (claimed) | worse (claimed) | difference | p | '
-           'verdict |', '|---|---|---|---|---|---|']
-  for comp, v, a, b in verdicts(ab, rows):
-    side = lambda s, xs: f'{s[0]} {s[1]}: {mean_std(xs, ".4f")} (n={len(xs)})'
-    lines.append(f'| {comp.claim} | {side(comp.better, a)} | '
-                 f'{side(comp.worse, b)} | {v.difference:+.4f} | '
-                 f'{v.p_value:.3g} | **{v.verdict}** |')
+def _side(variant_column, xs) -> str:
+  return (f'{variant_column[0]} {variant_column[1]}: '
+          f'{mean_std(xs, ".4f")} (n={len(xs)})')
+
+
+def verdict_table(ab, rows, curves=()) -> list[str]:
+  lines = ['| claim | basis | better (claimed) | worse (claimed) | difference '
+           '| p | verdict | detectable (80% power) | seeds for 0.01 |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for j in verdicts(ab, rows, curves):
+    note = f' ({j.note})' if j.note else ''
+    lines.append(
+        f'| {j.comparison.claim}{note} | {j.comparison.basis} | '
+        f'{_side(j.comparison.better, j.better)} | '
+        f'{_side(j.comparison.worse, j.worse)} | '
+        f'{j.verdict.difference:+.4f} | {j.verdict.p_value:.3g} | '
+        f'**{j.verdict.verdict}** | {_mde(j.mde)} | '
+        f'{j.seeds_for_001 or "–"} |')
   return lines
+
+
+def _mde(value: float) -> str:
+  return f'±{value:.4f}' if math.isfinite(value) else '–'
 
 
 def plot_curves(ab, curves, out: pathlib.Path, metric: str = 'eval_loss',
@@ -186,12 +270,36 @@ def _environment() -> str:
   return (f'{platform.platform()}, {platform.processor() or platform.machine()}'
           f', {os.cpu_count()} CPU cores visible; Python '
           f'{platform.python_version()}, jax {jax.__version__} on '
-          f'{jax.default_backend()}' + (
-              f'; XLA_FLAGS={os.environ["XLA_FLAGS"]}'
-              if os.environ.get('XLA_FLAGS') else ''))
+          f'{jax.default_backend()}')
 
 
-def write(ab, rows, curves, out: pathlib.Path, command: str) -> None:
+def _distinct(rows, column: str) -> list[str]:
+  seen = []
+  for r in rows:
+    value = r.get(column)
+    if isinstance(value, str) and value and value not in seen:
+      seen.append(value)
+  return seen
+
+
+def setup_line(ab, rows) -> str:
+  """The runs' length, batch and data, from their config and rows."""
+  if not rows:
+    return ''
+  c = ab.base(int(rows[0]['steps']))
+  steps = sorted({int(r['steps']) for r in rows})
+  tokens = ', '.join(f'{n * c.batch_size * c.seq_len / 1e6:.1f}M' for n in
+                     steps)
+  data = _distinct(rows, 'data') or ['(not recorded in these rows)']
+  held = _distinct(rows, 'held_out') or ['(not recorded in these rows)']
+  return (f'Each run: {"/".join(map(str, steps))} steps of {c.batch_size} × '
+          f'{c.seq_len} positions ({tokens} positions). Data: '
+          f'{"; ".join(data)}. Validation: {"; ".join(held)}; the final '
+          'numbers are over all of it, the curves over train.eval_batches '
+          'batches spread across it.')
+
+
+def write(ab, rows, curves, out: pathlib.Path) -> None:
   """Rewrites summary.md and the plots from the rows gathered so far."""
   out.mkdir(parents=True, exist_ok=True)
   plots = [plot_curves(ab, curves, out), plot_final(ab, rows, out)]
@@ -199,14 +307,21 @@ def write(ab, rows, curves, out: pathlib.Path, command: str) -> None:
     plots.extend(ab.plot(ab, rows, curves, out))
   steps = sorted({int(r['steps']) for r in rows}) if rows else []
   seeds = sorted({int(r['seed']) for r in rows}) if rows else []
+  commands = _distinct(rows, 'command')
+  reused = _distinct(rows, 'reused_from')
   lines = [
       f'# {ab.name}: {ab.title}', '',
       f'Claims from: {ab.source}.', '',
-      f'Command: `{command}`  ',
-      f'Machine: {_environment()}  ',
+      'Commands that trained these runs' + (
+          f' (others reused from {", ".join(reused)})' if reused else '') +
+      ': ' + (', '.join(f'`{c}`' for c in commands) or
+              '(not recorded: rows made before 2026-12-05)') + '  ',
+      f'Machine: {_environment()}; XLA_FLAGS of the runs: '
+      + (', '.join(f'`{f}`' for f in _distinct(rows, 'xla_flags')) or
+         'none recorded') + '  ',
       f'Written: {datetime.date.today().isoformat()}; {len(rows)} runs, '
-      f'steps {steps}, seeds {seeds}. Validation: the last 5% of the corpus.',
-      '']
+      f'steps {steps}, seeds {seeds}.', '',
+      setup_line(ab, rows), '']
   if ab.notes:
     lines += [ab.notes.strip(), '']
   walls = [float(r['wall_s']) for r in rows
@@ -215,8 +330,9 @@ def write(ab, rows, curves, out: pathlib.Path, command: str) -> None:
   if walls:
     resumed = sum(1 for r in rows if isinstance(
         r.get('resumed_from_step'), (int, float)) and r['resumed_from_step'] > 0)
-    lines += [f'Wall time of these runs, one after another (compilation and '
-              f'evaluation included; what a from-scratch rerun costs): '
+    lines += [f'Wall time of these runs added up (compilation and '
+              f'evaluation included; what a from-scratch rerun costs one '
+              f'process; --jobs J divides it by about J): '
               f'{sum(walls) / 60:.0f} min' + (
                   f', of which {resumed} run(s) resumed from a checkpoint '
                   'count only their last part' if resumed else '') + '.', '']
@@ -227,11 +343,15 @@ def write(ab, rows, curves, out: pathlib.Path, command: str) -> None:
     lines += ['## The same checkpoints at other eval settings', ''] + extra + ['']
   if ab.comparisons:
     lines += ['## Verdicts', '',
-              'Rule (experiments/verdict.py): t-test over seeds, paired by '
-              'seed (same seed = same batches) when both sides have the same '
-              'seeds, else Welch; two-sided; p < 0.05 in the claimed '
-              'direction agrees, in the other disagrees, otherwise '
-              'inconclusive.', '']
-    lines += verdict_table(ab, rows) + ['']
+              'Rule (experiments/verdict.py): paired t-test over the seeds '
+              'both sides have (same seed = same initialisation and batches),'
+              " Welch's test only when a run diverged; two-sided; p < 0.05 in "
+              'the claimed direction agrees, in the other disagrees, '
+              'otherwise inconclusive. "Detectable" is the true difference '
+              'the test finds with 80% power at these seeds and this spread '
+              '(an inconclusive verdict rules out larger effects); "seeds '
+              'for 0.01" is how many paired seeds would detect 0.01 '
+              'nats/byte.', '']
+    lines += verdict_table(ab, rows, curves) + ['']
   lines += ['## Plots', ''] + [f'![{p}]({p})' for p in plots if p] + ['']
   (out / 'summary.md').write_text('\n'.join(lines))

@@ -62,19 +62,22 @@ ABLATION = Ablation(
     ),
     comparisons=(
         Comparison('Zhou 2022: expert choice beats top-2 at equal compute',
-                   ('expert_choice', 'eval_loss'), ('top2', 'eval_loss')),
+                   ('expert_choice', 'eval_loss'), ('top2', 'eval_loss'),
+                   'equal steps, equal FLOPs'),
         Comparison('Wang 2024: loss-free balancing has a lower MaxVio than '
                    'the aux loss', ('sigmoid_loss_free', 'eval_max_violation'),
-                   ('sigmoid_aux', 'eval_max_violation')),
+                   ('sigmoid_aux', 'eval_max_violation'),
+                   'equal steps, equal FLOPs'),
         Comparison('Wang 2024: loss-free balancing gives an equal or better '
                    'loss', ('sigmoid_loss_free', 'eval_loss'),
-                   ('sigmoid_aux', 'eval_loss')),
+                   ('sigmoid_aux', 'eval_loss'), 'equal steps, equal FLOPs'),
         Comparison('DeepSeekMoE T1: shared + fine-grained experts beat GShard '
                    'top-2 at equal size', ('fine_grained_shared', 'eval_loss'),
-                   ('top2', 'eval_loss')),
+                   ('top2', 'eval_loss'), 'equal total params'),
         Comparison('Puigcerver 2023: Soft MoE beats token-choice routing at '
                    'equal compute (shown for ViT encoders)',
-                   ('soft', 'eval_loss'), ('top2', 'eval_loss')),
+                   ('soft', 'eval_loss'), ('top2', 'eval_loss'),
+                   'equal steps, equal FLOPs'),
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,

@@ -1,7 +1,8 @@
-"""Runs an ablation: every variant at every seed, one after another.
+"""Runs an ablation: every variant at every seed.
 
   python -m experiments.run <ablation> [--seeds 3] [--steps N] [--quick]
-      [--out DIR] [--variants a,b] [--report-only] [--fresh]
+      [--jobs J] [--init-seed K | --data-seed K] [--out DIR]
+      [--variants a,b] [--report-only] [--fresh]
       [--config.<field>=<value> ...]
 
 <ablation> is a file experiments/<ablation>.py defining ABLATION. The
@@ -9,7 +10,9 @@
 --config.data.path=my.txt reruns the ablation on other data). Results go to
 experiments/results/<ablation>/ (…-quick/ for --quick): runs.csv,
 curves.csv, summary.md and PNG plots; each run trains in its own workdir
-under workdirs/. A rerun skips runs already in runs.csv and resumes an
+under workdirs/. --jobs J trains J runs at a time, each in its own
+single-threaded process (experiments/scheduler.py); the numbers do not
+depend on J. A rerun skips runs already in runs.csv and resumes an
 interrupted one from its checkpoint. A run with the same config as one in
 another ablation's results is copied from there, unless --fresh (which,
 with --out to a new folder, retrains everything from scratch).
@@ -20,7 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import json
+import os
 import pathlib
 import re
 import sys
@@ -28,8 +31,9 @@ import time
 
 from absl import logging
 
-from experiments import records, report
-from experiments.ablation import Ablation, apply_overrides
+from experiments import records, report, scheduler
+from experiments.ablation import Ablation
+from experiments.scheduler import RunSpec, Seeds
 from moe_jax.errors import UserInputError
 from moe_jax.train.interrupt import TrainingInterrupted
 
@@ -46,6 +50,16 @@ def parse_args(argv):
                       help="training steps (default: the ablation's)")
   parser.add_argument('--quick', action='store_true',
                       help='fewer steps and seeds, same tables and plots')
+  parser.add_argument('--jobs', type=int, default=None,
+                      help='runs trained at a time, one single-threaded '
+                      'process each (default 1; use the CPU cores)')
+  seeds = parser.add_mutually_exclusive_group()
+  seeds.add_argument('--init-seed', type=int, default=None,
+                     help='hold the initialisation at this seed: the seeds '
+                     'then vary the data order only')
+  seeds.add_argument('--data-seed', type=int, default=None,
+                     help='hold the data order at this seed: the seeds then '
+                     'vary the initialisation only')
   parser.add_argument('--out', default=None, help='results folder')
   parser.add_argument('--variants', default=None,
                       help='comma-separated subset of variants to run now')
@@ -86,120 +100,115 @@ def available() -> list[str]:
                 if re.search(r'^ABLATION = Ablation\(', p.read_text(), re.M))
 
 
-def run_ablation(ab: Ablation, *, seeds: int, steps: int, out: pathlib.Path,
-                 overrides: dict, command: str,
-                 only: list[str] | None = None,
-                 reuse: bool = True) -> list[dict]:
+def plan_runs(ab: Ablation, *, seeds: Seeds, steps: int, out: pathlib.Path,
+              overrides: dict) -> list[RunSpec]:
+  """Every (variant, seed) of the ablation, seed-major.
+
+  Seed-major: an ablation stopped part-way holds every variant at the first
+  seeds, a paired design, rather than some variants at none.
+  """
+  return [RunSpec(ab.name, v.name, s, steps, overrides, seeds, str(out))
+          for s in range(seeds.count) for v in ab.variants]
+
+
+def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
+                 out: pathlib.Path, overrides: dict, command: str,
+                 only: list[str] | None = None, reuse: bool = True,
+                 jobs: int = 1) -> list[dict]:
   """Trains what runs.csv lacks (of `only`'s variants, if given); returns all
   rows. Rebuilds the report. With reuse, a run that another ablation's
   results already hold (same config hash) is copied, not retrained."""
-  from moe_jax.train.trainer import NonFiniteLossError  # Slow import.
   store = records.RunStore(out)
-  # Seed-major: an ablation stopped part-way holds every variant at the
-  # first seeds, a balanced design, rather than some variants at none.
-  plan = [(v, s) for s in range(seeds) for v in ab.variants]
-  configs = {}
-  for v, s in plan:
-    c = ab.base(steps)
-    apply_overrides(c, {**v.overrides, **overrides, 'seed': s})
-    if ab.init_run is not None:
-      # Relative to `out`, so the config hash in runs.csv does not depend on
-      # where the checkout is; _run_config makes it a real path.
-      apply_overrides(c, {'train.init_from': str(_init_workdir(ab, s))})
-    configs[v.name, s] = c
-    store.check_same_config(v.name, s, c)  # Before training anything.
+  plan = plan_runs(ab, seeds=seeds, steps=steps, out=out, overrides=overrides)
+  configs = {(r.variant, r.seed): r.config(ab) for r in plan}
+  for (name, s), c in configs.items():
+    store.check_same_config(name, s, c)  # Before training anything.
   store.save()  # Keeps rows relabelled from the legacy hash.
   for name in only or ():
     ab.variant(name)  # An unknown name raises KeyError: one error line.
-  todo = [(v, s) for v, s in plan if not store.has(v.name, s)
-          and (not only or v.name in only)]
+  todo = [r for r in plan if not store.has(r.variant, r.seed)
+          and (not only or r.variant in only)]
   if store.stale_defaults():
     print(f'warning: some runs in {store.csv_path} used other defaults of '
-          'moe_jax/train/default_config.py than today\'s; their numbers may '
+          "moe_jax/train/default_config.py than today's; their numbers may "
           'not match a rerun.', flush=True)
-  finished = sum(store.has(v.name, s) for v, s in plan)
   print(f'[{ab.name}] {len(plan)} runs ({len(ab.variants)} variants x '
-        f'{seeds} seeds, {steps} steps); {finished} already in '
-        f'{store.csv_path}; {len(todo)} to run now', flush=True)
-  started, done_walls = time.perf_counter(), []
-  for i, (v, s) in enumerate(todo):
-    eta = (f'ETA {sum(done_walls) / len(done_walls) * (len(todo) - i) / 60:.0f}'
-           ' min' if done_walls else 'ETA after the first run')
-    print(f'[{ab.name}] run {i + 1}/{len(todo)} to run now: {v.name} seed '
-          f'{s} | {eta}', flush=True)
-    t0 = time.perf_counter()
-    config = configs[v.name, s]
-    workdir = out / 'workdirs' / v.name / f'seed{s}'
+        f'{seeds.count} seeds, {steps} steps); {len(plan) - len(todo)} '
+        f'already in {store.csv_path}; {len(todo)} to run now, {jobs} at a '
+        'time', flush=True)
+  started = time.perf_counter()
+  to_train = []
+  for spec in todo:
+    config = configs[spec.variant, spec.seed]
     found = records.find_finished(RESULTS, config, out) if reuse else None
-    if found is not None:
-      try:
-        store.add(*records.reuse_run(ab, v.name, s, config, found))
-        print(f'[{ab.name}] reused the identical finished run '
-              f'{store.rows()[-1]["reused_from"]} seed {s}', flush=True)
-        report.write(ab, store.rows(), store.curves(), out, command)
-        continue
-      except FileNotFoundError:
-        pass  # Its checkpoint is gone and extra evals need one: train.
     try:
-      row = records.train_run(ab, v.name, s, config, workdir,
-                              _run_config(ab, s, steps, overrides, out,
-                                          config))
-    except NonFiniteLossError as e:
-      row = records.diverged_row(v.name, s, config, str(e))
-    store.add(row, records.read_curves(workdir, v.name, s))
-    done_walls.append(time.perf_counter() - t0)
-    report.write(ab, store.rows(), store.curves(), out, command)
+      if found is None:
+        raise FileNotFoundError
+      row, curves = records.reuse_run(ab, spec.variant, spec.seed, config,
+                                      found)
+    except FileNotFoundError:  # None found, or its checkpoint is gone.
+      to_train.append(spec)
+      continue
+    store.add(row, curves)
+    print(f'[{ab.name}] reused the identical finished run '
+          f'{row["reused_from"]} seed {spec.seed}', flush=True)
+  if ab.init_run is not None and to_train:
+    # Each seed's init run first, so that no two workers train the same one.
+    firsts = list({spec.seed: spec for spec in to_train}.values())
+    for _ in scheduler.run_all(scheduler.train_init_run, firsts, jobs, ab):
+      pass
+  runs = scheduler.run_all(scheduler.train, to_train, jobs, ab)
+  for i, (spec, (row, curves)) in enumerate(runs):
+    row['command'] = command
+    store.add(row, curves)
+    minutes, left = (time.perf_counter() - started) / 60, len(to_train) - i - 1
+    print(f'[{ab.name}] finished {spec.variant} seed {spec.seed} ({i + 1}/'
+          f'{len(to_train)}, {minutes:.0f} min so far' +
+          (f', ETA {minutes / (i + 1) * left:.0f} min)' if left else ')'),
+          flush=True)
+    report.write(ab, store.rows(), store.curves(), out)
   rows = store.rows()
-  report.write(ab, rows, store.curves(), out, command)
+  report.write(ab, rows, store.curves(), out)
   print(f'[{ab.name}] done in {(time.perf_counter() - started) / 60:.1f} min;'
         f' summary: {out / "summary.md"}', flush=True)
   return rows
 
 
-def _init_workdir(ab: Ablation, seed: int) -> pathlib.Path:
-  """Where ab.init_run trains for `seed`, relative to the results folder."""
-  return pathlib.Path('workdirs') / ab.init_run.name / f'seed{seed}'
-
-
-def _run_config(ab: Ablation, seed: int, steps: int, overrides: dict,
-                out: pathlib.Path, config):
-  """The config a variant trains with: with an init_run, that run is
-  trained first (or finished, or found done) and train.init_from points at
-  it; otherwise `config` itself."""
-  if ab.init_run is None:
-    return config
-  from moe_jax.train.trainer import train_and_evaluate  # Slow import.
-  workdir = out / _init_workdir(ab, seed)
-  if steps not in records.saved_steps(workdir):
-    print(f'[{ab.name}] training {ab.init_run.name} seed {seed}, which the '
-          f'variants start from', flush=True)
-    init = ab.base(steps)
-    apply_overrides(init, {**ab.init_run.overrides, **overrides, 'seed': seed})
-    train_and_evaluate(init, str(workdir))
-  return apply_overrides(config.copy_and_resolve_references(),
-                         {'train.init_from': str(workdir)})
-
-
 def _cache_compilations() -> None:
   """Seeds of one variant compile the same programs: compile them once.
 
-  JAX's persistent cache only skips recompiling; results are unchanged.
+  JAX's persistent cache only skips recompiling; results are unchanged. Set
+  here and in the environment, which worker processes read when they start.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_compilation_cache_dir', str(RESULTS / '.xla_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  options = {'jax_compilation_cache_dir': str(RESULTS / '.xla_cache'),
+             'jax_persistent_cache_min_compile_time_secs': 0.5}
+  for name, value in options.items():
+    os.environ.setdefault(name.upper(), str(value))
+    jax.config.update(name, value)
+
+
+def _positive(flag: str, value: int | None, default: int) -> int:
+  """value, or default when the flag was not given; 0 or less is an error."""
+  if value is None:
+    return default
+  if value < 1:
+    raise UserInputError(f'{flag} {value} must be a positive integer; leave '
+                         f'{flag} out for the default ({default}).')
+  return value
 
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  args, overrides = parse_args(argv)
   logging.set_verbosity(logging.WARNING)
+  args, overrides = parse_args(argv)
   try:
     ab = load_ablation(args.ablation)
-    seeds = args.seeds or (2 if args.quick else 3)
-    steps = args.steps or (ab.quick_steps if args.quick else ab.steps)
-    if seeds < 1 or steps < 1:
-      raise UserInputError('--seeds and --steps must be positive.')
+    seeds = Seeds(_positive('--seeds', args.seeds, 2 if args.quick else 3),
+                  init=args.init_seed, data=args.data_seed)
+    steps = _positive('--steps', args.steps,
+                      ab.quick_steps if args.quick else ab.steps)
+    jobs = _positive('--jobs', args.jobs, 1)
     out = pathlib.Path(args.out) if args.out else RESULTS / (
         ab.name + ('-quick' if args.quick else ''))
     if args.quick:
@@ -207,17 +216,17 @@ def main(argv=None) -> int:
       # whole ablation fits in minutes.
       overrides = {'train.eval_batches': 4,
                    'train.eval_every': max(1, steps // 2), **overrides}
-    _cache_compilations()
-    command = 'python -m experiments.run ' + ' '.join(argv)
     if args.report_only:
       store = records.RunStore(out)
-      report.write(ab, store.rows(), store.curves(), out, command)
+      report.write(ab, store.rows(), store.curves(), out)
       print(f'summary: {out / "summary.md"}')
       return 0
+    scheduler.use_run_flags()  # Before jax starts, here and in the workers.
+    _cache_compilations()
     run_ablation(ab, seeds=seeds, steps=steps, out=out, overrides=overrides,
-                 command=command,
+                 command='python -m experiments.run ' + ' '.join(argv),
                  only=args.variants.split(',') if args.variants else None,
-                 reuse=not args.fresh)
+                 reuse=not args.fresh, jobs=jobs)
   except (UserInputError, KeyError) as e:
     print(f'error: {str(e).strip(chr(39))}', file=sys.stderr)
     return 2

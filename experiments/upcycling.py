@@ -41,7 +41,8 @@ ABLATION = Ablation(
     comparisons=(
         Comparison('Sparse Upcycling: the upcycled MoE beats the dense model '
                    'trained on for the same steps',
-                   ('upcycled', 'eval_loss'), ('dense_continued', 'eval_loss')),
+                   ('upcycled', 'eval_loss'), ('dense_continued', 'eval_loss'),
+                   'equal steps'),
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,

@@ -23,14 +23,15 @@ ABLATION = Ablation(
               Variant('z_1e-3', {'moe.z_loss_weight': 1e-3})),
     comparisons=(
         Comparison('ST-MoE T4: z-loss gives an equal or better loss',
-                   ('z_1e-3', 'eval_loss'), ('z_off', 'eval_loss')),
+                   ('z_1e-3', 'eval_loss'), ('z_off', 'eval_loss'),
+                   'equal steps, equal FLOPs'),
         Comparison('ST-MoE 3.1: z-loss keeps router logits smaller '
                    '(mean logsumexp)', ('z_1e-3', 'eval_router_logsumexp'),
-                   ('z_off', 'eval_router_logsumexp')),
+                   ('z_off', 'eval_router_logsumexp'), 'equal steps, equal FLOPs'),
         Comparison('ST-MoE 3.1: z-loss keeps router logits smaller (max '
                    'absolute logit)',
                    ('z_1e-3', 'eval_router_logit_max'),
-                   ('z_off', 'eval_router_logit_max')),
+                   ('z_off', 'eval_router_logit_max'), 'equal steps, equal FLOPs'),
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,

@@ -90,7 +90,7 @@ def train_steps(mesh, out: pathlib.Path, name: str) -> None:
   """STEPS jitted train_step calls on `mesh`, jitted as the trainer does."""
   config = tiny_config()
   mcfg = trainer.model_config(config)
-  _, batches, _ = trainer.load_data(config)
+  batches = trainer.load_data(config).batches
   graphdef, state, shardings, tx = trainer.init_state(mcfg, config, mesh)
   batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),

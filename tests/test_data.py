@@ -76,36 +76,9 @@ def test_targets_are_inputs_shifted_by_one_and_domains_aligned():
                for o in offsets)
 
 
-def test_split_is_deterministic_contiguous_and_disjoint():
-  corpus = _corpus(1000, labelled=True)
-  train, val = data.split_corpus(corpus, 0.1)
-  train2, val2 = data.split_corpus(corpus, 0.1)
-  np.testing.assert_array_equal(train.tokens, train2.tokens)
-  np.testing.assert_array_equal(val.tokens, val2.tokens)
-  assert (len(train), len(val)) == (900, 100)
-  np.testing.assert_array_equal(np.concatenate([train.tokens, val.tokens]),
-                                corpus.tokens)
-  np.testing.assert_array_equal(val.domains, corpus.domains[900:])
-  assert (train.split, val.split) == ('train', 'val')
-  for bad in (0.0, 1.0, -0.5):
-    with pytest.raises(UserInputError, match='val_fraction'):
-      data.split_corpus(corpus, bad)
-
-
-def test_seq_len_too_long_names_the_split():
-  _, val = data.split_corpus(_corpus(1000), 0.01)
-  with pytest.raises(UserInputError, match=r'L=64 .* val split has only 10;'):
-    data.BatchIterator(val, 2, 64, seed=0)
-  with pytest.raises(UserInputError, match='seq_len'):
-    data.eval_batches(val, 2, 10, 4)
-  data.eval_batches(val, 2, 9, 4)  # Exactly L+1 bytes is enough.
-  with pytest.raises(UserInputError, match='batch_size'):
-    data.BatchIterator(val, 0, 4, seed=0)
-
-
 def test_eval_batches_are_fixed_consecutive_windows():
   corpus = _corpus(1000)
-  batches = data.eval_batches(corpus, 4, 10, max_batches=3)
+  batches = data.eval_batches(corpus, 4, 10, max_batches=3, spread=False)
   assert len(batches) == 3
   inputs = np.concatenate([b['inputs'] for b in batches]).reshape(-1)
   np.testing.assert_array_equal(inputs, corpus.tokens[:120])
@@ -194,6 +167,14 @@ def test_stdlib_corpus_is_non_empty_and_deterministic():
   assert b'def ' in a and b'import ' in a
   corpus = data.load_corpus('stdlib', None, max_bytes=1000)
   assert bytes(corpus.tokens) == a[:1000]
+  # Unset, the budget is the whole library (pydoc and the modules after it
+  # included), file starts recorded for the split.
+  whole = data.load_corpus('stdlib', None)
+  assert len(whole) > 8_000_000 and b'class zipimporter' in bytes(
+      whole.tokens[-2_000_000:])
+  starts = whole.doc_starts
+  assert starts[0] == 0 and np.all(np.diff(starts) > 0)
+  assert np.all(whole.tokens[starts[1:] - 1] == ord('\n'))
 
 
 @pytest.mark.skipif(not SHARED_SHAKESPEARE.is_file(),

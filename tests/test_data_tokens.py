@@ -69,8 +69,13 @@ def test_token_batches_are_a_function_of_seed_and_step(tmp_path):
     np.testing.assert_array_equal(got['inputs'], batch['inputs'])
     np.testing.assert_array_equal(got['targets'], batch['targets'])
   assert not np.array_equal(first[0]['inputs'], first[1]['inputs'])
-  assert first[0]['inputs'].max() < 4500  # Training windows stay in train.
-  assert data.eval_batches(val, 4, 32, 2)[0]['inputs'][0, 0] == 4500
+  # Training windows stay out of the held-out chunk (one, in the middle).
+  lo, hi = val.segments[0]
+  assert len(val.segments) == 1 and (lo, hi) == (2250, 2750)
+  for b in first:
+    window_ends = b['inputs'][:, 0].astype(int) + 32
+    assert np.all((window_ends < lo) | (b['inputs'][:, 0] >= hi))
+  assert data.eval_batches(val, 4, 32, 2)[0]['inputs'][0, 0] == lo
 
 
 def test_token_file_errors_are_one_line(tmp_path):
@@ -116,7 +121,7 @@ def test_ids_at_or_above_vocab_size_are_refused(tmp_path):
                      'model.vocab_size=256'):
     trainer.load_data(config)
   config.model.vocab_size = 301
-  corpus, batches, _ = trainer.load_data(config)
+  corpus, batches = trainer.load_data(config)[:2]
   assert corpus.unit == 'tokens' and batches.batch_at(0)['inputs'].max() <= 300
 
 

@@ -14,6 +14,7 @@ import pytest
 from configs import switch_top1
 from experiments import records, report, run, verdict
 from experiments.ablation import Ablation, Comparison, Variant, apply_overrides
+from experiments.scheduler import Seeds
 from moe_jax.train import trainer
 
 
@@ -54,15 +55,41 @@ def test_verdicts_pair_runs_by_seed():
   ab = Ablation(name='x', title='', source='', base=_tiny,
                 variants=(Variant('a', {}), Variant('b', {})),
                 comparisons=(Comparison('a < b', ('a', 'eval_loss'),
-                                        ('b', 'eval_loss')),),
+                                        ('b', 'eval_loss'), 'equal steps'),),
                 steps=1, quick_steps=1)
-  (_, v, _, _), = report.verdicts(ab, rows)
-  assert v.verdict == 'agrees'
-  # Without seed 2 on one side the sides are no longer paired: Welch, which
-  # cannot see a 0.01 shift under a 0.3 spread.
-  (_, v, _, _), = report.verdicts(ab, [r for r in rows if not (
+  (j,) = report.verdicts(ab, rows)
+  assert j.verdict.verdict == 'agrees' and j.seeds == [0, 1, 2]
+  assert not j.note and 0 < j.mde < 0.01
+  # A seed on one side only is left out, and the rest stay paired.
+  (j,) = report.verdicts(ab, [r for r in rows if not (
       r['variant'] == 'a' and r['seed'] == 2)])
-  assert v.verdict == 'inconclusive'
+  assert j.verdict.verdict == 'agrees' and j.seeds == [0, 1]
+  assert j.note == 'seeds without a pair left out: 2'
+  # A diverged run has nothing to pair: Welch over the finite values, named,
+  # which cannot see a 0.01 shift under a 0.3 spread.
+  diverged = [dict(r, status='diverged: nan', eval_loss=float('nan'))
+              if (r['variant'], r['seed']) == ('a', 2) else r for r in rows]
+  (j,) = report.verdicts(ab, diverged)
+  assert j.verdict.verdict == 'inconclusive'
+  assert j.note == "a seed 2 diverged; Welch's test on all finite values"
+
+
+def test_minimum_detectable_effect_has_the_stated_power():
+  # Simulated paired experiments whose true effect is the mde: the t-test
+  # finds it in 80% of them.
+  sd, n = 0.02, 5
+  mde = verdict.min_detectable_effect(sd, n)
+  rng = np.random.default_rng(0)
+  diffs = rng.normal(-mde, sd, size=(4000, n))
+  found = np.mean([verdict.judge(d, np.zeros(n), paired=True).verdict ==
+                   'agrees' for d in diffs])
+  assert 0.77 < found < 0.83
+  # Fewer seeds or more spread: a larger mde. Seeds needed for 0.01 at sd
+  # 0.01 by the same power function (10, as a table of t-test power gives).
+  assert verdict.min_detectable_effect(sd, 3) > mde
+  assert verdict.min_detectable_effect(2 * sd, n) > mde
+  assert verdict.seeds_needed(0.01, 0.01) == 10
+  assert np.isnan(verdict.min_detectable_effect(sd, 1))
 
 
 def test_verdict_needs_two_seeds_a_side():
@@ -118,9 +145,9 @@ TINY = Ablation(
     base=_tiny,
     variants=(Variant('top1', {}), Variant('dense', {'model.moe_every': 0})),
     comparisons=(Comparison('top1 beats dense', ('top1', 'eval_loss'),
-                            ('dense', 'eval_loss')),
+                            ('dense', 'eval_loss'), 'equal steps'),
                  Comparison('cf 4 beats cf 1', ('top1', 'eval_loss@cf4'),
-                            ('top1', 'eval_loss'))),
+                            ('top1', 'eval_loss'), 'same checkpoint')),
     steps=3, quick_steps=2,
     extra_evals={'cf4': {'moe.eval_capacity_factor': 4.0}})
 
@@ -134,7 +161,7 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
                                                     compilation_cache_on):
   monkeypatch.setattr(run, 'RESULTS', tmp_path)
   out = tmp_path / 'tiny'
-  run.run_ablation(TINY, seeds=2, steps=3, out=out, overrides={},
+  run.run_ablation(TINY, seeds=Seeds(2), steps=3, out=out, overrides={},
                    command='test')
   rows = _rows(out)
   assert sorted((r['variant'], r['seed']) for r in rows) == [
@@ -162,7 +189,7 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
   real = records.train_run
   monkeypatch.setattr(records, 'train_run',
                       lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
-  run.run_ablation(TINY, seeds=2, steps=3, out=out, overrides={},
+  run.run_ablation(TINY, seeds=Seeds(2), steps=3, out=out, overrides={},
                    command='test')
   assert calls == []
   kept = [r for r in rows if (r['variant'], r['seed']) != ('dense', '1')]
@@ -170,7 +197,7 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(kept)
-  run.run_ablation(TINY, seeds=2, steps=3, out=out, overrides={},
+  run.run_ablation(TINY, seeds=Seeds(2), steps=3, out=out, overrides={},
                    command='test')
   assert calls == [('dense', 1)]
   assert len(_rows(out)) == 4
@@ -180,7 +207,7 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
   other = dataclasses.replace(
       TINY, name='other', variants=(Variant('same_as_top1', {}),),
       comparisons=(), extra_evals={'cf1': {'moe.eval_capacity_factor': 1.0}})
-  run.run_ablation(other, seeds=1, steps=3, out=tmp_path / 'other',
+  run.run_ablation(other, seeds=Seeds(1), steps=3, out=tmp_path / 'other',
                    overrides={}, command='test')
   assert calls == [('dense', 1)]
   (reused,) = _rows(tmp_path / 'other')
@@ -189,7 +216,7 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
   assert reused['eval_loss'] == original[0]['eval_loss']
   assert float(reused['eval_loss@cf1']) > 0 and 'eval_loss@cf4' not in reused
   # --fresh retrains it instead, and gets the same loss bit for bit.
-  run.run_ablation(other, seeds=1, steps=3, out=tmp_path / 'fresh',
+  run.run_ablation(other, seeds=Seeds(1), steps=3, out=tmp_path / 'fresh',
                    overrides={}, command='test', reuse=False)
   assert calls == [('dense', 1), ('same_as_top1', 0)]
   (fresh,) = _rows(tmp_path / 'fresh')
@@ -198,7 +225,7 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
 
   # Other steps into the same folder would mix configs: refused up front.
   with pytest.raises(run.UserInputError, match='another config'):
-    run.run_ablation(TINY, seeds=2, steps=4, out=out, overrides={},
+    run.run_ablation(TINY, seeds=Seeds(2), steps=4, out=out, overrides={},
                      command='test')
 
 

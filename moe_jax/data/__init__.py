@@ -2,7 +2,6 @@
 
 from moe_jax.data.pipeline import BatchIterator
 from moe_jax.data.pipeline import eval_batches
-from moe_jax.data.pipeline import split_corpus
 from moe_jax.data.sources import CORPUS_KINDS
 from moe_jax.data.sources import Corpus
 from moe_jax.data.sources import load_corpus
@@ -11,5 +10,6 @@ from moe_jax.data.sources import stdlib_corpus
 from moe_jax.data.sources import synthetic_mixture
 from moe_jax.data.sources import tinyshakespeare
 from moe_jax.data.sources import VOCAB_SIZE
+from moe_jax.data.split import split_corpus
 from moe_jax.data.tokens import check_token_ids
 from moe_jax.data.tokens import read_token_file

@@ -1,48 +1,13 @@
-"""Train/val split and deterministic, resumable batches.
+"""Deterministic, resumable training batches and fixed evaluation batches.
 
 Every training batch is a pure function of (seed, step), so resuming needs only
 the step number: no shuffle buffer or RNG state has to be checkpointed.
 """
 
-import dataclasses
-
 import numpy as np
 
 from moe_jax.data.sources import Corpus
 from moe_jax.errors import UserInputError
-
-
-def split_corpus(corpus: Corpus,
-                 val_fraction: float = 0.1) -> tuple[Corpus, Corpus]:
-  """Splits off the last val_fraction of the bytes as the validation split.
-
-  The split is contiguous, so no training window overlaps a validation one.
-
-  Args:
-    corpus: the full corpus of N bytes.
-    val_fraction: share of bytes for validation, in (0, 1).
-
-  Returns:
-    (train, val) corpora; each holds at least one byte.
-  """
-  if not 0.0 < val_fraction < 1.0:
-    raise UserInputError(
-        f'val_fraction={val_fraction} is outside (0, 1); set '
-        '--config.data.val_fraction to e.g. 0.1')
-  n = len(corpus)
-  if n < 2:
-    raise UserInputError(
-        f"corpus '{corpus.name}' has {n} {corpus.unit}, too few to split into train "
-        'and validation; use more data')
-  num_val = min(max(int(n * val_fraction), 1), n - 1)
-  cut = n - num_val
-
-  def part(sl, split):
-    domains = None if corpus.domains is None else corpus.domains[sl]
-    return dataclasses.replace(
-        corpus, tokens=corpus.tokens[sl], domains=domains, split=split)
-
-  return part(slice(0, cut), 'train'), part(slice(cut, n), 'val')
 
 
 def _check_positive_int(name: str, value, flag: str) -> int:
@@ -53,12 +18,17 @@ def _check_positive_int(name: str, value, flag: str) -> int:
   return int(value)
 
 
-def _check_fits(corpus: Corpus, seq_len: int) -> None:
-  if seq_len + 1 > len(corpus):
+def _check_fits(corpus: Corpus, seq_len: int) -> np.ndarray:
+  """The split's ranges that hold a window of L+1 entries (at least one)."""
+  ranges = corpus.ranges()
+  fits = ranges[ranges[:, 1] - ranges[:, 0] >= seq_len + 1]
+  if not len(fits):
+    longest = int((ranges[:, 1] - ranges[:, 0]).max())
     raise UserInputError(
         f'sequence length L={seq_len} needs at least L+1 {corpus.unit} but '
-        f'the {corpus.split} split has only {len(corpus)}; use a smaller '
-        '--config.seq_len or more data')
+        f'the {corpus.split} split has only {longest} in one piece; use a '
+        'smaller --config.seq_len or more data')
+  return fits
 
 
 def _make_batch(corpus: Corpus, starts: np.ndarray,
@@ -91,7 +61,15 @@ class BatchIterator:
       raise UserInputError(
           f'seed={seed!r} must be a non-negative integer; set --config.seed '
           'to one')
-    _check_fits(corpus, self.seq_len)
+    ranges = _check_fits(corpus, self.seq_len)
+    # Window starts are numbered across the ranges: range i owns the numbers
+    # from _first[i], so one uniform draw picks a window anywhere in the split
+    # (with a single range this is exactly the draw of the old contiguous
+    # split, so its batches are unchanged).
+    counts = ranges[:, 1] - ranges[:, 0] - self.seq_len
+    self._range_start = ranges[:, 0]
+    self._first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    self._num_starts = int(counts.sum())
     self.corpus = corpus
     self.seed = int(seed)
     self._step = 0
@@ -101,8 +79,9 @@ class BatchIterator:
     if step < 0:
       raise ValueError(f'step must be non-negative, got {step}')
     rng = np.random.default_rng([self.seed, int(step)])
-    num_starts = len(self.corpus) - self.seq_len
-    starts = rng.integers(0, num_starts, size=self.batch_size)
+    numbers = rng.integers(0, self._num_starts, size=self.batch_size)
+    i = np.searchsorted(self._first, numbers, side='right') - 1
+    starts = self._range_start[i] + numbers - self._first[i]
     return _make_batch(self.corpus, starts, self.seq_len)
 
   def __iter__(self) -> 'BatchIterator':
@@ -135,20 +114,32 @@ class BatchIterator:
     self._step = int(step)
 
 
-def eval_batches(corpus: Corpus, batch_size: int, seq_len: int,
-                 max_batches: int) -> list[dict[str, np.ndarray]]:
-  """A fixed list of batches of consecutive non-overlapping windows.
+def eval_windows(corpus: Corpus, seq_len: int) -> np.ndarray:
+  """Starts of the consecutive non-overlapping windows of every range."""
+  ranges = _check_fits(corpus, seq_len)
+  return np.concatenate([
+      np.arange(lo, hi - 1 - seq_len + 1, seq_len) for lo, hi in ranges])
 
-  Window i has inputs tokens[i*L : (i+1)*L] and targets shifted by one, read
-  from the start of the split. Only full batches are kept so every batch has
-  the same shape (one jit compilation), except when the split holds fewer
-  than batch_size windows: then one smaller batch with all of them.
+
+def eval_batches(corpus: Corpus, batch_size: int, seq_len: int,
+                 max_batches: int | None,
+                 spread: bool = True) -> list[dict[str, np.ndarray]]:
+  """A fixed list of batches of non-overlapping windows of the split.
+
+  Window j has inputs tokens[s_j : s_j + L] and targets shifted by one; the
+  s_j are consecutive within each range of the split (eval_windows). Only
+  full batches are kept so every batch has the same shape (one jit
+  compilation), except when the split holds fewer than batch_size windows:
+  then one smaller batch with all of them.
 
   Args:
     corpus: usually the validation split.
     batch_size: B.
     seq_len: L.
-    max_batches: upper bound on the number of batches.
+    max_batches: at most this many batches; None: every full batch.
+    spread: take the windows of a partial pass evenly spaced over the whole
+      split (so a few batches sample every held-out document); False: the
+      first ones (the evaluation before 2026-12, for old results).
 
   Returns:
     Between 1 and max_batches batch dicts, as from BatchIterator.
@@ -156,14 +147,19 @@ def eval_batches(corpus: Corpus, batch_size: int, seq_len: int,
   batch_size = _check_positive_int('batch_size', batch_size,
                                    '--config.batch_size')
   seq_len = _check_positive_int('seq_len', seq_len, '--config.seq_len')
-  max_batches = _check_positive_int('max_batches', max_batches,
-                                    '--config.eval_batches')
-  _check_fits(corpus, seq_len)
-  num_windows = (len(corpus) - 1) // seq_len
-  starts = np.arange(num_windows) * seq_len
-  if num_windows < batch_size:
+  if max_batches is not None:
+    max_batches = _check_positive_int('max_batches', max_batches,
+                                      '--config.train.eval_batches')
+  starts = eval_windows(corpus, seq_len)
+  if len(starts) < batch_size:
     return [_make_batch(corpus, starts, seq_len)]
-  num_batches = min(max_batches, num_windows // batch_size)
+  num_batches = len(starts) // batch_size
+  if max_batches is not None and max_batches < num_batches:
+    num_batches = max_batches
+    if spread:
+      pick = np.linspace(0, len(starts), num_batches * batch_size,
+                         endpoint=False).astype(np.int64)
+      starts = starts[pick]
   return [
       _make_batch(corpus, starts[i * batch_size:(i + 1) * batch_size],
                   seq_len) for i in range(num_batches)

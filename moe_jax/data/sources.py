@@ -10,13 +10,12 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import sysconfig
 import urllib.error
 import urllib.request
 
 import numpy as np
 
-from moe_jax.data import tokenize, tokens as token_files
+from moe_jax.data import code_corpora, tokenize, tokens as token_files
 from moe_jax.errors import UserInputError
 from moe_jax.files import atomic_write
 
@@ -34,14 +33,13 @@ DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'moe_jax')
 # Overrides DEFAULT_CACHE_DIR (downloads and token caches), e.g. in tests.
 CACHE_DIR_ENV = 'MOE_JAX_CACHE_DIR'
 
-CORPUS_KINDS = ('stdlib', 'text', 'tinyshakespeare', 'synthetic', 'tokens')
+CORPUS_KINDS = ('stdlib', 'pysource', 'text', 'tinyshakespeare', 'synthetic', 'tokens')
 # Kinds whose text a tokenizer can encode ('synthetic' labels each byte
 # with a domain, which tokens would not keep).
-TOKENIZABLE_KINDS = ('stdlib', 'text', 'tinyshakespeare')
+TOKENIZABLE_KINDS = ('stdlib', 'pysource', 'text', 'tinyshakespeare')
 
-_STDLIB_SKIP_DIRS = frozenset(
-    {'site-packages', 'dist-packages', 'test', 'tests', 'idlelib',
-     '__pycache__'})
+# The stdlib's file list, for moe_jax.analysis.
+stdlib_files = code_corpora.stdlib_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +53,22 @@ class Corpus:
     name: human-readable source name, used in logs and error messages.
     split: which split this is ('all', 'train' or 'val'), for error messages.
     unit: what one entry of `tokens` is, 'bytes' or 'tokens', for messages.
+    doc_starts: int64 [n] offset of each document (file) in `tokens`, or
+      None when the corpus is one document; the split holds out whole
+      documents (moe_jax/data/split.py).
+    segments: int64 [m, 2] the [start, end) ranges of `tokens` that belong
+      to this split, or None for all of it. A split keeps the whole array
+      and its ranges, so a memory-mapped file is never copied.
+    held_out: a sentence saying what the validation split holds out.
   """
   tokens: np.ndarray
   domains: np.ndarray | None
   name: str
   split: str = 'all'
   unit: str = 'bytes'
+  doc_starts: np.ndarray | None = None
+  segments: np.ndarray | None = None
+  held_out: str = ''
 
   def __post_init__(self):
     if (self.tokens.dtype.name not in token_files.TOKEN_DTYPES or
@@ -72,7 +80,16 @@ class Corpus:
                        f'tokens shape {self.tokens.shape}')
 
   def __len__(self) -> int:
-    return int(self.tokens.shape[0])
+    """N, the entries of this split (of every segment together)."""
+    if self.segments is None:
+      return int(self.tokens.shape[0])
+    return int((self.segments[:, 1] - self.segments[:, 0]).sum())
+
+  def ranges(self) -> np.ndarray:
+    """int64 [m, 2] the [start, end) ranges of this split."""
+    if self.segments is None:
+      return np.array([[0, self.tokens.shape[0]]], np.int64)
+    return self.segments
 
 
 def default_cache_dir() -> str:
@@ -90,7 +107,12 @@ def _read_file(path: pathlib.Path) -> bytes:
 
 
 def read_text_path(path: str | os.PathLike) -> bytes:
-  """Reads a text file, or every text file under a folder.
+  """Reads a text file, or every text file under a folder (see text_documents)."""
+  return text_documents(path).data
+
+
+def text_documents(path: str | os.PathLike) -> code_corpora.Documents:
+  """Reads a text file, or every text file under a folder, as documents.
 
   For a folder, regular files ending in one of TEXT_SUFFIXES are read
   recursively (hidden files and folders skipped), sorted by relative path so
@@ -100,7 +122,7 @@ def read_text_path(path: str | os.PathLike) -> bytes:
     path: a file or a folder.
 
   Returns:
-    The raw bytes.
+    The raw bytes, and where each file starts (one start for a file).
 
   Raises:
     UserInputError: the path is missing, unreadable, or holds no bytes.
@@ -120,32 +142,17 @@ def read_text_path(path: str | os.PathLike) -> bytes:
           f"data folder '{path}' has no files ending in "
           f"{', '.join(TEXT_SUFFIXES)}; add text files or point "
           '--config.data.path at a text file')
-    data = b'\n'.join(_read_file(f) for f in files)
+    docs = code_corpora.join([_read_file(f) for f in files])
   else:
-    data = _read_file(p)
-  if not data:
+    docs = code_corpora.join([_read_file(p)])
+  if not docs.data:
     raise UserInputError(
         f"data path '{path}' is empty (0 bytes); set --config.data.path to a "
         'non-empty text file or folder')
-  return data
+  return docs
 
 
-def stdlib_files(skip_dirs=_STDLIB_SKIP_DIRS) -> list[pathlib.Path]:
-  """The interpreter's standard-library `.py` files, sorted by relative path.
-
-  Folders named in `skip_dirs` (third-party packages, test suites) are
-  left out.
-  """
-  root = pathlib.Path(sysconfig.get_paths()['stdlib'])
-  paths = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if d not in skip_dirs]
-    paths.extend(pathlib.Path(dirpath, f) for f in filenames
-                 if f.endswith('.py'))
-  return sorted(paths, key=lambda f: f.relative_to(root).as_posix())
-
-
-def stdlib_corpus(max_bytes: int = 8_000_000) -> bytes:
+def stdlib_corpus(max_bytes: int | None = None) -> bytes:
   """The default corpus: the running interpreter's standard library sources.
 
   It exists on every machine that can run this code, so examples and tests
@@ -153,30 +160,12 @@ def stdlib_corpus(max_bytes: int = 8_000_000) -> bytes:
   third-party packages, the stdlib's own test suites and idlelib are skipped.
 
   Args:
-    max_bytes: the result is truncated to this many bytes.
+    max_bytes: the result is truncated to this many bytes; None: all of it.
 
   Returns:
-    The `.py` sources joined with b'\\n', at most max_bytes long.
+    The `.py` sources joined with b'\\n'.
   """
-  if max_bytes <= 0:
-    raise UserInputError(f'max_bytes={max_bytes} must be positive; pass a '
-                         'positive byte budget')
-  chunks, total = [], 0
-  for f in stdlib_files():
-    try:
-      chunk = f.read_bytes()
-    except OSError:
-      continue  # A broken or unreadable stdlib file should not stop training.
-    chunks.append(chunk)
-    total += len(chunk) + 1
-    if total >= max_bytes:
-      break
-  data = b'\n'.join(chunks)[:max_bytes]
-  if not data:
-    raise UserInputError(
-        f"no Python sources found under the stdlib folder '{root}'; use "
-        "--config.data.kind='text' with --config.data.path instead")
-  return data
+  return code_corpora.stdlib_documents(max_bytes).data
 
 
 def _is_tinyshakespeare(data: bytes) -> bool:
@@ -328,8 +317,8 @@ def load_corpus(kind: str,
     kind: one of CORPUS_KINDS.
     path: required for 'text' and 'tokens'; an optional local copy for
       'tinyshakespeare'.
-    max_bytes: truncates any corpus; the size of 'synthetic' (default 1e6)
-      and the budget of 'stdlib' (default 8e6). It counts the text's bytes
+    max_bytes: truncates any corpus; the size of 'synthetic' (default 1e6).
+      Unset, 'stdlib' and 'pysource' read every file. It counts the text's bytes
       before a tokenizer encodes it, and the ids of a 'tokens' file.
     num_domains: domains of 'synthetic'.
     seed: seed of 'synthetic'.
@@ -348,16 +337,20 @@ def load_corpus(kind: str,
     raise UserInputError(
         f'data.tokenizer is set but data.kind={kind!r} has no text to encode; '
         f"use it with data.kind in {TOKENIZABLE_KINDS} or unset it")
+  docs = None  # Documents of the text kinds, where the files are known.
+  name = kind
   if kind == 'stdlib':
-    data = stdlib_corpus(max_bytes or 8_000_000)
+    docs = code_corpora.stdlib_documents(max_bytes)
+  elif kind == 'pysource':
+    docs, name = code_corpora.pysource_documents(max_bytes)
   elif kind == 'text':
     if not path:
       raise UserInputError(
           "data kind 'text' needs a path; set --config.data.path to a text "
           'file or folder')
-    data = read_text_path(path)
+    docs, name = text_documents(path), pathlib.Path(path).name
   elif kind == 'tinyshakespeare':
-    data = tinyshakespeare(path, cache_dir)
+    docs = code_corpora.join([tinyshakespeare(path, cache_dir)])
   elif kind == 'synthetic':
     tokens, domains = synthetic_mixture(max_bytes or 1_000_000, num_domains,
                                         seed)
@@ -374,12 +367,14 @@ def load_corpus(kind: str,
     raise UserInputError(
         f"unknown data kind '{kind}'; set --config.data.kind to one of "
         f"{', '.join(repr(k) for k in CORPUS_KINDS)}")
-  if max_bytes is not None:
-    data = data[:max_bytes]
-  name = kind if kind != 'text' else pathlib.Path(path).name
+  docs = code_corpora.truncate(docs, max_bytes)
   if tokenizer:
-    ids = tokenize.encode_cached(data, tokenizer, cache_dir or
+    # Token ids lose the file boundaries; the split then holds out evenly
+    # spaced chunks instead of whole files.
+    ids = tokenize.encode_cached(docs.data, tokenizer, cache_dir or
                                  default_cache_dir())
     return Corpus(ids, None, f'{name} ({tokenize.tokenizer_file(tokenizer)})',
                   unit='tokens')
-  return Corpus(np.frombuffer(data, np.uint8).copy(), None, name)
+  starts = docs.starts if len(docs.starts) > 1 else None
+  return Corpus(np.frombuffer(docs.data, np.uint8).copy(), None, name,
+                doc_starts=starts)

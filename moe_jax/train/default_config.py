@@ -12,7 +12,7 @@ from ml_collections import config_dict
 
 def get_default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0  # Seeds init, data order and routing noise.
+  c.seed = 0  # Seeds init and routing noise (and data order, see data.seed).
 
   c.data = ml_collections.ConfigDict()
   # 'stdlib' | 'text' | 'tinyshakespeare' | 'synthetic' | 'tokens'.
@@ -28,7 +28,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Truncate the corpus: text bytes (before encoding), or a file's tokens.
   c.data.max_bytes = config_dict.placeholder(int)
   c.data.num_domains = 4  # Domains of 'synthetic'.
-  c.data.val_fraction = 0.05  # The last 5% of the bytes are validation.
+  c.data.val_fraction = 0.05  # Share of the corpus held out for validation.
+  # 'documents': whole files drawn at random across the corpus (evenly
+  # spaced chunks when it has no files); 'tail': the last val_fraction (the
+  # split before 2026-12). See moe_jax/data/split.py.
+  c.data.split = 'documents'
+  # Seeds the order of the training batches (and 'synthetic' data); unset:
+  # the run's seed. Set apart from seed to vary init and data separately.
+  c.data.seed = config_dict.placeholder(int)
 
   c.batch_size = 16  # Sequences per step (B).
   c.seq_len = 128  # Bytes per sequence (L).
@@ -115,7 +122,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 600  # Optimizer steps.
   c.train.log_every = 25  # Steps between metric lines.
   c.train.eval_every = 200  # Steps between validation passes (and at end).
-  c.train.eval_batches = 8  # Validation batches per pass.
+  # Validation batches per pass during training, spread evenly over the
+  # whole validation split.
+  c.train.eval_batches = 8
+  # Batches of the final evaluation (and of moe_jax.evaluate); unset: every
+  # full batch of the validation split.
+  c.train.final_eval_batches = config_dict.placeholder(int)
   c.train.checkpoint_every = 200  # Steps between checkpoints (and at end).
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
   # Workdir of a finished run whose latest parameters start this one (step 0,

@@ -22,7 +22,7 @@ from moe_jax.train.checkpoint import Checkpointer, config_differences
 # Fields that change how a checkpoint is evaluated but not what it holds.
 EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
                     'moe.second_policy_eval', 'moe.min_capacity',
-                    'train.eval_batches')
+                    'train.eval_batches', 'train.final_eval_batches')
 
 
 class Restored(NamedTuple):
@@ -31,9 +31,10 @@ class Restored(NamedTuple):
   graphdef: Any
   state: Any  # TrainState, or RoutedTrainState for routers with a bias.
   shardings: Any  # Of `state`.
-  val_batches: list
+  val_batches: list  # The batches of each evaluation during training.
   mesh: Any
   unit: str = 'byte'  # What one position of the data is: 'byte' or 'token'.
+  final_batches: list | None = None  # Those of the final evaluation.
 
   @property
   def params(self):
@@ -65,7 +66,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     section, name = field.split('.')
     config[section][name] = value
   mcfg = trainer.model_config(config)
-  corpus, _, val_batches = trainer.load_data(config)
+  data = trainer.load_data(config)
   mesh = trainer.make_mesh(config, mcfg)
   ckpt = Checkpointer(pathlib.Path(workdir), config.train.keep_checkpoints)
   try:
@@ -84,8 +85,8 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if diffs:
     raise UserInputError(f'the checkpoint in {workdir} was trained with '
                          f'another config ({"; ".join(diffs)}).')
-  return Restored(config, graphdef, state, shardings, val_batches, mesh,
-                  corpus.unit.rstrip('s'))
+  return Restored(config, graphdef, state, shardings, data.val_batches, mesh,
+                  data.corpus.unit.rstrip('s'), data.final_batches)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -99,8 +100,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       moe__eval_capacity_factor=4.0 or moe__dispatcher='dropless'.
   """
   r = restore_checkpoint(config, workdir, **eval_overrides)
-  batch_sh = placement.batch_shardings(r.mesh, r.val_batches[0])
+  batch_sh = placement.batch_shardings(r.mesh, r.final_batches[0])
   eval_fn = trainer.make_eval_fn(r.graphdef, r.shardings, batch_sh, r.mesh)
-  batches = [placement.shard_batch(b, batch_sh) for b in r.val_batches]
+  # The batches of the run's own final evaluation, so the numbers compare.
+  batches = [placement.shard_batch(b, batch_sh) for b in r.final_batches]
   with jax.set_mesh(r.mesh):
     return trainer.evaluate(eval_fn, r.state, batches, r.unit)

@@ -10,7 +10,7 @@ import functools
 import math
 import pathlib
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +19,9 @@ import numpy as np
 from flax import nnx
 
 from moe_jax.core.config import MoEConfig
-from moe_jax.data.pipeline import BatchIterator, eval_batches, split_corpus
+from moe_jax.data.pipeline import BatchIterator, eval_batches
 from moe_jax.data.sources import load_corpus
+from moe_jax.data.split import split_corpus
 from moe_jax.data.tokens import check_token_ids
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
@@ -47,19 +48,38 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
                      **config.model)
 
 
-def load_data(config):
-  """(train iterator, validation batches) from the config's data section."""
+class Data(NamedTuple):
+  """What a run reads: the corpus, its training batches and its evals."""
+  corpus: Any  # The whole Corpus (its name and unit).
+  batches: BatchIterator  # Training batches.
+  val_batches: list  # Each evaluation during training.
+  final_batches: list  # The final evaluation (all of the validation split).
+  held_out: str  # What the validation split holds, in words.
+
+
+def data_seed(config) -> int:
+  """The seed of the batch order: data.seed, or the run's seed if unset."""
+  return config.seed if config.data.seed is None else config.data.seed
+
+
+def load_data(config) -> Data:
+  """The corpus, its split, and the batches of the config's data section."""
   d = config.data
   corpus = load_corpus(d.kind, d.path, max_bytes=d.max_bytes,
-                       num_domains=d.num_domains, seed=config.seed,
+                       num_domains=d.num_domains, seed=data_seed(config),
                        tokenizer=d.tokenizer, token_dtype=d.token_dtype)
   check_token_ids(corpus.tokens, config.model.vocab_size, corpus.name)
-  train, val = split_corpus(corpus, d.val_fraction)
+  train, val = split_corpus(corpus, d.val_fraction, d.split)
   batches = BatchIterator(train, config.batch_size, config.seq_len,
-                          config.seed)
+                          data_seed(config))
+  # The old split scored its first eval_batches windows every time.
+  spread = d.split != 'tail'
   val_batches = eval_batches(val, config.batch_size, config.seq_len,
-                             config.train.eval_batches)
-  return corpus, batches, val_batches
+                             config.train.eval_batches, spread)
+  final = config.train.final_eval_batches
+  final_batches = (val_batches if not spread else eval_batches(
+      val, config.batch_size, config.seq_len, final))
+  return Data(corpus, batches, val_batches, final_batches, val.held_out)
 
 
 def init_state(mcfg: ModelConfig, config, mesh):
@@ -145,8 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Resumes from the latest checkpoint in `workdir` when there is one.
 
   Returns:
-    The final evaluation metrics ('eval/loss', 'eval/bits_per_byte' or, for
-    token data, 'eval/bits_per_token', ...).
+    The final evaluation, over the whole validation split (unless
+    train.final_eval_batches caps it): 'eval/loss', 'eval/bits_per_byte' or,
+    for token data, 'eval/bits_per_token', and the routing metrics. The same
+    numbers are the 'final_eval/...' record of metrics.jsonl; its 'eval/...'
+    records are the curve, on train.eval_batches batches each time.
 
   Raises:
     UserInputError: bad config, data or workdir (nothing is written).
@@ -162,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate.check_workdir(workdir)
   lora_run.check_config(config)
   mcfg = model_config(config)
-  corpus, batches, val_batches = load_data(config)
+  data = load_data(config)
+  corpus, batches = data.corpus, data.batches
   unit = corpus.unit.rstrip('s')  # 'byte' or 'token', for the metric names.
   mesh = make_mesh(config, mcfg)
   # A resumed run restores its own parameters, so the init source is read
@@ -186,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   described = _describe(mcfg, state.params if frozen is None else frozen,
                         config.seq_len)
   say(f'model: {described};'
-      f' data {corpus.name} ({len(corpus):,} {corpus.unit})')
+      f' data {corpus.name} ({len(corpus):,} {corpus.unit}); validation: '
+      f'{data.held_out}, {len(data.final_batches)} batches at the end')
   if frozen is not None:
     say(f'LoRA r={config.lora.rank} on {", ".join(config.lora.targets)}: '
         f'{sum(x.size for x in jax.tree.leaves(state.params)):,} trainable '
@@ -228,7 +253,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     eval_fn = make_eval_fn(graphdef, shardings.replace(params=frozen_sh),
                            batch_sh, mesh)
     eval_view = lora_run.merged_view(frozen, frozen_sh, config)
-  val_batches = [placement.shard_batch(b, batch_sh) for b in val_batches]
+  val_batches = [placement.shard_batch(b, batch_sh) for b in data.val_batches]
+  final_batches = val_batches if data.final_batches is data.val_batches else [
+      placement.shard_batch(b, batch_sh) for b in data.final_batches]
   lr_at = optim.learning_rate_schedule(config.optim, config.train.num_steps)
   t = config.train
   start = int(state.step)
@@ -292,8 +319,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           clock, clock_step = time.perf_counter(), done  # Train time only.
       if pending is not None:
         _check_finite(*pending, ckpt)
-      if not eval_metrics:  # Resumed at the end: evaluate what was restored.
-        eval_metrics = evaluate(eval_fn, eval_view(state), val_batches, unit)
+      # The whole validation split, once: the run's result. The curve above
+      # stays on the same few batches at every step, so it is comparable
+      # along itself. (With the old 'tail' split both are the same batches.)
+      if final_batches is not val_batches or not eval_metrics:
+        eval_metrics = evaluate(eval_fn, eval_view(state), final_batches,
+                                unit)
+      if start < t.num_steps:  # A finished run's record is already there.
+        writer.write(int(state.step), {
+            'final_' + k: v for k, v in eval_metrics.items()})
   finally:
     progress.close()
     writer.close()

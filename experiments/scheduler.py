@@ -1,0 +1,162 @@
+"""Which runs an ablation needs, and training them in parallel processes.
+
+Every run trains single-threaded (RUN_XLA_FLAGS), whether one process or
+several train at a time. XLA:CPU's thread count sets the summation order of
+its matmuls, so this is what makes a run's numbers independent of --jobs and
+of the machine's core count; with --jobs equal to the cores, the cores are
+used by whole runs instead of by threads fighting over one small model's
+matmuls (benchmarks/ablation_throughput.py measures the gain).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import pathlib
+
+from experiments.ablation import Ablation, apply_overrides
+
+# One thread per run: see the module docstring. A user's own XLA_FLAGS win
+# (and are recorded in each run's row).
+RUN_XLA_FLAGS = ('--xla_cpu_multi_thread_eigen=false '
+                 'intra_op_parallelism_threads=1')
+
+
+def use_run_flags() -> str:
+  """Sets XLA_FLAGS for this process and its workers (before jax starts)."""
+  os.environ.setdefault('XLA_FLAGS', RUN_XLA_FLAGS)
+  return os.environ['XLA_FLAGS']
+
+
+@dataclasses.dataclass(frozen=True)
+class Seeds:
+  """How the index `seed` of a run maps to its init and data-order seeds.
+
+  By default both are the index. --data-seed K holds the data order at K
+  (the seeds then vary the initialisation only); --init-seed K holds the
+  initialisation at K (the seeds then vary the data order only).
+  """
+  count: int
+  init: int | None = None
+  data: int | None = None
+
+  def of(self, s: int) -> tuple[int, int]:
+    """(init seed, data seed) of run index s."""
+    return (s if self.init is None else self.init,
+            s if self.data is None else self.data)
+
+  def overrides(self, s: int) -> dict:
+    init, data = self.of(s)
+    # data.seed stays unset when it equals the seed, so such runs keep the
+    # config hash they had before data.seed existed.
+    return {'seed': init, **({'data.seed': data} if data != init else {})}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """Everything a worker process needs to rebuild and train one run."""
+  ablation: str  # Module name under experiments/.
+  variant: str
+  seed: int
+  steps: int
+  overrides: dict
+  seeds: Seeds
+  out: str
+
+  def config(self, ab: Ablation):
+    """The config hashed into runs.csv (train.init_from relative to out)."""
+    c = ab.base(self.steps)
+    v = ab.variant(self.variant)
+    apply_overrides(c, {**v.overrides, **self.overrides,
+                        **self.seeds.overrides(self.seed)})
+    if ab.init_run is not None:
+      apply_overrides(c, {'train.init_from': str(init_workdir(ab, self.seed))})
+    return c
+
+  def workdir(self) -> pathlib.Path:
+    return pathlib.Path(self.out) / 'workdirs' / self.variant / (
+        f'seed{self.seed}')
+
+
+def init_workdir(ab: Ablation, seed: int) -> pathlib.Path:
+  """Where ab.init_run trains for `seed`, relative to the results folder."""
+  return pathlib.Path('workdirs') / ab.init_run.name / f'seed{seed}'
+
+
+def _load(name: str) -> Ablation:
+  from experiments import run  # pylint: disable=g-import-not-at-top
+  return run.load_ablation(name)
+
+
+def train_init_run(spec: RunSpec, ab: Ablation | None = None) -> None:
+  """Trains (or finishes) ab.init_run for spec.seed, unless it is done.
+
+  ab: the ablation; None loads it by name (in a worker process).
+  """
+  from experiments import records  # pylint: disable=g-import-not-at-top
+  from moe_jax.train.trainer import train_and_evaluate  # Slow import.
+  ab = ab or _load(spec.ablation)
+  workdir = pathlib.Path(spec.out) / init_workdir(ab, spec.seed)
+  if spec.steps in records.saved_steps(workdir):
+    return
+  print(f'[{ab.name}] training {ab.init_run.name} seed {spec.seed}, which '
+        'the variants start from', flush=True)
+  init = ab.base(spec.steps)
+  apply_overrides(init, {**ab.init_run.overrides, **spec.overrides,
+                         **spec.seeds.overrides(spec.seed)})
+  train_and_evaluate(init, str(workdir))
+
+
+def train(spec: RunSpec,
+          ab: Ablation | None = None) -> tuple[dict, list[dict]]:
+  """Trains (or resumes) one run; returns its runs.csv row and curves.
+
+  ab: the ablation; None loads it by name (in a worker process).
+  """
+  from experiments import records  # pylint: disable=g-import-not-at-top
+  from moe_jax.train.trainer import NonFiniteLossError  # Slow import.
+  ab = ab or _load(spec.ablation)
+  config, workdir = spec.config(ab), spec.workdir()
+  run_config = config
+  if ab.init_run is not None:
+    # The real path of the init run, not the one relative to `out`.
+    run_config = apply_overrides(
+        config.copy_and_resolve_references(),
+        {'train.init_from': str(pathlib.Path(spec.out) /
+                                init_workdir(ab, spec.seed))})
+  try:
+    row = records.train_run(ab, spec.variant, spec.seed, config, workdir,
+                            run_config)
+  except NonFiniteLossError as e:
+    row = records.diverged_row(spec.variant, spec.seed, config, str(e))
+  init_seed, data_seed = spec.seeds.of(spec.seed)
+  row.update(init_seed=init_seed, data_seed=data_seed)
+  return row, records.read_curves(workdir, spec.variant, spec.seed)
+
+
+def run_all(fn, specs: list[RunSpec], jobs: int, ab: Ablation):
+  """Yields (spec, fn(spec)) as runs finish, `jobs` processes at a time.
+
+  jobs = 1 trains in this process, with `ab` as given. Otherwise each worker
+  is a fresh process (spawned, so no jax state is inherited) that loads the
+  ablation by name and trains one run at a time. A worker's exception (e.g.
+  TrainingInterrupted) propagates here after the runs already started have
+  finished or saved.
+  """
+  if jobs <= 1 or len(specs) <= 1:
+    for spec in specs:
+      yield spec, fn(spec, ab)
+    return
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(
+      max_workers=min(jobs, len(specs)), mp_context=context) as pool:
+    futures = {pool.submit(fn, spec): spec for spec in specs}
+    try:
+      for future in concurrent.futures.as_completed(futures):
+        yield futures[future], future.result()
+    except BaseException:
+      for future in futures:
+        future.cancel()  # Runs not started yet; started ones save and stop.
+      raise
