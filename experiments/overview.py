@@ -3,10 +3,12 @@
   python -m experiments.overview
 
 One row per claim of every ablation that has results: the claim and its
-source, the two sides' mean ± std over seeds, the difference and p-value,
-and the verdict by the rule in experiments/verdict.py. The table sits
-between two marker lines in the README; the prose around it is written by
-hand.
+source, what the sides hold equal (basis), the two sides' mean ± std over
+seeds, the difference and p-value, the verdict by the rule in
+experiments/verdict.py, the smallest effect the seeds could detect, the
+seeds that 0.01 nats/byte would need, and the same claim on the runs made
+before 2026-12 (experiments/results_2026-11). The table sits between two
+marker lines in the README; the prose around it is written by hand.
 """
 
 from __future__ import annotations
@@ -20,22 +22,41 @@ BEGIN = '<!-- verdicts: begin (python -m experiments.overview) -->'
 END = '<!-- verdicts: end -->'
 
 
+ARCHIVE = pathlib.Path(__file__).parent / 'results_2026-11'
+
+
+def _before(name: str, ab, claim: str) -> str:
+  """The claim's difference and verdict on the runs made before 2026-12
+  (experiments/results_2026-11), by today's rule; '–' if it had none."""
+  store = records.RunStore(ARCHIVE / name.removesuffix('_long'))
+  rows = store.rows()
+  for j in report.verdicts(ab, rows, store.curves()) if rows else ():
+    if j.comparison.claim == claim and (j.better and j.worse):
+      return f'{j.verdict.difference:+.4f} {j.verdict.verdict}'
+  return '–'
+
+
 def table() -> list[str]:
-  lines = ['| ablation | claim (source) | claimed better | claimed worse | '
-           'difference | p | verdict |', '|---|---|---|---|---|---|---|']
+  lines = ['| ablation | claim (source) | basis | claimed better | claimed '
+           'worse | difference | p | verdict | detectable (80% power) | '
+           'seeds for 0.01 | before 2026-12 |', '|---' * 11 + '|']
   for name in run.available():
     ab = run.load_ablation(name)
     store = records.RunStore(run.RESULTS / name)
     rows = store.rows()
     if not rows or not ab.comparisons:
       continue
-    for comp, v, a, b in report.verdicts(ab, rows):
-      side = lambda s, xs: (f'{s[0]} {s[1]} {report.mean_std(xs, ".4f")} '
-                            f'(n={len(xs)})')
+    for j in report.verdicts(ab, rows, store.curves()):
+      comp = j.comparison
+      note = f'; {j.note}' if j.note else ''
       lines.append(
           f'| [{name}](results/{name}/summary.md) | {comp.claim} '
-          f'({ab.source}) | {side(comp.better, a)} | {side(comp.worse, b)} | '
-          f'{v.difference:+.4f} | {v.p_value:.3g} | **{v.verdict}** |')
+          f'({ab.source}{note}) | {comp.basis} | '
+          f'{report.side(comp.better, j.better)} | '
+          f'{report.side(comp.worse, j.worse)} | '
+          f'{j.verdict.difference:+.4f} | {j.verdict.p_value:.3g} | '
+          f'**{j.verdict.verdict}** | {report.mde_text(j.mde)} | '
+          f'{j.seeds_for_001 or "–"} | {_before(name, ab, comp.claim)} |')
   return lines
 
 

@@ -1,6 +1,6 @@
 """The regime every ablation trains in, chosen by experiments/regime_scan.py.
 
-The scan's rule and result are in experiments/results/regime_scan/summary.md;
+The scan's rule and result are in experiments/results_2026-11/regime_scan/summary.md;
 `base_config(d_model, num_steps)` is the family it chose from, and
 `regime_base(num_steps)` the chosen member. Everything else stays at the defaults of
 moe_jax/train/default_config.py.
@@ -38,7 +38,7 @@ def base_config(d_model: int, num_steps: int) -> ml_collections.ConfigDict:
                          size_overrides(d_model, num_steps))
 
 
-# The scan's outcome (experiments/results/regime_scan/summary.md): no width
+# The scan's outcome (experiments/results_2026-11/regime_scan/summary.md): no width
 # met the 1% rule within the budget (falls per doubling 13.2% / 11.7% /
 # 12.1% at D = 32 / 48 / 64), so by the rule's fallback the width with the
 # smallest fall, D = 48, at its N(D) = 1000 steps.
@@ -50,9 +50,9 @@ CAPACITY_NOTE = (
     'Capacity convention: per choice, C = ceil(K·S·cf/E) with S = '
     f'{GROUP_NOTE}, min 4; train cf 1.25, eval cf 2.0 unless a variant '
     'says otherwise. Model: D = 48, 4 layers, 4 heads, d_ff = F = 192, E = 8 '
-    'in every second FFN, top-1 Switch router, α = 1e-2, c_z = 1e-3; B = 16 '
-    '× L = 128 bytes of the stdlib corpus per step, 1000 steps (2.0M bytes, '
-    'under one epoch), AdamW 3e-3 with 50 warmup steps and cosine decay.')
+    'in every second FFN, top-1 Switch router, α = 1e-2, c_z = 1e-3; AdamW '
+    '3e-3 with 50 warmup steps and cosine decay. (The length and the data '
+    'are in the line above, from the runs themselves.)')
 
 
 def regime_base(num_steps: int) -> ml_collections.ConfigDict:

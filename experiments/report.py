@@ -180,7 +180,7 @@ def verdicts(ab, rows, curves=()) -> list[Judged]:
   return out
 
 
-def _side(variant_column, xs) -> str:
+def side(variant_column, xs) -> str:
   return (f'{variant_column[0]} {variant_column[1]}: '
           f'{mean_std(xs, ".4f")} (n={len(xs)})')
 
@@ -193,15 +193,15 @@ def verdict_table(ab, rows, curves=()) -> list[str]:
     note = f' ({j.note})' if j.note else ''
     lines.append(
         f'| {j.comparison.claim}{note} | {j.comparison.basis} | '
-        f'{_side(j.comparison.better, j.better)} | '
-        f'{_side(j.comparison.worse, j.worse)} | '
+        f'{side(j.comparison.better, j.better)} | '
+        f'{side(j.comparison.worse, j.worse)} | '
         f'{j.verdict.difference:+.4f} | {j.verdict.p_value:.3g} | '
-        f'**{j.verdict.verdict}** | {_mde(j.mde)} | '
+        f'**{j.verdict.verdict}** | {mde_text(j.mde)} | '
         f'{j.seeds_for_001 or "–"} |')
   return lines
 
 
-def _mde(value: float) -> str:
+def mde_text(value: float) -> str:
   return f'±{value:.4f}' if math.isfinite(value) else '–'
 
 

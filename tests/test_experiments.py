@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import switch_top1
-from experiments import records, report, run, verdict
+from experiments import records, report, run, scheduler, verdict
 from experiments.ablation import Ablation, Comparison, Variant, apply_overrides
 from experiments.scheduler import Seeds
 from moe_jax.train import trainer
@@ -237,6 +237,65 @@ def test_cli_rejects_unknown_ablation_and_bad_override(capsys):
   assert 'no_such_field' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     run.main(['regime_scan', 'stray'])
+
+
+@pytest.mark.slow
+def test_parallel_workers_train_and_record_every_run(tmp_path, monkeypatch):
+  # Two runs at once, each in a spawned single-threaded process that loads
+  # the ablation by name (benchmarks/ablation_throughput.py shows their
+  # numbers equal one-at-a-time runs bit for bit).
+  monkeypatch.setenv('XLA_FLAGS', scheduler.RUN_XLA_FLAGS)
+  monkeypatch.setattr(run, 'RESULTS', tmp_path)
+  tiny = {'model.d_model': 16, 'model.d_ff': 32, 'moe.d_ff': 32,
+          'model.num_layers': 2, 'batch_size': 2, 'seq_len': 16,
+          'data.max_bytes': 100_000, 'train.eval_every': 2,
+          'train.checkpoint_every': 2, 'train.log_every': 1,
+          'train.eval_batches': 1}
+  rows = run.run_ablation(run.load_ablation('regime'), seeds=Seeds(1),
+                          steps=2, out=tmp_path / 'r', overrides=tiny,
+                          command='cmd', only=['dense', 'switch_top1'],
+                          jobs=2)
+  assert sorted(r['variant'] for r in rows) == ['dense', 'switch_top1']
+  for r in rows:
+    assert r['status'] == 'ok' and 0 < r['eval_loss'] < 6
+    assert r['xla_flags'] == scheduler.RUN_XLA_FLAGS
+    assert (r['command'], r['init_seed'], r['data_seed']) == ('cmd', 0, 0)
+    assert r['data'] == 'stdlib' and 'documents' in r['held_out']
+  summary = (tmp_path / 'r' / 'summary.md').read_text()
+  assert '`cmd`' in summary and 'documents (files) drawn at random' in (
+      summary)
+
+
+def test_cli_refuses_zero_seeds_steps_or_jobs(capsys):
+  # 0 used to mean "the default" and was written into the summary as typed.
+  for flag in ('--seeds', '--steps', '--jobs'):
+    assert run.main(['regime', flag, '0', '--out', '/nonexistent/x']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {flag} 0 must be a positive integer')
+    assert err.count('\n') == 1
+
+
+def test_seeds_can_vary_the_initialisation_or_the_data_order_alone():
+  ab = run.load_ablation('regime')
+  def configs(seeds):
+    return [(r.seed, r.config(ab)) for r in run.plan_runs(
+        ab, seeds=seeds, steps=10, out=pathlib.Path('x'), overrides={})
+            if r.variant == 'dense']
+  for s, c in configs(Seeds(3)):
+    assert (c.seed, c.data.seed) == (s, None)  # Both follow the seed.
+  for s, c in configs(Seeds(3, data=7)):
+    assert (c.seed, c.data.seed) == (s, 7)
+    assert trainer.data_seed(c) == 7
+  for s, c in configs(Seeds(3, init=7)):
+    assert (c.seed, trainer.data_seed(c)) == (7, s)
+  # The data seed alone sets the batches: same data seed, same batches.
+  a = _tiny(3)
+  b = _tiny(3)
+  a.seed, b.seed, b.data.seed = 1, 2, 1
+  batch = lambda c: trainer.load_data(c).batches.batch_at(0)['inputs']
+  np.testing.assert_array_equal(batch(a), batch(b))
+  b.data.seed = 2
+  assert not np.array_equal(batch(a), batch(b))
 
 
 def test_every_ablation_file_builds_its_configs():

@@ -1,0 +1,92 @@
+"""Tokens per second of wall time of a whole ablation, by how its runs use the cores.
+
+  python -m benchmarks.ablation_throughput [--steps 1000] [--seeds 2]
+
+Runs `python -m experiments.run regime` (dense and switch_top1, the regime
+config of experiments/README.md) from scratch, once per mode, each in a
+fresh process and results folder, and times the whole command:
+
+  * threads: one run at a time, XLA:CPU's default threading (how the
+    ablations ran until 2026-12);
+  * jobs2: two runs at a time (--jobs 2), one single-threaded process each
+    (what experiments/scheduler.py does now);
+  * jobs1: one run at a time, single-threaded: the same numbers as jobs2
+    are expected, bit for bit, since each run computes alone on one thread.
+
+Prints a table and writes JSON. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks import common
+from experiments import scheduler
+
+MODES = {
+    'threads': ('', 1),  # An empty XLA_FLAGS: the default threading.
+    'jobs2': (scheduler.RUN_XLA_FLAGS, 2),
+    'jobs1': (scheduler.RUN_XLA_FLAGS, 1),
+}
+COMPARED = ('eval_loss', 'eval_bits_per_byte', 'eval_max_violation')
+
+
+def run_mode(mode: str, steps: int, seeds: int, out: pathlib.Path) -> dict:
+  flags, jobs = MODES[mode]
+  env = dict(os.environ, XLA_FLAGS=flags,
+             # No compilation cache: every mode compiles, as a fresh run does.
+             JAX_COMPILATION_CACHE_DIR=str(out / 'xla_cache'))
+  command = [sys.executable, '-m', 'experiments.run', 'regime',
+             '--variants', 'dense,switch_top1', '--seeds', str(seeds),
+             '--steps', str(steps), '--jobs', str(jobs), '--fresh',
+             '--out', str(out / mode)]
+  start = time.perf_counter()
+  subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+  wall = time.perf_counter() - start
+  with (out / mode / 'runs.csv').open() as f:
+    rows = list(csv.DictReader(f))
+  tokens = sum(int(r['steps']) for r in rows) * 16 * 128
+  return {'mode': mode, 'xla_flags': flags or '(default)', 'jobs': jobs,
+          'runs': len(rows), 'wall_s': round(wall, 1),
+          'tokens_per_wall_s': round(tokens / wall),
+          'rows': {f'{r["variant"]}/{r["seed"]}': {c: r[c] for c in COMPARED}
+                   for r in rows}}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--steps', type=int, default=1000)
+  parser.add_argument('--seeds', type=int, default=2)
+  parser.add_argument('--modes', default='threads,jobs2,jobs1')
+  parser.add_argument('--out', default=common.default_out(
+      'ablation_throughput'))
+  args = parser.parse_args()
+  load_before = os.getloadavg()
+  with tempfile.TemporaryDirectory() as tmp:
+    results = [run_mode(m, args.steps, args.seeds, pathlib.Path(tmp))
+               for m in args.modes.split(',')]
+  base = results[0]['tokens_per_wall_s']
+  for r in results:
+    r['speedup'] = round(r['tokens_per_wall_s'] / base, 2)
+  common.print_table(results, ['mode', 'xla_flags', 'jobs', 'runs', 'wall_s',
+                               'tokens_per_wall_s', 'speedup'])
+  by_mode = {r['mode']: r['rows'] for r in results}
+  if 'jobs1' in by_mode and 'jobs2' in by_mode:
+    same = by_mode['jobs1'] == by_mode['jobs2']
+    print(f'jobs1 and jobs2 metrics bit-identical ({", ".join(COMPARED)} of '
+          f'every run): {same}')
+  common.write_json(args.out, {
+      'steps': args.steps, 'seeds': args.seeds, 'results': results,
+      'environment': common.environment(),
+      'load_before': load_before, 'load_after': os.getloadavg()})
+
+
+if __name__ == '__main__':
+  main()
