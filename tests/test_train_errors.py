@@ -17,6 +17,8 @@ import sys
 
 import pytest
 
+from moe_jax import inspect
+from moe_jax.errors import UserInputError
 from moe_jax.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -210,3 +212,40 @@ def test_read_only_workdir(holds_checkpoint, trained_workdir, tmp_path):
     workdir.chmod(0o755)
   _assert_one_error_line(result, str(workdir), 'not writable')
   assert _snapshot(workdir) == before
+
+
+# Config files that fail while loading: each was a traceback (or, for a
+# suffix typo, a silent full-size run).
+CONFIG_FILES = {
+    # The preset raised through ml_collections, which pastes the traceback
+    # into the message.
+    'preset_suffix_typo': ('configs/presets/mixtral_8x7b.py:tinyy', None,
+                           ['unknown config suffix :tinyy', ':tiny']),
+    'missing_module': ('{tmp}/imports.py', 'import no_such_module_xyz\n',
+                       ['imports.py', 'no_such_module_xyz']),
+    'wrong_return_type': ('{tmp}/returns.py',
+                          'def get_config(arg=None):\n  return {"a": 1}\n',
+                          ['returns.py', 'returned dict',
+                           'ml_collections.ConfigDict']),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', list(CONFIG_FILES))
+def test_config_file_errors_are_one_line(case, tmp_path):
+  spec, text, needles = CONFIG_FILES[case]
+  spec = spec.format(tmp=tmp_path)
+  if text is not None:
+    pathlib.Path(spec).write_text(text)
+  result = _run_cli_config(spec, tmp_path / 'run')
+  _assert_one_error_line(result, *needles)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_config_suffix_typo_is_refused():
+  # A typo used to train (and inspect) the full-size model.
+  for suffix in ('tinyy', 'Tiny'):
+    with pytest.raises(UserInputError, match=f'unknown config suffix :{suffix}'
+                       '; use :tiny or no suffix'):
+      inspect.load_config_file(f'{CONFIG_FILE}:{suffix}')
+  assert inspect.load_config_file(f'{CONFIG_FILE}:tiny').seq_len == 32
