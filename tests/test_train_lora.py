@@ -82,10 +82,16 @@ def test_trainable_count_is_the_formula():
      'non-empty subset'),
     ((), 2, 'must be a non-empty subset'),
     (('attention',), -1, 'lora.rank=-1 must be a positive int'),
+    # r above a matrix's smaller side adds parameters and no expressiveness
+    # (rank 100000 gave 828x the model); tiny experts are 32 x 64.
+    (('experts',), 33, r'lora.rank=33 is larger than blocks/1/ffn/w[io] seen '
+     r'as a matrix allows \(its smaller side is 32\)'),
+    (('attention', 'router'), 9, 'smaller side is 8'),  # Router: 32 x E=8.
 ])
 def test_adapter_errors_are_one_line(targets, rank, match):
   with pytest.raises(UserInputError, match=match):
     lora.adapter_shapes(_shapes(), targets, rank)
+  assert lora.adapter_shapes(_shapes(), ('experts',), 32)  # r = 32 is fine.
 
 
 def test_lora_config_errors_are_one_line():
