@@ -160,11 +160,26 @@ def test_sequence_longer_than_the_data(seq_len, split, trained_workdir):
   assert _snapshot(trained_workdir) == before
 
 
+# Flags refused on a fresh workdir, and words of the error line. The last
+# two were found after start-up and left an empty checkpoints/ folder.
+FRESH_CASES = {
+    'capacity_factor': (['--config.moe.capacity_factor=-0.5'],
+                        ['capacity_factor=-0.5']),
+    'group_size': (['--config.moe.group_size=7'],
+                   ['moe.group_size=7', 'divide the 128 tokens']),
+    'lora_target': (['--config.lora.rank=2', '--config.train.init_from={base}',
+                     "--config.lora.targets=('shared_experts',)"],
+                    ['select no parameter']),
+}
+
+
 @pytest.mark.slow
-def test_bad_input_creates_no_workdir(tmp_path):
+@pytest.mark.parametrize('case', list(FRESH_CASES))
+def test_bad_input_creates_no_workdir(case, trained_workdir, tmp_path):
+  flags, needles = FRESH_CASES[case]
   workdir = tmp_path / 'new_run'
-  result = _run_cli(workdir, '--config.moe.capacity_factor=-0.5')
-  _assert_one_error_line(result, 'capacity_factor=-0.5')
+  result = _run_cli(workdir, *(f.format(base=trained_workdir) for f in flags))
+  _assert_one_error_line(result, *needles)
   assert not workdir.exists()
 
 

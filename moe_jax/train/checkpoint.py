@@ -97,9 +97,12 @@ class Checkpointer:
 
   def __init__(self, workdir: str | pathlib.Path, keep: int):
     self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
+    # create=False: the folder appears with the first save (orbax makes its
+    # parents), so a run refused after this point, or an evaluation of a
+    # mistyped workdir, leaves no empty checkpoints/ behind.
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=False),
         item_names=('state', 'meta'))
 
   def latest_step(self) -> int | None:

@@ -89,9 +89,14 @@ def make_mesh(config, mcfg: ModelConfig):
   """The config's mesh, checked against the model and batch before compiling."""
   mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
   tokens, group_size = config.batch_size * config.seq_len, mcfg.moe.group_size
-  # A group_size that does not divide the tokens fails in group_tokens.
-  num_groups = (tokens // group_size
-                if group_size and tokens % group_size == 0 else None)
+  if group_size and tokens % group_size:
+    # group_tokens would say so too, but only when the first step traces,
+    # after the model summary.
+    raise UserInputError(
+        f'moe.group_size={group_size} does not divide the {tokens} tokens of '
+        f'a batch (batch_size {config.batch_size} x seq_len '
+        f'{config.seq_len}); set --config.moe.group_size to a divisor.')
+  num_groups = tokens // group_size if group_size else None
   mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
                       batch_size=config.batch_size, num_heads=mcfg.num_heads,
                       d_ff=mcfg.d_ff, num_groups=num_groups,
