@@ -63,6 +63,33 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
           if old.get(k) != new.get(k) and not _added_at_default(k, old, new)]
 
 
+def _is_closed_loop_echo(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError) and
+          str(unraisable.exc_value) == 'Event loop is closed')
+
+
+def _drop_closed_loop_echoes() -> None:
+  """Installs (once) an unraisable hook that drops 'Event loop is closed'.
+
+  After a failed restore, TensorStore's reads still in flight finish on
+  its own threads and try to wake orbax's event loop, which the failure
+  already closed: each prints 'RuntimeError: Event loop is closed' with a
+  traceback, possibly after the restore has returned. Those echoes carry no
+  news (the failure is reported once); every other unraisable error still
+  reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_echoes', False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_echo(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_echoes = True
+  sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _quiet_async_errors():
   """Silences the echoes of one failed restore.
@@ -79,6 +106,11 @@ def _quiet_async_errors():
   sys.unraisablehook = lambda unraisable: None
   try:
     yield
+  except Exception:
+    sys.unraisablehook = hook
+    _drop_closed_loop_echoes()  # Late echoes arrive after this block.
+    hook = sys.unraisablehook
+    raise
   finally:
     gc.collect()
     logger.setLevel(level)
