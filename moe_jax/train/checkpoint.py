@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from moe_jax.data import fingerprint
 from moe_jax.errors import UserInputError
 
 # Config sections that decide what a checkpoint means. The rest (learning
@@ -151,13 +152,24 @@ class Checkpointer:
         continue  # Damaged; restore() moves it aside and says so.
     return None
 
-  def check_compatible(self, config_dict: dict[str, Any]) -> None:
-    """Raises UserInputError if the checkpoint's config differs, or if it is
-    already past train.num_steps (resuming it would train nothing and report
-    the later parameters as if they were the final ones)."""
+  def check_compatible(self, config_dict: dict[str, Any],
+                       data: dict[str, Any] | None = None) -> str | None:
+    """Raises UserInputError if the checkpoint's config or data differs, or
+    if it is already past train.num_steps (resuming it would train nothing
+    and report the later parameters as if they were the final ones).
+
+    Args:
+      config_dict: the run's config.
+      data: the run's data fingerprint (moe_jax/data/fingerprint.py); None
+        skips the data check.
+
+    Returns:
+      A one-line note when the checkpoint predates data fingerprints (its
+      data cannot be checked), else None.
+    """
     found = self._readable_meta()
     if found is None:
-      return
+      return None
     step, meta = found
     diffs = config_differences(meta['config'], config_dict)
     if diffs:
@@ -172,6 +184,19 @@ class Checkpointer:
           f'past train.num_steps={num_steps}; to train on, rerun with '
           f'--config.train.num_steps > {step} (the learning-rate schedule '
           'follows num_steps), or use a new --workdir.')
+    if data is None:
+      return None
+    if meta.get('data') is None:
+      return (f'note: the checkpoint at step {step} predates data '
+              'fingerprints, so its data cannot be checked; the next save '
+              'records it.')
+    changed = fingerprint.data_differences(meta['data'], data)
+    if changed:
+      raise UserInputError(
+          f'workdir {self.directory.parent} holds a checkpoint (step {step}) '
+          f'trained on other data ({"; ".join(changed)}); resume with the '
+          'original data, or start afresh with a new --workdir.')
+    return None
 
   def restore(self, abstract_state):
     """Restores the newest checkpoint that restores, onto the structure (and

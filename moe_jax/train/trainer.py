@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from moe_jax.core.config import MoEConfig
+from moe_jax.data import fingerprint
 from moe_jax.data.pipeline import BatchIterator, eval_batches, split_corpus
 from moe_jax.data.sources import load_corpus
 from moe_jax.data.tokens import check_token_ids
@@ -168,6 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lora_run.check_config(config)
   mcfg = model_config(config)
   corpus, batches, val_batches = load_data(config)
+  data_id = fingerprint.data_fingerprint(corpus, config.data.tokenizer)
   unit = corpus.unit.rstrip('s')  # 'byte' or 'token', for the metric names.
   mesh = make_mesh(config, mcfg)
   # A resumed run restores its own parameters, so the init source is read
@@ -178,11 +180,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       read=not has_checkpoint(workdir) or lora_run.enabled(config))
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   config_dict = config.to_dict()
-  ckpt.check_compatible(config_dict)
+  note = ckpt.check_compatible(config_dict, data_id)
   # One process writes metrics, prints and draws progress; all of them
   # checkpoint (each writes its own shards).
   main = jax.process_index() == 0
   say = functools.partial(print, flush=True) if main else lambda *_: None
+  if note:
+    say(note)
 
   graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
   frozen = None  # LoRA's base parameters.
@@ -239,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start = int(state.step)
   writer = MetricWriter(workdir, resume_step=start) if main else _Silent()
   progress = Progress(t.num_steps, start_step=start) if main else _Silent()
-  meta = {'config': config_dict}
+  meta = {'config': config_dict, 'data': data_id}
   if frozen is not None:
     meta['lora_base'] = lora_run.base_reference(init_source)
   tokens_per_step = config.batch_size * config.seq_len
