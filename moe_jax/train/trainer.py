@@ -32,7 +32,7 @@ from moe_jax.parallel import placement
 from moe_jax.train import init_from, lora_run, optim, validate
 from moe_jax.train.checkpoint import Checkpointer, has_checkpoint
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
-from moe_jax.train.metric_writer import MetricWriter, Progress
+from moe_jax.train.metric_writer import MetricWriter, Progress, eval_line
 from moe_jax.layers.moe import RouterBias
 from moe_jax.train.step import (EVAL_ROUTING_METRICS, RoutedTrainState,
                                  TrainState, eval_step, train_step)
@@ -290,6 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           eval_metrics = evaluate(eval_fn, eval_view(state), val_batches,
                                   unit)
           writer.write(done, eval_metrics)
+          progress.report(eval_line(done, eval_metrics, unit))
         if save:
           ckpt.save(done, state, meta)
         if stopping:
