@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -17,6 +18,7 @@ import sys
 
 import pytest
 
+from moe_jax import evaluate as moe_evaluate
 from moe_jax import inspect
 from moe_jax.errors import UserInputError
 from moe_jax.train import trainer
@@ -264,3 +266,26 @@ def test_config_suffix_typo_is_refused():
                        '; use :tiny or no suffix'):
       inspect.load_config_file(f'{CONFIG_FILE}:{suffix}')
   assert inspect.load_config_file(f'{CONFIG_FILE}:tiny').seq_len == 32
+
+
+@pytest.mark.slow
+def test_evaluate_command_prints_the_runs_eval_metrics(trained_workdir,
+                                                       tmp_path, capsys):
+  result = subprocess.run(
+      [sys.executable, '-m', 'moe_jax.evaluate',
+       f'--workdir={trained_workdir}'], cwd=REPO, capture_output=True,
+      text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr
+  printed = dict(line.split() for line in result.stdout.splitlines()[1:])
+  logged = [json.loads(line) for line in
+            (trained_workdir / 'metrics.jsonl').read_text().splitlines()]
+  final = [r for r in logged if 'eval/loss' in r][-1]
+  assert result.stdout.startswith('checkpoint: step 6 of ')
+  assert set(printed) == {k for k in final if k.startswith('eval/')}
+  for name, value in printed.items():
+    assert float(value) == pytest.approx(final[name], rel=1e-5), name
+  # A workdir without checkpoints: one line, nothing created.
+  assert moe_evaluate.main(['--workdir', str(tmp_path / 'none')]) == 2
+  assert capsys.readouterr().err.startswith(
+      f'error: {tmp_path / "none"} holds no checkpoints folder')
+  assert not (tmp_path / 'none').exists()

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from moe_jax.errors import UserInputError
+from moe_jax.evaluate import evaluate_workdir
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.train import init_from, lora, lora_merge, lora_run, trainer
 from moe_jax.train.checkpoint import Checkpointer
@@ -129,6 +130,12 @@ def test_lora_trains_only_adapters_merges_and_runs_expert_parallel(
                'lora.rank': 2, 'lora.targets': ('attention', 'experts')}
   config = testlib.tiny_config('configs/switch_top1.py', overrides)
   final = trainer.train_and_evaluate(config, str(tmp_path / 'lora'))
+  # Evaluated unmerged (the adapters folded in memory), as `python -m
+  # moe_jax.evaluate` does; this used to fail with a broadcasting error.
+  step, metrics = evaluate_workdir(str(tmp_path / 'lora'))
+  assert step == 3
+  np.testing.assert_allclose(metrics['eval/loss'], final['eval/loss'],
+                             rtol=1e-6)
 
   # The checkpoint holds the adapters alone, r·(in + out) per matrix.
   saved = testlib.saved_state(tmp_path / 'lora', 3)

@@ -141,8 +141,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def _readable_meta(self):
-    """(step, meta) of the newest checkpoint whose meta reads, or None."""
+  def latest_meta(self):
+    """(step, meta) of the newest checkpoint whose meta reads, or None.
+
+    The meta holds the run's config ('config') and data fingerprint
+    ('data'), so a tool can rebuild the run's config without restoring
+    the state.
+    """
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         with _quiet_async_errors():
@@ -167,7 +172,7 @@ class Checkpointer:
       A one-line note when the checkpoint predates data fingerprints (its
       data cannot be checked), else None.
     """
-    found = self._readable_meta()
+    found = self.latest_meta()
     if found is None:
       return None
     step, meta = found
