@@ -16,10 +16,12 @@ Tiny variant for tests: --config=configs/fine_grained_shared.py:tiny
 """
 
 from moe_jax.core.fine_grained import split_experts
-from moe_jax.train.default_config import get_default_config, shrink_for_tests
+from moe_jax.train.default_config import (check_variant, get_default_config,
+                                          shrink_for_tests)
 
 
 def get_config(arg: str | None = None):
+  check_variant(arg)
   c = get_default_config()
   c.moe.router = 'gshard'
   c.moe.top_k = 2

@@ -18,10 +18,12 @@ Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
 Tiny variant for tests: --config=configs/soft_moe.py:tiny
 """
 
-from moe_jax.train.default_config import get_default_config, shrink_for_tests
+from moe_jax.train.default_config import (check_variant, get_default_config,
+                                          shrink_for_tests)
 
 
 def get_config(arg: str | None = None):
+  check_variant(arg)
   c = get_default_config()
   c.moe.router = 'soft'
   c.moe.slots_per_expert = 2

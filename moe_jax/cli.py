@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
+import ml_collections
 from absl import flags
 
 
@@ -18,21 +20,58 @@ def one_line(error: BaseException) -> str:
   return ' '.join(text.split())
 
 
+def _config_path(argv) -> str:
+  """The --config flag's file, for messages about the file itself."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1].split(':')[0]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1].split(':')[0]
+  return 'the config file'
+
+
+def _raised_in_config(message: str) -> str | None:
+  """The last line of the traceback that ml_collections pastes into the
+  message of a ValueError or TypeError raised by get_config, without its
+  'module.ErrorType: ' prefix; None if `message` holds no such traceback."""
+  if 'Error whilst parsing config file' not in message:
+    return None
+  last = [line for line in message.splitlines() if line.strip()][-1]
+  return re.sub(r'^[\w.]+: ', '', last.strip())
+
+
 def parse_flags(argv, config_flag):
   """absl's flag parsing, with a bad config file or field as one line."""
+  path = _config_path(argv)
   try:
     argv = flags.FLAGS(argv)
     # The config file loads lazily; touch it so a bad path fails here.
-    if config_flag.value is not None:
-      config_flag.value.to_dict()
+    config = config_flag.value
+    if config is not None and not isinstance(config,
+                                             ml_collections.ConfigDict):
+      # A file that failed to load stands in as an object whose attributes
+      # raise its OSError (handled below); anything else is a wrong return.
+      getattr(config, 'to_dict', None)
+      fail(f'{path}: get_config() returned {type(config).__name__}, not an '
+           'ml_collections.ConfigDict; return one (start from '
+           'moe_jax.train.default_config.get_default_config()).')
+    if config is not None:
+      config.to_dict()
     return argv
   except SyntaxError as e:
     fail(f'config file {e.filename} line {e.lineno}: {e.msg}; fix the file.')
+  except ImportError as e:
+    # Raised while the file is executed: a missing package or a typo.
+    fail(f'{path} could not be loaded: {type(e).__name__}: {e}; install the '
+         'module or fix the import.')
   except OSError as e:
     fail(f'could not load the config file: {str(e).splitlines()[-1].strip()}'
          '; pass --config=configs/<name>.py from the repository root.')
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     # absl and ml_collections would print tracebacks; one line says enough.
+    raised = _raised_in_config(str(e))
+    if raised is not None:
+      fail(f'{path}: {raised}')
     message = one_line(e)
     if isinstance(e, (AttributeError, KeyError)):
       message = f'unknown config field {message.strip(chr(39))}'

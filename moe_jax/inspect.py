@@ -79,8 +79,11 @@ def load_config_file(spec: str):
                          'configs/presets/<name>.py from the repository root.')
   module_spec = importlib.util.spec_from_file_location('_config', path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  try:
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+  except (ImportError, UserInputError) as e:  # Name the file in the line.
+    raise UserInputError(f'{path}: {e}') from e
 
 
 def main(argv) -> None:

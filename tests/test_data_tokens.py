@@ -104,6 +104,25 @@ def test_token_file_errors_are_one_line(tmp_path):
     data.load_corpus('tokens', None)
 
 
+def test_uint32_bin_read_as_uint16_is_refused(tmp_path):
+  # GPT-2 ids written as uint32: read as uint16 they were (id, 0, id, 0, ...)
+  # and in range, so nothing caught it.
+  ids = np.random.default_rng(0).integers(1, 50_257, 1000).astype(np.uint32)
+  ids.tofile(tmp_path / 'train.bin')
+  with pytest.raises(UserInputError, match=r"read as uint16 holds 0 at every "
+                     r'odd position of its first 2,000 ids.*set '
+                     '--config.data.token_dtype=uint32'):
+    data.load_corpus('tokens', str(tmp_path / 'train.bin'))
+  corpus = data.load_corpus('tokens', str(tmp_path / 'train.bin'),
+                            token_dtype='uint32')
+  np.testing.assert_array_equal(corpus.tokens, ids)
+  # Real uint16 ids with zeros among them pass.
+  ids16 = ids.astype(np.uint16)
+  ids16[1::4] = 0
+  ids16.tofile(tmp_path / 'u16.bin')
+  assert len(data.load_corpus('tokens', str(tmp_path / 'u16.bin'))) == 1000
+
+
 def test_ids_at_or_above_vocab_size_are_refused(tmp_path):
   ids = np.array([3, 299, 17, 300, 5], np.uint16)
   with pytest.raises(UserInputError, match=r"holds token id 300 but "

@@ -103,6 +103,18 @@ def test_progress_plain_lines_when_not_a_tty():
   assert '\r' not in stream.getvalue()
 
 
+def test_each_evaluation_gets_a_line_when_it_happens():
+  # Eval losses used to reach only metrics.jsonl, never the progress output.
+  for stream in (io.StringIO(), _TtyStream()):
+    progress = metric_writer.Progress(10, stream=stream, every=5)
+    progress.update(4, loss=2.0)
+    progress.report(metric_writer.eval_line(
+        4, {'eval/loss': 1.28461, 'eval/bits_per_byte': 1.85331}, 'byte'))
+    progress.close()
+    assert ('eval at step 4: loss 1.2846 nats/byte (1.8533 bits/byte)\n'
+            in re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', stream.getvalue()))
+
+
 class _TtyStream(io.StringIO):
 
   def isatty(self):

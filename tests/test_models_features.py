@@ -179,3 +179,22 @@ def test_byte_data_refuses_a_vocabulary_below_256():
     validate.check_data_config(config)
   config.model.vocab_size = 32000  # A tokenizer's size holds bytes too.
   validate.check_data_config(config)
+  # Token ids are checked against V once loaded, so V may be small: nanoGPT's
+  # shakespeare_char has V = 65 (this used to be refused as bytes).
+  config.model.vocab_size = 65
+  config.data.kind, config.data.path = 'tokens', 'train.bin'
+  validate.check_data_config(config)
+
+
+def test_bin_with_a_vocabulary_beyond_uint16_needs_uint32():
+  from moe_jax.train import default_config, validate  # pylint: disable=g-import-not-at-top
+  config = default_config.get_default_config()
+  config.model.vocab_size = 128_256  # Llama 3's.
+  config.data.kind, config.data.path = 'tokens', 'llama3.bin'
+  with pytest.raises(UserInputError, match=r"token_dtype='uint16' \.bin file "
+                     'cannot hold; set --config.data.token_dtype=uint32'):
+    validate.check_data_config(config)
+  config.data.token_dtype = 'uint32'
+  validate.check_data_config(config)
+  config.data.token_dtype, config.data.path = 'uint16', 'llama3.npy'
+  validate.check_data_config(config)  # Its header gives the dtype.

@@ -143,6 +143,9 @@ def test_accounting_equals_the_whole_model_traced():
 def test_bad_mesh_is_one_line():
   with pytest.raises(UserInputError, match='--mesh entry'):
     accounting.parse_mesh('data:8,pipeline:2')
+  # The second data axis used to replace the first without a word.
+  with pytest.raises(UserInputError, match="names axis 'data' twice"):
+    accounting.parse_mesh('data:2,data:4')
   with pytest.raises(UserInputError, match='not divisible by the expert axis'):
     _cost('qwen15_moe_a27b', mesh=accounting.parse_mesh('expert:8'))
 

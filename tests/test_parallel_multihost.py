@@ -187,3 +187,16 @@ def test_a_process_waiting_for_its_peers_says_so(tmp_path):
     proc.communicate()
   assert 'process 0 of 2: waiting for all processes' in line, line
   assert address in line
+
+
+def test_process_id_out_of_range_is_one_line(tmp_path):
+  # jax.distributed used to raise this with a traceback.
+  proc = subprocess.run(
+      _cli(tmp_path / 'run', f'--coordinator_address=127.0.0.1:{_free_port()}',
+           '--num_processes=2', '--process_id=2'),
+      cwd=REPO, env=_env(2), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.splitlines() == [
+      'error: --process_id=2 must be in [0, --num_processes=2); number the '
+      'processes 0 .. 1.'], proc.stderr
+  assert not (tmp_path / 'run').exists()

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -17,6 +18,9 @@ import sys
 
 import pytest
 
+from moe_jax import evaluate as moe_evaluate
+from moe_jax import inspect
+from moe_jax.errors import UserInputError
 from moe_jax.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -158,11 +162,26 @@ def test_sequence_longer_than_the_data(seq_len, split, trained_workdir):
   assert _snapshot(trained_workdir) == before
 
 
+# Flags refused on a fresh workdir, and words of the error line. The last
+# two were found after start-up and left an empty checkpoints/ folder.
+FRESH_CASES = {
+    'capacity_factor': (['--config.moe.capacity_factor=-0.5'],
+                        ['capacity_factor=-0.5']),
+    'group_size': (['--config.moe.group_size=7'],
+                   ['moe.group_size=7', 'divide the 128 tokens']),
+    'lora_target': (['--config.lora.rank=2', '--config.train.init_from={base}',
+                     "--config.lora.targets=('shared_experts',)"],
+                    ['select no parameter']),
+}
+
+
 @pytest.mark.slow
-def test_bad_input_creates_no_workdir(tmp_path):
+@pytest.mark.parametrize('case', list(FRESH_CASES))
+def test_bad_input_creates_no_workdir(case, trained_workdir, tmp_path):
+  flags, needles = FRESH_CASES[case]
   workdir = tmp_path / 'new_run'
-  result = _run_cli(workdir, '--config.moe.capacity_factor=-0.5')
-  _assert_one_error_line(result, 'capacity_factor=-0.5')
+  result = _run_cli(workdir, *(f.format(base=trained_workdir) for f in flags))
+  _assert_one_error_line(result, *needles)
   assert not workdir.exists()
 
 
@@ -210,3 +229,63 @@ def test_read_only_workdir(holds_checkpoint, trained_workdir, tmp_path):
     workdir.chmod(0o755)
   _assert_one_error_line(result, str(workdir), 'not writable')
   assert _snapshot(workdir) == before
+
+
+# Config files that fail while loading: each was a traceback (or, for a
+# suffix typo, a silent full-size run).
+CONFIG_FILES = {
+    # The preset raised through ml_collections, which pastes the traceback
+    # into the message.
+    'preset_suffix_typo': ('configs/presets/mixtral_8x7b.py:tinyy', None,
+                           ['unknown config suffix :tinyy', ':tiny']),
+    'missing_module': ('{tmp}/imports.py', 'import no_such_module_xyz\n',
+                       ['imports.py', 'no_such_module_xyz']),
+    'wrong_return_type': ('{tmp}/returns.py',
+                          'def get_config(arg=None):\n  return {"a": 1}\n',
+                          ['returns.py', 'returned dict',
+                           'ml_collections.ConfigDict']),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', list(CONFIG_FILES))
+def test_config_file_errors_are_one_line(case, tmp_path):
+  spec, text, needles = CONFIG_FILES[case]
+  spec = spec.format(tmp=tmp_path)
+  if text is not None:
+    pathlib.Path(spec).write_text(text)
+  result = _run_cli_config(spec, tmp_path / 'run')
+  _assert_one_error_line(result, *needles)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_config_suffix_typo_is_refused():
+  # A typo used to train (and inspect) the full-size model.
+  for suffix in ('tinyy', 'Tiny'):
+    with pytest.raises(UserInputError, match=f'unknown config suffix :{suffix}'
+                       '; use :tiny or no suffix'):
+      inspect.load_config_file(f'{CONFIG_FILE}:{suffix}')
+  assert inspect.load_config_file(f'{CONFIG_FILE}:tiny').seq_len == 32
+
+
+@pytest.mark.slow
+def test_evaluate_command_prints_the_runs_eval_metrics(trained_workdir,
+                                                       tmp_path, capsys):
+  result = subprocess.run(
+      [sys.executable, '-m', 'moe_jax.evaluate',
+       f'--workdir={trained_workdir}'], cwd=REPO, capture_output=True,
+      text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr
+  printed = dict(line.split() for line in result.stdout.splitlines()[1:])
+  logged = [json.loads(line) for line in
+            (trained_workdir / 'metrics.jsonl').read_text().splitlines()]
+  final = [r for r in logged if 'eval/loss' in r][-1]
+  assert result.stdout.startswith('checkpoint: step 6 of ')
+  assert set(printed) == {k for k in final if k.startswith('eval/')}
+  for name, value in printed.items():
+    assert float(value) == pytest.approx(final[name], rel=1e-5), name
+  # A workdir without checkpoints: one line, nothing created.
+  assert moe_evaluate.main(['--workdir', str(tmp_path / 'none')]) == 2
+  assert capsys.readouterr().err.startswith(
+      f'error: {tmp_path / "none"} holds no checkpoints folder')
+  assert not (tmp_path / 'none').exists()

@@ -148,6 +148,24 @@ def test_damaged_newest_checkpoint_falls_back_and_is_kept(
   _assert_same_state(_saved(workdir, 6), _saved(trained, 6))
 
 
+def test_damaged_checkpoint_on_the_cli_prints_one_warning(trained, tmp_path):
+  # A missing manifest made TensorStore's late reads print 'RuntimeError:
+  # Event loop is closed' tracebacks around the (correct) recovery.
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  (workdir / 'checkpoints' / '6' / 'state' / 'manifest.ocdbt').unlink()
+  result = subprocess.run(
+      [sys.executable, '-m', 'moe_jax.main', f'--config={CONFIG_FILE}:tiny',
+       f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True,
+      timeout=180, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr
+  assert 'resumed from step 3' in result.stdout
+  lines = [l for l in result.stderr.splitlines()
+           if not l.startswith(('step ', 'eval at step '))]
+  assert len(lines) == 1 and lines[0].startswith('warning: skipped checkpoint '
+                                                 '6'), result.stderr
+
+
 def test_checkpoint_past_num_steps_is_refused(trained):
   with pytest.raises(UserInputError) as error:
     _train(_config(**{'train.num_steps': 4}), trained)

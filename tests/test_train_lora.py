@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from moe_jax.errors import UserInputError
+from moe_jax.evaluate import evaluate_workdir
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.train import init_from, lora, lora_merge, lora_run, trainer
 from moe_jax.train.checkpoint import Checkpointer
@@ -82,10 +83,16 @@ def test_trainable_count_is_the_formula():
      'non-empty subset'),
     ((), 2, 'must be a non-empty subset'),
     (('attention',), -1, 'lora.rank=-1 must be a positive int'),
+    # r above a matrix's smaller side adds parameters and no expressiveness
+    # (rank 100000 gave 828x the model); tiny experts are 32 x 64.
+    (('experts',), 33, r'lora.rank=33 is larger than blocks/1/ffn/w[io] seen '
+     r'as a matrix allows \(its smaller side is 32\)'),
+    (('attention', 'router'), 9, 'smaller side is 8'),  # Router: 32 x E=8.
 ])
 def test_adapter_errors_are_one_line(targets, rank, match):
   with pytest.raises(UserInputError, match=match):
     lora.adapter_shapes(_shapes(), targets, rank)
+  assert lora.adapter_shapes(_shapes(), ('experts',), 32)  # r = 32 is fine.
 
 
 def test_lora_config_errors_are_one_line():
@@ -123,6 +130,12 @@ def test_lora_trains_only_adapters_merges_and_runs_expert_parallel(
                'lora.rank': 2, 'lora.targets': ('attention', 'experts')}
   config = testlib.tiny_config('configs/switch_top1.py', overrides)
   final = trainer.train_and_evaluate(config, str(tmp_path / 'lora'))
+  # Evaluated unmerged (the adapters folded in memory), as `python -m
+  # moe_jax.evaluate` does; this used to fail with a broadcasting error.
+  step, metrics = evaluate_workdir(str(tmp_path / 'lora'))
+  assert step == 3
+  np.testing.assert_allclose(metrics['eval/loss'], final['eval/loss'],
+                             rtol=1e-6)
 
   # The checkpoint holds the adapters alone, r·(in + out) per matrix.
   saved = testlib.saved_state(tmp_path / 'lora', 3)

@@ -24,6 +24,10 @@ TOKEN_SUFFIXES = ('.npy', '.bin')
 # Ids are checked against V in chunks of this many, so the check of a
 # file larger than memory reads it once without loading it whole.
 _CHECK_CHUNK = 1 << 24
+# How many leading ids of a .bin file are looked at for the dtype check.
+_DTYPE_SAMPLE = 1 << 20
+# Fewer ids than this prove nothing about the dtype either way.
+_DTYPE_MIN_SAMPLE = 64
 
 
 def read_token_file(path: str | os.PathLike,
@@ -74,9 +78,31 @@ def read_token_file(path: str | os.PathLike,
           'it was written with')
     tokens = (np.memmap(p, dtype=dtype, mode='r') if size else
               np.zeros(0, dtype))  # np.memmap refuses an empty file.
+    check_not_wider(tokens, path)
   if tokens.size == 0:
     raise UserInputError(f"token file '{path}' holds no tokens; {fix}")
   return tokens
+
+
+def check_not_wider(tokens: np.ndarray, name: str) -> None:
+  """Raises UserInputError if `tokens` look like wider ids read in halves.
+
+  A `.bin` carries no dtype. Little-endian uint32 ids below 65,536 read as
+  uint16 come out as (id, 0, id, 0, ...): every id's high half is a 0 in
+  the odd positions, and each id would be trained on beside a spurious 0.
+  Real uint16 data never holds a 0 at every odd position of its first
+  thousands of ids while holding other ids at the even ones.
+  """
+  wider = {'uint8': 'uint16', 'uint16': 'uint32'}.get(tokens.dtype.name)
+  n = min(len(tokens), _DTYPE_SAMPLE) // 2 * 2
+  if wider is None or n < _DTYPE_MIN_SAMPLE:
+    return
+  sample = np.asarray(tokens[:n])
+  if not sample[1::2].any() and sample[0::2].any():
+    raise UserInputError(
+        f"token file '{name}' read as {tokens.dtype.name} holds 0 at every "
+        f'odd position of its first {n:,} ids: the high halves of {wider} '
+        f'ids; set --config.data.token_dtype={wider}')
 
 
 def check_token_ids(tokens: np.ndarray, vocab_size: int, name: str) -> None:

@@ -43,13 +43,18 @@ class MeshShape:
 def parse_mesh(text: str) -> MeshShape:
   """'data:8,expert:8' -> MeshShape over (data, expert, model); unnamed
   axes are 1."""
-  sizes = dict.fromkeys(mesh_lib.AXES, 1)
+  sizes, named = dict.fromkeys(mesh_lib.AXES, 1), set()
   for part in filter(None, (p.strip() for p in text.split(','))):
     name, _, size = part.partition(':')
     if name not in sizes or not size.isdigit() or int(size) < 1:
       raise UserInputError(
           f'--mesh entry {part!r} is not AXIS:SIZE with AXIS in '
           f'{mesh_lib.AXES} and SIZE >= 1; e.g. --mesh=data:8,expert:8.')
+    if name in named:  # The later entry would silently win.
+      raise UserInputError(
+          f'--mesh names axis {name!r} twice ({text!r}); give each axis once, '
+          'e.g. --mesh=data:8,expert:8.')
+    named.add(name)
     sizes[name] = int(size)
   return MeshShape(tuple(sizes), tuple(sizes.values()))
 

@@ -46,6 +46,11 @@ def initialize(coordinator_address: str | None = None,
           'multi-process runs need all of --coordinator_address, '
           '--num_processes and --process_id (or the JAX_COORDINATOR_ADDRESS, '
           'JAX_NUM_PROCESSES and JAX_PROCESS_ID variables).')
+    if not 0 <= process_id < num_processes:
+      # jax.distributed would raise this with a traceback.
+      raise UserInputError(
+          f'--process_id={process_id} must be in [0, --num_processes='
+          f'{num_processes}); number the processes 0 .. {num_processes - 1}.')
     if num_processes <= 1:
       return False
     _use_gloo_on_cpu()

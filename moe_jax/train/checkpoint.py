@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from moe_jax.data import fingerprint
 from moe_jax.errors import UserInputError
 
 # Config sections that decide what a checkpoint means. The rest (learning
@@ -63,6 +64,33 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
           if old.get(k) != new.get(k) and not _added_at_default(k, old, new)]
 
 
+def _is_closed_loop_echo(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError) and
+          str(unraisable.exc_value) == 'Event loop is closed')
+
+
+def _drop_closed_loop_echoes() -> None:
+  """Installs (once) an unraisable hook that drops 'Event loop is closed'.
+
+  After a failed restore, TensorStore's reads still in flight finish on
+  its own threads and try to wake orbax's event loop, which the failure
+  already closed: each prints 'RuntimeError: Event loop is closed' with a
+  traceback, possibly after the restore has returned. Those echoes carry no
+  news (the failure is reported once); every other unraisable error still
+  reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_echoes', False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_echo(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_echoes = True
+  sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _quiet_async_errors():
   """Silences the echoes of one failed restore.
@@ -79,6 +107,11 @@ def _quiet_async_errors():
   sys.unraisablehook = lambda unraisable: None
   try:
     yield
+  except Exception:
+    sys.unraisablehook = hook
+    _drop_closed_loop_echoes()  # Late echoes arrive after this block.
+    hook = sys.unraisablehook
+    raise
   finally:
     gc.collect()
     logger.setLevel(level)
@@ -97,16 +130,24 @@ class Checkpointer:
 
   def __init__(self, workdir: str | pathlib.Path, keep: int):
     self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
+    # create=False: the folder appears with the first save (orbax makes its
+    # parents), so a run refused after this point, or an evaluation of a
+    # mistyped workdir, leaves no empty checkpoints/ behind.
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=False),
         item_names=('state', 'meta'))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def _readable_meta(self):
-    """(step, meta) of the newest checkpoint whose meta reads, or None."""
+  def latest_meta(self):
+    """(step, meta) of the newest checkpoint whose meta reads, or None.
+
+    The meta holds the run's config ('config') and data fingerprint
+    ('data'), so a tool can rebuild the run's config without restoring
+    the state.
+    """
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         with _quiet_async_errors():
@@ -116,13 +157,24 @@ class Checkpointer:
         continue  # Damaged; restore() moves it aside and says so.
     return None
 
-  def check_compatible(self, config_dict: dict[str, Any]) -> None:
-    """Raises UserInputError if the checkpoint's config differs, or if it is
-    already past train.num_steps (resuming it would train nothing and report
-    the later parameters as if they were the final ones)."""
-    found = self._readable_meta()
+  def check_compatible(self, config_dict: dict[str, Any],
+                       data: dict[str, Any] | None = None) -> str | None:
+    """Raises UserInputError if the checkpoint's config or data differs, or
+    if it is already past train.num_steps (resuming it would train nothing
+    and report the later parameters as if they were the final ones).
+
+    Args:
+      config_dict: the run's config.
+      data: the run's data fingerprint (moe_jax/data/fingerprint.py); None
+        skips the data check.
+
+    Returns:
+      A one-line note when the checkpoint predates data fingerprints (its
+      data cannot be checked), else None.
+    """
+    found = self.latest_meta()
     if found is None:
-      return
+      return None
     step, meta = found
     diffs = config_differences(meta['config'], config_dict)
     if diffs:
@@ -137,6 +189,19 @@ class Checkpointer:
           f'past train.num_steps={num_steps}; to train on, rerun with '
           f'--config.train.num_steps > {step} (the learning-rate schedule '
           'follows num_steps), or use a new --workdir.')
+    if data is None:
+      return None
+    if meta.get('data') is None:
+      return (f'note: the checkpoint at step {step} predates data '
+              'fingerprints, so its data cannot be checked; the next save '
+              'records it.')
+    changed = fingerprint.data_differences(meta['data'], data)
+    if changed:
+      raise UserInputError(
+          f'workdir {self.directory.parent} holds a checkpoint (step {step}) '
+          f'trained on other data ({"; ".join(changed)}); resume with the '
+          'original data, or start afresh with a new --workdir.')
+    return None
 
   def restore(self, abstract_state):
     """Restores the newest checkpoint that restores, onto the structure (and

@@ -9,6 +9,20 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from moe_jax.errors import UserInputError
+
+# The suffixes a config file accepts after its path (`configs/x.py:tiny`).
+VARIANTS = ('tiny',)
+
+
+def check_variant(arg: str | None) -> None:
+  """Refuses an unknown `:suffix`: a typo (`:tinyy`, `:Tiny`) would
+  otherwise run the full-size config while the user thinks it is tiny."""
+  if arg not in (None, '', *VARIANTS):
+    accepted = ', '.join(f':{v}' for v in VARIANTS)
+    raise UserInputError(f'unknown config suffix :{arg}; use {accepted} or '
+                         'no suffix (full size)')
+
 
 def get_default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()

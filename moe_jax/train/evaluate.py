@@ -2,8 +2,10 @@
 
 The capacity-factor counterfactual (ST-MoE Table 8): train once, then ask
 what the same parameters score at eval capacity factor 1.0, 2.0, 4.0 or with
-the dropless dispatcher. Only eval-time fields may differ from the run's
-config; anything that changes the parameters is refused.
+the dropless dispatcher, or on other data. Only eval-time fields may differ
+from the run's config; anything that changes the parameters is refused. A
+LoRA run's adapters are folded into its base in memory, as the trainer does.
+The command line is `python -m moe_jax.evaluate`.
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+from flax import nnx
 
 from moe_jax.errors import UserInputError
+from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import placement
-from moe_jax.train import trainer
+from moe_jax.train import init_from, lora_run, trainer
 from moe_jax.train.checkpoint import Checkpointer, config_differences
 
-# Fields that change how a checkpoint is evaluated but not what it holds.
+# Fields that change how a checkpoint is evaluated (or on what) but not
+# what it holds.
 EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
                     'moe.second_policy_eval', 'moe.min_capacity',
-                    'train.eval_batches', 'train.final_eval_batches')
+                    'train.eval_batches', 'train.final_eval_batches',
+                    'data.kind', 'data.path')
 
 
 class Restored(NamedTuple):
@@ -85,8 +91,27 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if diffs:
     raise UserInputError(f'the checkpoint in {workdir} was trained with '
                          f'another config ({"; ".join(diffs)}).')
+  if lora_run.enabled(config):
+    state, shardings = _merge_lora(config, mcfg, mesh, state, shardings, meta)
   return Restored(config, graphdef, state, shardings, data.val_batches, mesh,
                   data.corpus.unit.rstrip('s'), data.final_batches)
+
+
+def _merge_lora(config, mcfg, mesh, state, shardings, meta):
+  """A LoRA run's state with W + (α/r)·A·B as its params, on `mesh`.
+
+  Its checkpoint holds the adapters alone; the trainer evaluates them
+  folded into the frozen base, and so does this (no merged copy is
+  written; `python -m moe_jax.train.lora_merge` writes one).
+  """
+  source = init_from.prepare(
+      config.train.init_from, config.train.upcycle,
+      lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)))
+  lora_run.check_base(meta, source)
+  frozen, frozen_sh = lora_run.frozen_base(mcfg, config, mesh, source)
+  with jax.set_mesh(mesh):
+    state = lora_run.merged_view(frozen, frozen_sh, config)(state)
+  return state, shardings.replace(params=frozen_sh)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,

@@ -69,17 +69,27 @@ def adapter_shapes(shapes: dict[str, tuple[int, ...]], targets, rank: int
   if not isinstance(rank, int) or rank <= 0:
     raise UserInputError(f'lora.rank={rank!r} must be a positive int (0 '
                          'turns LoRA off); set --config.lora.rank')
-  out = {}
+  out, sides = {}, {}
   for path, shape in shapes.items():
     if target_of(path, len(shape)) in targets:
       batch, n_in = _layout(path, len(shape))
       lead, split = shape[:batch], batch + n_in
       out[path] = (lead + shape[batch:split] + (rank,),
                    lead + (rank,) + shape[split:])
+      sides[path] = min(math.prod(shape[batch:split]),
+                        math.prod(shape[split:]))
   if not out:
     raise UserInputError(
         f'lora.targets={tuple(targets)!r} select no parameter of this model '
         "(e.g. 'experts' in a dense model); pick targets it has")
+  # A·B has rank at most min(in, out): a larger r adds parameters (up to
+  # hundreds of times the model's) and nothing else.
+  narrowest = min(sides, key=sides.get)
+  if rank > sides[narrowest]:
+    raise UserInputError(
+        f'lora.rank={rank} is larger than {narrowest} seen as a matrix '
+        f'allows (its smaller side is {sides[narrowest]}); set '
+        f'--config.lora.rank <= {sides[narrowest]}')
   return out
 
 

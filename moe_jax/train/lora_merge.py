@@ -67,7 +67,10 @@ def merge_run(workdir: str, out: str) -> pathlib.Path:
         fresh.router_state, init_from.flatten(state['router_state']), workdir))
   ckpt = Checkpointer(out, plain.train.keep_checkpoints)
   try:
-    ckpt.save(step, fresh, {'config': plain.to_dict(), 'merged_from': {
+    # The data fingerprint carries over: resuming the merged run on other
+    # data is refused as it would be for the LoRA run.
+    ckpt.save(step, fresh, {'config': plain.to_dict(), 'data': meta.get('data'),
+                            'merged_from': {
         'lora': str(pathlib.Path(workdir).absolute()), 'lora_step': step,
         'base': base}})
   finally:

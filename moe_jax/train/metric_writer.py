@@ -206,6 +206,20 @@ class Progress:
     elif step % self.every == 0 or step >= self.total_steps:
       self._print_line(step, fields)
 
+  def report(self, text: str) -> None:
+    """Prints `text` as a line of its own (above the bar on a terminal).
+
+    The progress line shows the training loss; evaluations, every
+    train.eval_every steps, are news a user waits for, so they get a line
+    when they happen rather than living only in metrics.jsonl.
+    """
+    if self._bar is not None:
+      self._bar.console.print(text, highlight=False)
+      self._bar.refresh()
+    else:
+      self.stream.write(text + '\n')
+      self.stream.flush()
+
   def _draw_bar(self, step: int, fields: dict[str, Any]) -> None:
     rate, eta = self._rate_and_eta(step)
     self._bar.update(self._task, completed=step, rate=f'{rate:.2f}',
@@ -233,3 +247,9 @@ class Progress:
       self._bar.stop()  # Leaves the bar's last state on its own line.
       self._bar = None
     self._last = None
+
+
+def eval_line(step: int, metrics: dict[str, float], unit: str) -> str:
+  """'eval at step 200: loss 1.2846 nats/byte (1.8533 bits/byte)'."""
+  return (f'eval at step {step}: loss {metrics["eval/loss"]:.4f} nats/{unit} '
+          f'({metrics[f"eval/bits_per_{unit}"]:.4f} bits/{unit})')

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from moe_jax.train.default_config import get_default_config, shrink_for_tests
+from moe_jax.train.default_config import (check_variant, get_default_config,
+                                          shrink_for_tests)
 
 # The tiny twin's head width and the most experts it keeps (GShard's 2048
 # would make even a tiny model large).
@@ -62,9 +63,8 @@ def shrink_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def get_preset(model: dict, moe: dict, arg: str | None):
   """What a preset file's get_config returns: full size, or `:tiny`."""
+  check_variant(arg)
   c = preset_config(model, moe)
   if arg == 'tiny':
     shrink_preset(c)
-  elif arg:
-    raise ValueError(f'unknown preset variant {arg!r}; use :tiny or nothing.')
   return c

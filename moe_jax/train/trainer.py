@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from moe_jax.core.config import MoEConfig
+from moe_jax.data import fingerprint
 from moe_jax.data.pipeline import BatchIterator, eval_batches
 from moe_jax.data.sources import load_corpus
 from moe_jax.data.split import split_corpus
@@ -32,7 +33,7 @@ from moe_jax.parallel import placement
 from moe_jax.train import init_from, lora_run, optim, validate
 from moe_jax.train.checkpoint import Checkpointer, has_checkpoint
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
-from moe_jax.train.metric_writer import MetricWriter, Progress
+from moe_jax.train.metric_writer import MetricWriter, Progress, eval_line
 from moe_jax.layers.moe import RouterBias
 from moe_jax.train.step import (EVAL_ROUTING_METRICS, RoutedTrainState,
                                  TrainState, eval_step, train_step)
@@ -109,9 +110,14 @@ def make_mesh(config, mcfg: ModelConfig):
   """The config's mesh, checked against the model and batch before compiling."""
   mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
   tokens, group_size = config.batch_size * config.seq_len, mcfg.moe.group_size
-  # A group_size that does not divide the tokens fails in group_tokens.
-  num_groups = (tokens // group_size
-                if group_size and tokens % group_size == 0 else None)
+  if group_size and tokens % group_size:
+    # group_tokens would say so too, but only when the first step traces,
+    # after the model summary.
+    raise UserInputError(
+        f'moe.group_size={group_size} does not divide the {tokens} tokens of '
+        f'a batch (batch_size {config.batch_size} x seq_len '
+        f'{config.seq_len}); set --config.moe.group_size to a divisor.')
+  num_groups = tokens // group_size if group_size else None
   mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
                       batch_size=config.batch_size, num_heads=mcfg.num_heads,
                       d_ff=mcfg.d_ff, num_groups=num_groups,
@@ -187,6 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mcfg = model_config(config)
   data = load_data(config)
   corpus, batches = data.corpus, data.batches
+  data_id = fingerprint.data_fingerprint(corpus, config.data.tokenizer)
   unit = corpus.unit.rstrip('s')  # 'byte' or 'token', for the metric names.
   mesh = make_mesh(config, mcfg)
   # A resumed run restores its own parameters, so the init source is read
@@ -197,11 +204,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       read=not has_checkpoint(workdir) or lora_run.enabled(config))
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   config_dict = config.to_dict()
-  ckpt.check_compatible(config_dict)
+  note = ckpt.check_compatible(config_dict, data_id)
   # One process writes metrics, prints and draws progress; all of them
   # checkpoint (each writes its own shards).
   main = jax.process_index() == 0
   say = functools.partial(print, flush=True) if main else lambda *_: None
+  if note:
+    say(note)
 
   graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
   frozen = None  # LoRA's base parameters.
@@ -261,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start = int(state.step)
   writer = MetricWriter(workdir, resume_step=start) if main else _Silent()
   progress = Progress(t.num_steps, start_step=start) if main else _Silent()
-  meta = {'config': config_dict}
+  meta = {'config': config_dict, 'data': data_id}
   if frozen is not None:
     meta['lora_base'] = lora_run.base_reference(init_source)
   tokens_per_step = config.batch_size * config.seq_len
@@ -308,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           eval_metrics = evaluate(eval_fn, eval_view(state), val_batches,
                                   unit)
           writer.write(done, eval_metrics)
+          progress.report(eval_line(done, eval_metrics, unit))
         if save:
           ckpt.save(done, state, meta)
         if stopping:

@@ -65,14 +65,27 @@ def check_data_config(config) -> None:
     raise UserInputError(
         f'data.path={d.path!r} is set but data.kind={d.kind!r} ignores it; '
         'add --config.data.kind=text to train on that file or folder.')
-  # Every data kind yields bytes; a smaller vocabulary would index past the
-  # embedding, which JAX clamps silently instead of failing.
   vocab = config.model.get('vocab_size', 256)
-  if vocab < 256:
+  # Byte data may hold any of the 256 byte values; a smaller vocabulary
+  # would index past the embedding, which JAX clamps silently. Token ids
+  # (a token file, a tokenizer) are checked against V once loaded, so a
+  # small vocabulary such as nanoGPT's shakespeare_char (V = 65) works.
+  if vocab < 256 and d.kind != 'tokens' and not d.tokenizer:
     raise UserInputError(
         f'model.vocab_size={vocab} is smaller than the 256 byte values the '
         f'data.kind={d.kind!r} data holds; set --config.model.vocab_size=256 '
         'or more.')
+  # A .bin carries no dtype, and uint16 cannot hold the ids a vocabulary
+  # over 65,536 has: such files are uint32 (e.g. Llama 3's 128,256), and
+  # read as uint16 they would train on the halves of every id.
+  max_id = {'uint8': 255, 'uint16': 65_535}.get(d.token_dtype)
+  if (d.kind == 'tokens' and str(d.path or '').endswith('.bin') and
+      max_id is not None and vocab > max_id + 1):
+    raise UserInputError(
+        f'model.vocab_size={vocab} has ids above {max_id:,}, which a '
+        f'data.token_dtype={d.token_dtype!r} .bin file cannot hold; set '
+        '--config.data.token_dtype=uint32 if the file was written so (a '
+        '.npy file records its dtype).')
 
 
 def check_workdir(workdir: pathlib.Path) -> None:
