@@ -132,10 +132,11 @@ def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
     print(f'warning: some runs in {store.csv_path} used other defaults of '
           "moe_jax/train/default_config.py than today's; their numbers may "
           'not match a rerun.', flush=True)
+  finished = sum(store.has(r.variant, r.seed) for r in plan)
   print(f'[{ab.name}] {len(plan)} runs ({len(ab.variants)} variants x '
-        f'{seeds.count} seeds, {steps} steps); {len(plan) - len(todo)} '
-        f'already in {store.csv_path}; {len(todo)} to run now, {jobs} at a '
-        'time', flush=True)
+        f'{seeds.count} seeds, {steps} steps); {finished} already in '
+        f'{store.csv_path}; {len(todo)} to run now, {jobs} at a time',
+        flush=True)
   started = time.perf_counter()
   to_train = []
   for spec in todo:

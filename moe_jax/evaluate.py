@@ -38,8 +38,8 @@ def evaluate_workdir(workdir: str, *, eval_capacity_factor: float | None = None,
       split is what is scored.
   """
   # Imported here so `--help` and argument errors stay fast.
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from moe_jax.train import evaluate  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   from moe_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
 
   if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
@@ -54,7 +54,7 @@ def evaluate_workdir(workdir: str, *, eval_capacity_factor: float | None = None,
     raise UserInputError(f'no checkpoint in {workdir} can be read; pass the '
                          '--workdir of a training run')
   step, meta = found
-  config = ml_collections.ConfigDict(meta['config'])
+  config = checkpoint.saved_config(meta['config'])
   overrides = {'moe__eval_capacity_factor': eval_capacity_factor,
                'moe__dispatcher': dispatcher,
                'train__eval_batches': eval_batches}

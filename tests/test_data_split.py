@@ -147,3 +147,19 @@ def test_stdlib_validation_is_code_from_across_the_library():
   assert text.count(b'def ') > 100  # Code, not the pydoc prose.
   first, last = val.segments[0, 0], val.segments[-1, 1]
   assert first < 0.25 * len(corpus) and last > 0.75 * len(corpus)
+
+
+def test_a_checkpoint_from_before_the_split_field_meant_the_tail():
+  from moe_jax.train import checkpoint, default_config
+  today = default_config.get_default_config().to_dict()
+  old = default_config.get_default_config().to_dict()
+  del old['data']['split'], old['data']['seed']
+  # Resuming an old run on today's default split would change its data.
+  assert checkpoint.config_differences(old, today) == [
+      "data.split: '<absent>' -> 'documents'"]
+  today['data']['split'] = 'tail'
+  assert checkpoint.config_differences(old, today) == []
+  # Evaluating or merging it rebuilds the config it trained with.
+  config = checkpoint.saved_config(old)
+  assert config.data.split == 'tail' and config.data.seed is None
+  assert checkpoint.saved_config(today).data.split == 'tail'

@@ -257,7 +257,7 @@ def test_parallel_workers_train_and_record_every_run(tmp_path, monkeypatch):
                           jobs=2)
   assert sorted(r['variant'] for r in rows) == ['dense', 'switch_top1']
   for r in rows:
-    assert r['status'] == 'ok' and 0 < r['eval_loss'] < 6
+    assert r['status'] == 'ok' and 0 < r['eval_loss'] < 8  # ln 256 = 5.5.
     assert r['xla_flags'] == scheduler.RUN_XLA_FLAGS
     assert (r['command'], r['init_seed'], r['data_seed']) == ('cmd', 0, 0)
     assert r['data'] == 'stdlib' and 'documents' in r['held_out']

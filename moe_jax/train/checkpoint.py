@@ -45,12 +45,41 @@ def config_fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:
           if k.split('.')[0] in FINGERPRINT_KEYS}
 
 
+# Fields added after checkpoints existed whose absence means another value
+# than today's default: before data.split, every run held out the tail.
+MEANT_WHEN_ABSENT = {'data.split': 'tail'}
+
+
+def saved_config(saved: dict[str, Any]):
+  """A checkpoint's config as a ConfigDict with every field of today's.
+
+  A field the checkpoint predates takes the value it meant then
+  (MEANT_WHEN_ABSENT) or today's default, so that old runs evaluate, merge
+  and trace as they trained.
+  """
+  from moe_jax.train import default_config  # pylint: disable=g-import-not-at-top
+  config = default_config.get_default_config()
+  old = config_fingerprint(saved)
+  for key, value in MEANT_WHEN_ABSENT.items():
+    if key not in old:
+      *path, name = key.split('.')
+      node = config
+      for part in path:
+        node = node[part]
+      node[name] = value
+  with config.unlocked():
+    config.update_from_flattened_dict(_flatten(saved))
+  return config
+
+
 def _added_at_default(key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
   """A field added to the code after the checkpoint was saved, and left at
-  its default: the run computes what it computed before (new fields default
-  to today's behaviour), so it is not a difference."""
+  what the run computed before (today's default, or MEANT_WHEN_ABSENT): not a
+  difference."""
   if key in old or key not in new:
     return False
+  if key in MEANT_WHEN_ABSENT:
+    return new[key] == MEANT_WHEN_ABSENT[key]
   # Imported here: the default config is only needed for this rare case.
   from moe_jax.train import default_config  # pylint: disable=g-import-not-at-top
   defaults = config_fingerprint(default_config.get_default_config().to_dict())

@@ -41,7 +41,7 @@ def merge_run(workdir: str, out: str) -> pathlib.Path:
   """
   # Imported here so `--help` and argument errors stay fast.
   from moe_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from moe_jax.train import init_from, lora, lora_run, trainer  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import checkpoint, init_from, lora, lora_run, trainer  # pylint: disable=g-import-not-at-top
   from moe_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
 
   if (pathlib.Path(out) / 'checkpoints').is_dir() and any(
@@ -52,7 +52,7 @@ def merge_run(workdir: str, out: str) -> pathlib.Path:
   if not base:
     raise UserInputError(f'{workdir} is not a LoRA run (its checkpoint names '
                          'no base); pass the --workdir of a lora.rank > 0 run')
-  config = ml_collections.ConfigDict(meta['config'])
+  config = checkpoint.saved_config(meta['config'])
   _, params = init_from.read_params(base['workdir'], base['step'])
   merged = lora.merge(params, state['params'], lora_run.scale(config))
   plain = merged_config(meta['config'])
