@@ -14,26 +14,30 @@ The rule, written down on 2026-12-05 before any long run (issue 24):
   3. Corpus: no byte read twice, as in the short regime. A run reads 16.4M
      bytes, more than the 10.8M training bytes of the whole stdlib, so the
      corpus is 'pysource' (the stdlib plus the sources of the packages that
-     requirements.txt pins: ~75 MB, deterministic given requirements.txt),
-     with 1% of its files held out (~0.75 MB, evaluated whole at the end).
+     requirements.txt pins: 61.6 MB, deterministic given requirements.txt),
+     with 1% of it held out as whole files (64 files, 616 KB, evaluated whole
+     at the end).
   4. Seeds: 6 per variant, all variants at the same seeds. No length or
      seed count is changed after looking at the results: if switch − dense
      does not resolve, the summary's minimum detectable effect and "seeds
      for 0.01" say what it would take.
   5. Budget: with two single-threaded runs at a time (--jobs 2), an 8000-step
-     run of this model takes about 21 minutes of one core, so the regime
-     (2 variants) and top1_vs_top2 (8 variants) at 6 seeds, 60 runs, take
-     about 11 hours of the 2-core machine, inside the 12 hours the issue
-     allows. num_experts (36 runs) and capacity (30 runs) would take about
-     12 hours more; they wait until these two are done.
+     run of this model takes about 21 minutes of one core (8 × the regime's
+     1000-step runs), so the regime (3 variants) and top1_vs_top2 (8
+     variants) at 6 seeds, 66 runs, take about 12 hours of the 2-core
+     machine, the budget the issue allows. num_experts (36 runs) and
+     capacity (30 runs) would take about 12 hours more; they wait until
+     these two are done.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from experiments import regime_config
-from experiments.ablation import apply_overrides
+from experiments.ablation import Ablation, apply_overrides
 
 LONG_STEPS = 8000
 CORPUS = {'data.kind': 'pysource', 'data.val_fraction': 0.01}
@@ -45,3 +49,12 @@ NOTE = ('Long regime (experiments/long_regime.py): the short regime\'s model, '
 def long_base(num_steps: int) -> ml_collections.ConfigDict:
   """The short regime's switch_top1 on pysource, for `num_steps` steps."""
   return apply_overrides(regime_config.regime_base(num_steps), CORPUS)
+
+
+def long_fields(ab: Ablation, name: str) -> dict:
+  """The fields of `ab` in the long regime: the same variants and claims,
+  long_base's config, LONG_STEPS steps."""
+  return {**{f.name: getattr(ab, f.name) for f in dataclasses.fields(ab)},
+          'name': name, 'title': ab.title + ', long regime',
+          'base': long_base, 'steps': LONG_STEPS, 'quick_steps': 60,
+          'notes': NOTE + ' ' + ab.notes}

@@ -28,7 +28,7 @@ ARCHIVE = pathlib.Path(__file__).parent / 'results_2026-11'
 def _before(name: str, ab, claim: str) -> str:
   """The claim's difference and verdict on the runs made before 2026-12
   (experiments/results_2026-11), by today's rule; '–' if it had none."""
-  store = records.RunStore(ARCHIVE / name.removesuffix('_long'))
+  store = records.RunStore(ARCHIVE / name)
   rows = store.rows()
   for j in report.verdicts(ab, rows, store.curves()) if rows else ():
     if j.comparison.claim == claim and (j.better and j.worse):

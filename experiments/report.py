@@ -158,8 +158,12 @@ def verdicts(ab, rows, curves=()) -> list[Judged]:
       xa, xb = [a[s] for s in common], [b[s] for s in common]
       if comp.basis == 'equal time' and common:
         xa, xb = at_equal_time(curves, rows, comp, common)
+      missing = [v for v, xs in ((comp.better[0], a), (comp.worse[0], b))
+                 if not xs]
       left = sorted(set(a) ^ set(b))
-      if left:
+      if missing:
+        notes.append('no runs of ' + ' or '.join(missing) + ' yet')
+      elif left:
         notes.append('seeds without a pair left out: ' +
                      ', '.join(map(str, left)))
       diffs = np.subtract(xa, xb)
@@ -332,7 +336,8 @@ def write(ab, rows, curves, out: pathlib.Path) -> None:
         r.get('resumed_from_step'), (int, float)) and r['resumed_from_step'] > 0)
     lines += [f'Wall time of these runs added up (compilation and '
               f'evaluation included; what a from-scratch rerun costs one '
-              f'process; --jobs J divides it by about J): '
+              f'process, and the CPU time of single-threaded runs; --jobs J '
+              f'divides the wall time by about J): '
               f'{sum(walls) / 60:.0f} min' + (
                   f', of which {resumed} run(s) resumed from a checkpoint '
                   'count only their last part' if resumed else '') + '.', '']

@@ -214,8 +214,9 @@ def trace_checkpoint(config, workdir: str, *, batches=None,
   Args:
     config: the config the checkpoint was trained with.
     workdir: the run's workdir.
-    batches: the data to trace; default the run's validation batches (which
-      carry domain labels for the 'synthetic' data kind).
+    batches: the data to trace; default the batches of the run's final
+      evaluation, all of its validation split (which carry domain labels for
+      the 'synthetic' data kind), as evaluate_checkpoint scores them.
     meta: extra entries for trace.meta.
     **eval_overrides: as for evaluate_checkpoint, e.g.
       moe__eval_capacity_factor=1.0 to trace the drops at another capacity.
@@ -237,7 +238,7 @@ def trace_checkpoint(config, workdir: str, *, batches=None,
     split = (r.graphdef, r.params) + (
         (router_state,) if router_state is not None else ())
     return record_trace(split,
-                        r.val_batches if batches is None else batches,
+                        r.final_batches if batches is None else batches,
                         meta=info)
 
 
