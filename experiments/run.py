@@ -222,6 +222,9 @@ def main(argv=None) -> int:
       report.write(ab, store.rows(), store.curves(), out)
       print(f'summary: {out / "summary.md"}')
       return 0
+    plan_runs(ab, seeds=seeds, steps=steps, out=out,
+              overrides=overrides)[0].config(ab)  # A bad override fails here,
+    # before this process's environment and jax settings are touched.
     scheduler.use_run_flags()  # Before jax starts, here and in the workers.
     _cache_compilations()
     run_ablation(ab, seeds=seeds, steps=steps, out=out, overrides=overrides,

@@ -19,7 +19,10 @@ import pathlib
 from experiments.ablation import Ablation, apply_overrides
 
 # One thread per run: see the module docstring. A user's own XLA_FLAGS win
-# (and are recorded in each run's row).
+# (and are recorded in each run's row). Only the first flag does anything:
+# XLA ignores `intra_op_parallelism_threads=1` (not a flag: no dashes) and,
+# with it, every flag after it. The string is kept as the ablations of
+# 2026-11 recorded it, so rows made with either read the same.
 RUN_XLA_FLAGS = ('--xla_cpu_multi_thread_eigen=false '
                  'intra_op_parallelism_threads=1')
 

@@ -208,3 +208,16 @@ def test_tinyshakespeare_without_network_is_a_clean_error(tmp_path,
   assert '--config.data.path' in message and '\n' not in message
   with pytest.raises(UserInputError, match='does not exist'):
     data.tinyshakespeare(str(tmp_path / 'missing.txt'))
+
+
+def test_pysource_reads_the_pinned_packages_sources():
+  from moe_jax.data import code_corpora
+  version, files = code_corpora._distribution_files('ml_collections')
+  assert version == '1.1.0' and files  # As requirements.txt pins it.
+  assert all(f.suffix == '.py' and f.is_file() for f in files)
+  inside = [f.parts[f.parts.index('site-packages') + 1:] for f in files]
+  assert not any(code_corpora.SKIP_DIRS & set(parts) for parts in inside)
+  with pytest.raises(UserInputError, match='not installed'):
+    code_corpora._distribution_files('no-such-distribution')
+  docs, name = code_corpora.pysource_documents(max_bytes=50_000)
+  assert len(docs.data) == 50_000 and 'ml_collections==1.1.0' in name

@@ -6,6 +6,7 @@ few steps; CI never runs the real ablations.
 
 import csv
 import dataclasses
+import os
 import pathlib
 
 import numpy as np
@@ -232,9 +233,13 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
 def test_cli_rejects_unknown_ablation_and_bad_override(capsys):
   assert run.main(['no_such_ablation']) == 2
   assert 'no ablation' in capsys.readouterr().err
+  before = dict(os.environ)
   assert run.main(['regime_scan', '--config.model.no_such_field=1',
                    '--out', '/nonexistent/x']) == 2
   assert 'no_such_field' in capsys.readouterr().err
+  # Refused before the runner sets its XLA flags and compilation cache,
+  # which would otherwise leak into this process (and its subprocesses).
+  assert dict(os.environ) == before
   with pytest.raises(SystemExit):
     run.main(['regime_scan', 'stray'])
 
