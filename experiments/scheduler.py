@@ -78,6 +78,14 @@ class RunSpec:
       apply_overrides(c, {'train.init_from': str(init_workdir(ab, self.seed))})
     return c
 
+  def run_config(self, ab: Ablation):
+    """The config that trains: config() with the init run's real path."""
+    c = self.config(ab)
+    if ab.init_run is not None:
+      apply_overrides(c, {'train.init_from': str(
+          pathlib.Path(self.out) / init_workdir(ab, self.seed))})
+    return c
+
   def workdir(self) -> pathlib.Path:
     return pathlib.Path(self.out) / 'workdirs' / self.variant / (
         f'seed{self.seed}')
@@ -122,13 +130,7 @@ def train(spec: RunSpec,
   from moe_jax.train.trainer import NonFiniteLossError  # Slow import.
   ab = ab or _load(spec.ablation)
   config, workdir = spec.config(ab), spec.workdir()
-  run_config = config
-  if ab.init_run is not None:
-    # The real path of the init run, not the one relative to `out`.
-    run_config = apply_overrides(
-        config.copy_and_resolve_references(),
-        {'train.init_from': str(pathlib.Path(spec.out) /
-                                init_workdir(ab, spec.seed))})
+  run_config = spec.run_config(ab)
   try:
     row = records.train_run(ab, spec.variant, spec.seed, config, workdir,
                             run_config)

@@ -279,11 +279,14 @@ def test_evaluate_command_prints_the_runs_eval_metrics(trained_workdir,
   printed = dict(line.split() for line in result.stdout.splitlines()[1:])
   logged = [json.loads(line) for line in
             (trained_workdir / 'metrics.jsonl').read_text().splitlines()]
-  final = [r for r in logged if 'eval/loss' in r][-1]
+  # It scores what the run's final evaluation scored: the whole split.
+  (final,) = [r for r in logged if 'final_eval/loss' in r]
   assert result.stdout.startswith('checkpoint: step 6 of ')
-  assert set(printed) == {k for k in final if k.startswith('eval/')}
+  assert {'final_' + k for k in printed} == {
+      k for k in final if k.startswith('final_eval/')}
   for name, value in printed.items():
-    assert float(value) == pytest.approx(final[name], rel=1e-5), name
+    assert float(value) == pytest.approx(final['final_' + name],
+                                         rel=1e-5), name
   # A workdir without checkpoints: one line, nothing created.
   assert moe_evaluate.main(['--workdir', str(tmp_path / 'none')]) == 2
   assert capsys.readouterr().err.startswith(

@@ -12,6 +12,7 @@ from flax import nnx
 
 from experiments import records, run, upcycling
 from experiments.ablation import apply_overrides
+from experiments.scheduler import RunSpec, Seeds
 from moe_jax.errors import UserInputError
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.train import init_from, trainer
@@ -151,11 +152,11 @@ def test_runner_trains_the_dense_start_then_upcycled_and_continued_runs(
   ab = dataclasses.replace(upcycling.ABLATION, base=_tiny_base)
   out = tmp_path / 'upcycling'
   rows = {r['variant']: r for r in run.run_ablation(
-      ab, seeds=1, steps=3, out=out, overrides={}, command='test')}
+      ab, seeds=Seeds(1), steps=3, out=out, overrides={}, command='test')}
   assert set(rows) == {'dense_continued', 'upcycled'}  # Not dense_start.
   start = out / 'workdirs' / 'dense_start' / 'seed0'
-  start_loss = [json.loads(l) for l in (start / 'metrics.jsonl').open()
-                if 'eval/loss' in l][-1]['eval/loss']
+  start_loss = [r for r in map(json.loads, (start / 'metrics.jsonl').open())
+                if 'eval/loss' in r][-1]['eval/loss']
   # Both runs went on from the dense start and lowered its loss.
   for r in rows.values():
     assert r['status'] == 'ok' and float(r['eval_loss']) < start_loss - 0.02
@@ -169,7 +170,8 @@ def test_runner_trains_the_dense_start_then_upcycled_and_continued_runs(
   assert rows['upcycled']['config_hash'] == records.config_hash(config)
   # Resuming reads its own checkpoint, not the source: with the dense start
   # moved away, the finished upcycled run restores and evaluates the same.
-  run_config = run._run_config(ab, 0, 3, {}, out, config)  # pylint: disable=protected-access
+  spec = RunSpec(ab.name, 'upcycled', 0, 3, {}, Seeds(1), str(out))
+  run_config = spec.run_config(ab)
   shutil.move(start, tmp_path / 'moved')
   final = trainer.train_and_evaluate(
       run_config, str(out / 'workdirs' / 'upcycled' / 'seed0'))
@@ -177,7 +179,6 @@ def test_runner_trains_the_dense_start_then_upcycled_and_continued_runs(
   shutil.move(tmp_path / 'moved', start)
   monkeypatch.setattr(records, 'train_run', None)  # Would fail if called.
   monkeypatch.setattr(trainer, 'train_and_evaluate', None)
-  run.run_ablation(ab, seeds=1, steps=3, out=out, overrides={},
+  run.run_ablation(ab, seeds=Seeds(1), steps=3, out=out, overrides={},
                    command='test')
-  assert run._run_config(ab, 0, 3, {}, out, config).train.init_from == str(  # pylint: disable=protected-access
-      start)
+  assert spec.run_config(ab).train.init_from == str(start)
