@@ -118,7 +118,7 @@ def eval_windows(corpus: Corpus, seq_len: int) -> np.ndarray:
   """Starts of the consecutive non-overlapping windows of every range."""
   ranges = _check_fits(corpus, seq_len)
   return np.concatenate([
-      np.arange(lo, hi - 1 - seq_len + 1, seq_len) for lo, hi in ranges])
+      np.arange(lo, hi - seq_len, seq_len) for lo, hi in ranges])
 
 
 def eval_batches(corpus: Corpus, batch_size: int, seq_len: int,

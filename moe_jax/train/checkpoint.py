@@ -59,16 +59,8 @@ def saved_config(saved: dict[str, Any]):
   """
   from moe_jax.train import default_config  # pylint: disable=g-import-not-at-top
   config = default_config.get_default_config()
-  old = config_fingerprint(saved)
-  for key, value in MEANT_WHEN_ABSENT.items():
-    if key not in old:
-      *path, name = key.split('.')
-      node = config
-      for part in path:
-        node = node[part]
-      node[name] = value
   with config.unlocked():
-    config.update_from_flattened_dict(_flatten(saved))
+    config.update_from_flattened_dict({**MEANT_WHEN_ABSENT, **_flatten(saved)})
   return config
 
 
@@ -98,26 +90,25 @@ def _is_closed_loop_echo(unraisable) -> bool:
           str(unraisable.exc_value) == 'Event loop is closed')
 
 
-def _drop_closed_loop_echoes() -> None:
-  """Installs (once) an unraisable hook that drops 'Event loop is closed'.
+def _drop_closed_loop_echoes(previous):
+  """`previous` (an unraisable hook) made to drop 'Event loop is closed'.
 
   After a failed restore, TensorStore's reads still in flight finish on
   its own threads and try to wake orbax's event loop, which the failure
   already closed: each prints 'RuntimeError: Event loop is closed' with a
   traceback, possibly after the restore has returned. Those echoes carry no
   news (the failure is reported once); every other unraisable error still
-  reaches the previous hook.
+  reaches `previous`. Wrapping twice returns the same wrapper.
   """
-  previous = sys.unraisablehook
   if getattr(previous, 'drops_closed_loop_echoes', False):
-    return
+    return previous
 
   def hook(unraisable):
     if not _is_closed_loop_echo(unraisable):
       previous(unraisable)
 
   hook.drops_closed_loop_echoes = True
-  sys.unraisablehook = hook
+  return hook
 
 
 @contextlib.contextmanager
@@ -137,9 +128,8 @@ def _quiet_async_errors():
   try:
     yield
   except Exception:
-    sys.unraisablehook = hook
-    _drop_closed_loop_echoes()  # Late echoes arrive after this block.
-    hook = sys.unraisablehook
+    # Late echoes arrive after this block: restore a hook that drops them.
+    hook = _drop_closed_loop_echoes(hook)
     raise
   finally:
     gc.collect()
