@@ -14,7 +14,7 @@ from moe_jax.core import sigmoid_router
 from moe_jax.core import routers
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.experts import EXPERT_TYPES
-from moe_jax.errors import UserInputError
+from moe_jax.errors import UserInputError, check_bool, check_choice, check_positive
 
 ROUTERS = ('switch', 'gshard', 'topk', 'expert_choice', 'sigmoid',
            'noisy_topk', 'bpr', 'soft')
@@ -23,24 +23,6 @@ _ROUTER_K = {'switch': 1, 'gshard': 2}
 # Routers whose group-wide form lets later tokens change earlier outputs;
 # `causal_routing` selects their lookahead-free form.
 NONCAUSAL_CAPABLE = ('expert_choice', 'soft')
-
-
-def _check_choice(name: str, value, allowed) -> None:
-  if value not in allowed:
-    raise UserInputError(
-        f'{name}={value!r} is not valid; allowed values: {", ".join(map(repr, allowed))}.')
-
-
-def check_bool(name: str, value) -> None:
-  """One-line error unless value is a bool (1 or 'yes' are mistakes here)."""
-  if not isinstance(value, bool):
-    raise UserInputError(f'{name}={value!r} must be True or False.')
-
-
-def _check_positive(name: str, value, kinds=(int,)) -> None:
-  if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0:
-    kind = 'int' if kinds == (int,) else 'number'
-    raise UserInputError(f'{name}={value!r} must be a positive {kind}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,14 +138,14 @@ class MoEConfig:
   slots_per_expert: int = 1
 
   def __post_init__(self):
-    _check_positive('num_experts', self.num_experts)
-    _check_positive('top_k', self.top_k)
-    _check_positive('d_ff', self.d_ff)
-    _check_choice('router', self.router, ROUTERS)
-    _check_choice('dispatcher', self.dispatcher, tuple(DISPATCHERS))
-    _check_choice('expert_type', self.expert_type, EXPERT_TYPES)
-    _check_choice('second_policy', self.second_policy, routers.SECOND_POLICIES)
-    _check_choice('second_policy_eval', self.second_policy_eval,
+    check_positive('num_experts', self.num_experts)
+    check_positive('top_k', self.top_k)
+    check_positive('d_ff', self.d_ff)
+    check_choice('router', self.router, ROUTERS)
+    check_choice('dispatcher', self.dispatcher, tuple(DISPATCHERS))
+    check_choice('expert_type', self.expert_type, EXPERT_TYPES)
+    check_choice('second_policy', self.second_policy, routers.SECOND_POLICIES)
+    check_choice('second_policy_eval', self.second_policy_eval,
                   routers.SECOND_POLICIES)
     if self.top_k > self.num_experts:
       raise UserInputError(
@@ -184,19 +166,19 @@ class MoEConfig:
     if not isinstance(self.min_capacity, int) or self.min_capacity < 1:
       raise UserInputError(f'min_capacity={self.min_capacity!r} must be >= 1.')
     if self.group_size is not None:
-      _check_positive('group_size', self.group_size)
+      check_positive('group_size', self.group_size)
     for name in ('jitter_eps', 'load_balance_weight', 'z_loss_weight'):
       if not getattr(self, name) >= 0:
         raise UserInputError(f'{name}={getattr(self, name)!r} must be >= 0.')
-    _check_positive('init_scale', self.init_scale, (int, float))
+    check_positive('init_scale', self.init_scale, (int, float))
     self._check_zoo()
 
   def _check_zoo(self) -> None:
     """Checks of the fields the router zoo added (all off by default)."""
     if self.fixed_capacity is not None:
-      _check_positive('fixed_capacity', self.fixed_capacity)
-    _check_positive('causal_chunk', self.causal_chunk)
-    _check_choice('balance_loss_scope', self.balance_loss_scope,
+      check_positive('fixed_capacity', self.fixed_capacity)
+    check_positive('causal_chunk', self.causal_chunk)
+    check_choice('balance_loss_scope', self.balance_loss_scope,
                   losses.BALANCE_SCOPES)
     if (not isinstance(self.bias_update_rate, (int, float)) or
         not self.bias_update_rate >= 0):
@@ -235,7 +217,7 @@ class MoEConfig:
       raise UserInputError(
           f'bias_update_rate={self.bias_update_rate} needs '
           f"router='sigmoid' (router is {self.router!r}); set it to 0.")
-    _check_positive('slots_per_expert', self.slots_per_expert)
+    check_positive('slots_per_expert', self.slots_per_expert)
     if self.slots_per_expert > 1 and self.router != 'soft':
       raise UserInputError(
           f'slots_per_expert={self.slots_per_expert} needs '
