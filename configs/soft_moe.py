@@ -20,7 +20,7 @@ Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
 Tiny variant for tests: --config=configs/soft_moe.py:tiny
 """
 
-from moe_jax.train.default_config import (check_variant, get_default_config,
+from moe_jax.config.default_config import (check_variant, get_default_config,
                                           shrink_for_tests)
 
 

@@ -53,7 +53,7 @@ def config_hash(config) -> str:
   the ablations compute: runs.csv records defaults_hash, and the runner warns
   when it differs from today's.
   """
-  from moe_jax.train.default_config import get_default_config  # pylint: disable=g-import-not-at-top
+  from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
   defaults = _flat(get_default_config().to_dict())
   changed = {k: v for k, v in _flat(config.to_dict()).items()
              if k not in defaults or defaults[k] != v}
@@ -66,7 +66,7 @@ def legacy_config_hash(config) -> str:
 
 
 def defaults_hash() -> str:
-  from moe_jax.train.default_config import get_default_config  # pylint: disable=g-import-not-at-top
+  from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
   return _digest(get_default_config().to_dict())
 
 

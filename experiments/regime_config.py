@@ -3,7 +3,7 @@
 The scan's rule and result are in experiments/results_2026-11/regime_scan/summary.md;
 `base_config(d_model, num_steps)` is the family it chose from, and
 `regime_base(num_steps)` the chosen member. Everything else stays at the defaults of
-moe_jax/train/default_config.py.
+moe_jax/config/default_config.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.ablation import apply_overrides
-from moe_jax.train.default_config import get_default_config
+from moe_jax.config.default_config import get_default_config
 
 # Widths the scan considered (4 layers, 4 heads, d_ff = 4·D, E = 8, every
 # second FFN an MoE layer, as in configs/switch_top1.py).

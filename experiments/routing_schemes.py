@@ -26,7 +26,7 @@ import ml_collections
 
 from experiments import regime_config
 from experiments.ablation import Ablation, Comparison, Variant
-from moe_jax.core.fine_grained import split_experts
+from moe_jax.config.fine_grained import split_experts
 
 TOP2 = {'moe.router': 'gshard', 'moe.top_k': 2}
 

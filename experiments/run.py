@@ -130,7 +130,7 @@ def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
           and (not only or r.variant in only)]
   if store.stale_defaults():
     print(f'warning: some runs in {store.csv_path} used other defaults of '
-          "moe_jax/train/default_config.py than today's; their numbers may "
+          "moe_jax/config/default_config.py than today's; their numbers may "
           'not match a rerun.', flush=True)
   finished = sum(store.has(r.variant, r.seed) for r in plan)
   print(f'[{ab.name}] {len(plan)} runs ({len(ab.variants)} variants x '

@@ -54,7 +54,7 @@ def parse_flags(argv, config_flag):
       getattr(config, 'to_dict', None)
       fail(f'{path}: get_config() returned {type(config).__name__}, not an '
            'ml_collections.ConfigDict; return one (start from '
-           'moe_jax.train.default_config.get_default_config()).')
+           'moe_jax.config.default_config.get_default_config()).')
     if config is not None:
       config.to_dict()
     return argv

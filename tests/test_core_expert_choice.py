@@ -192,7 +192,8 @@ def test_moe_apply_returns_plan_and_logits():
 def test_checkpoints_from_before_the_new_fields_stay_compatible():
   # A checkpoint saved before the zoo's fields existed resumes when they are
   # left at their defaults, and is refused when one is set.
-  from moe_jax.train import checkpoint, default_config
+  from moe_jax.config import default_config
+  from moe_jax.train import checkpoint
   current = default_config.get_default_config().to_dict()
   saved = default_config.get_default_config().to_dict()
   for name in ('fixed_capacity', 'causal_routing', 'allow_noncausal',

@@ -13,7 +13,7 @@ from jax.test_util import check_grads
 
 from moe_jax.core import bpr, noisy_topk, routers
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.fine_grained import split_experts
+from moe_jax.config.fine_grained import split_experts
 from moe_jax.core.moe import moe_apply
 from moe_jax.core.plan import DROPPED
 from moe_jax.errors import UserInputError

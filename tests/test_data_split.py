@@ -150,7 +150,8 @@ def test_stdlib_validation_is_code_from_across_the_library():
 
 
 def test_a_checkpoint_from_before_the_split_field_meant_the_tail():
-  from moe_jax.train import checkpoint, default_config
+  from moe_jax.config import default_config
+  from moe_jax.train import checkpoint
   today = default_config.get_default_config().to_dict()
   old = default_config.get_default_config().to_dict()
   del old['data']['split'], old['data']['seed']

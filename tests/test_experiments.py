@@ -100,7 +100,7 @@ def test_verdict_needs_two_seeds_a_side():
 # ----------------------------------------------------------------- runner --
 
 def test_config_hash_ignores_new_default_fields_but_not_changes(monkeypatch):
-  from moe_jax.train import default_config
+  from moe_jax.config import default_config
   c = switch_top1.get_config('tiny')
   before = records.config_hash(c)
   real = default_config.get_default_config

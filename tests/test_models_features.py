@@ -172,7 +172,7 @@ def test_bad_moe_fields_name_the_field():
 
 
 def test_byte_data_refuses_a_vocabulary_below_256():
-  from moe_jax.train import default_config, validate  # pylint: disable=g-import-not-at-top
+  from moe_jax.config import default_config, validate  # pylint: disable=g-import-not-at-top
   config = default_config.get_default_config()
   config.model.vocab_size = 100
   with pytest.raises(UserInputError, match=r'model\.vocab_size=100 is smaller'):
@@ -187,7 +187,7 @@ def test_byte_data_refuses_a_vocabulary_below_256():
 
 
 def test_bin_with_a_vocabulary_beyond_uint16_needs_uint32():
-  from moe_jax.train import default_config, validate  # pylint: disable=g-import-not-at-top
+  from moe_jax.config import default_config, validate  # pylint: disable=g-import-not-at-top
   config = default_config.get_default_config()
   config.model.vocab_size = 128_256  # Llama 3's.
   config.data.kind, config.data.path = 'tokens', 'llama3.bin'

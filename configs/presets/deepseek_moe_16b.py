@@ -20,7 +20,7 @@ Left out: nothing that holds parameters (DeepSeek-V2's MLA is not part of
 Tiny variant (same pattern: dense layer 0, 2 shared + 64 routed, top-6): :tiny
 """
 
-from moe_jax.train.presets import get_preset
+from moe_jax.config.presets import get_preset
 
 
 def get_config(arg: str | None = None):

@@ -20,7 +20,7 @@ Left out: the extra post-attention and post-FFN RMSNorms (2·6144 per layer,
 Tiny variant (same pattern: 12 heads / 2 kv heads, tied): :tiny
 """
 
-from moe_jax.train.presets import get_preset
+from moe_jax.config.presets import get_preset
 
 
 def get_config(arg: str | None = None):

@@ -21,7 +21,7 @@ Left out, and what it does to the count: the encoder-decoder split and its
 Tiny variant (same pattern, experts capped at 64): :tiny
 """
 
-from moe_jax.train.presets import get_preset
+from moe_jax.config.presets import get_preset
 
 
 def get_config(arg: str | None = None):

@@ -15,7 +15,7 @@ Left out: nothing that holds parameters. The later v0.3 tokenizer has
 Tiny variant (same pattern, 12 heads / 2 kv heads, D=96): :tiny
 """
 
-from moe_jax.train.presets import get_preset
+from moe_jax.config.presets import get_preset
 
 
 def get_config(arg: str | None = None):

@@ -20,7 +20,7 @@ Left out: the sliding-window attention of Mistral 7B (no parameters; Mixtral
 Tiny variant (same pattern, 8 heads / 2 kv heads, D=64): :tiny
 """
 
-from moe_jax.train.presets import get_preset
+from moe_jax.config.presets import get_preset
 
 
 def get_config(arg: str | None = None):

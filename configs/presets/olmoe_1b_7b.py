@@ -15,7 +15,7 @@ Left out: QK-norm (an RMSNorm over the full q and k projections, 16·2·2048
 Tiny variant (same pattern: 64 experts, top-8): :tiny
 """
 
-from moe_jax.train.presets import get_preset
+from moe_jax.config.presets import get_preset
 
 
 def get_config(arg: str | None = None):

@@ -20,7 +20,7 @@ Left out: nothing that holds parameters.
 Tiny variant (same pattern: 60 routed top-4, 4 gated shared): :tiny
 """
 
-from moe_jax.train.presets import get_preset
+from moe_jax.config.presets import get_preset
 
 
 def get_config(arg: str | None = None):

@@ -29,7 +29,7 @@ Routing: router='switch' (raw top-1 gate), capacity factor 1.25 as in the
 Tiny variant (same pattern, 64 experts): :tiny
 """
 
-from moe_jax.train.presets import get_preset
+from moe_jax.config.presets import get_preset
 
 
 def get_config(arg: str | None = None):

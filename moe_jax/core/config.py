@@ -97,7 +97,7 @@ class MoEConfig:
     load_cv_weight: weight of the smooth load CV² loss ('noisy_topk'); 0: off.
     num_shared_experts: K_s always-on shared experts of width d_ff each
       (DeepSeekMoE), run as one dense FFN of width K_s·d_ff beside the
-      routed experts; 0: none. See core/fine_grained.py for the split helper.
+      routed experts; 0: none. See config/fine_grained.py for the split helper.
     shared_expert_gate: scale the shared experts' output per token by
       sigmoid(x·w_s), w_s [D] (Qwen1.5-MoE / Qwen2-MoE); False: gate 1.
     renormalize_top_k: 'topk' only. True: gates are the softmax over the k

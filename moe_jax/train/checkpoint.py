@@ -57,7 +57,7 @@ def saved_config(saved: dict[str, Any]):
   (MEANT_WHEN_ABSENT) or today's default, so that old runs evaluate, merge
   and trace as they trained.
   """
-  from moe_jax.train import default_config  # pylint: disable=g-import-not-at-top
+  from moe_jax.config import default_config  # pylint: disable=g-import-not-at-top
   config = default_config.get_default_config()
   with config.unlocked():
     config.update_from_flattened_dict({**MEANT_WHEN_ABSENT, **_flatten(saved)})
@@ -73,7 +73,7 @@ def _added_at_default(key: str, old: dict[str, Any], new: dict[str, Any]) -> boo
   if key in MEANT_WHEN_ABSENT:
     return new[key] == MEANT_WHEN_ABSENT[key]
   # Imported here: the default config is only needed for this rare case.
-  from moe_jax.train import default_config  # pylint: disable=g-import-not-at-top
+  from moe_jax.config import default_config  # pylint: disable=g-import-not-at-top
   defaults = config_fingerprint(default_config.get_default_config().to_dict())
   return key in defaults and defaults[key] == new[key]
 

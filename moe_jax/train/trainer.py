@@ -30,7 +30,8 @@ from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
-from moe_jax.train import init_from, lora_run, optim, validate
+from moe_jax.config import validate
+from moe_jax.train import init_from, lora_run, optim
 from moe_jax.train.checkpoint import Checkpointer, has_checkpoint
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
 from moe_jax.train.metric_writer import MetricWriter, Progress, eval_line

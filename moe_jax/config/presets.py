@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from moe_jax.train.default_config import (check_variant, get_default_config,
+from moe_jax.config.default_config import (check_variant, get_default_config,
                                           shrink_for_tests)
 
 # The tiny twin's head width and the most experts it keeps (GShard's 2048
