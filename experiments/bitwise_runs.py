@@ -7,7 +7,7 @@
 
 `record` trains the `:tiny` twin of every file under configs/ and
 configs/presets/ through the CLI, plus a LoRA run, a sparse-upcycling run and
-two runs on a (2, 4, 1) mesh of 8 CPU devices, and keeps each run's
+two runs on a (2, 4, 1) mesh of 8 CPU devices (batch 8), and keeps each run's
 metrics.jsonl without its timing fields. `compare` exits non-zero unless every
 recorded value is equal (exactly: floats are compared as written). A moved
 or renamed module must not change a single number; this is how that is shown.
@@ -48,17 +48,20 @@ def cases(workdirs: pathlib.Path) -> list[tuple[str, list[str], str]]:
   for name in ('switch_top1', 'soft_moe', 'gshard_top2'):
     out.append((f'mesh_2x4x1.{name}', [
         f'--config={ROOT / "configs" / name}.py:tiny',
-        '--config.mesh.shape=(2,4,1)'], MESH_FLAGS))
+        '--config.mesh.shape=(2,4,1)', '--config.batch_size=8'], MESH_FLAGS))
   return out
 
 
-def record(out: pathlib.Path) -> None:
+def record(out: pathlib.Path, only: str | None = None) -> None:
+  """Records every case, or those whose name starts with `only`."""
   workdirs = out / 'workdirs'
-  if workdirs.exists():
-    shutil.rmtree(workdirs)
-  workdirs.mkdir(parents=True)
+  workdirs.mkdir(parents=True, exist_ok=True)
   for name, args, xla_flags in cases(workdirs):
+    if only and not name.startswith(only):
+      continue
     workdir = workdirs / name
+    if workdir.exists():
+      shutil.rmtree(workdir)
     env = {**os.environ, 'XLA_FLAGS': xla_flags}
     proc = subprocess.run(
         [sys.executable, '-m', 'moe_jax.main', f'--workdir={workdir}', *args],
@@ -104,12 +107,13 @@ def main() -> None:
   sub = parser.add_subparsers(dest='command', required=True)
   rec = sub.add_parser('record')
   rec.add_argument('--out', type=pathlib.Path, required=True)
+  rec.add_argument('--only', help='record only the cases with this prefix')
   cmp = sub.add_parser('compare')
   cmp.add_argument('a', type=pathlib.Path)
   cmp.add_argument('b', type=pathlib.Path)
   args = parser.parse_args()
   if args.command == 'record':
-    record(args.out)
+    record(args.out, args.only)
   else:
     sys.exit(compare(args.a, args.b))
 
