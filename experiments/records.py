@@ -83,13 +83,6 @@ def _layer_mean(record: dict, name: str) -> float | None:
   return float(np.mean(values)) if values else None
 
 
-def saved_steps(workdir: pathlib.Path) -> list[int]:
-  """Steps of the run's finished checkpoints."""
-  folder = workdir / 'checkpoints'
-  return [int(p.name) for p in folder.glob('*')
-          if p.name.isdigit()] if folder.is_dir() else []
-
-
 def train_run(ab, variant: str, seed: int, config,
               workdir: pathlib.Path, run_config=None) -> dict:
   """Trains (or resumes) one run, then its extra evals; returns its row.
@@ -97,7 +90,8 @@ def train_run(ab, variant: str, seed: int, config,
   run_config, when given, is what trains; `config` (hashed into the row)
   differs from it only in where it finds files (see run.py's init_run).
   """
-  from moe_jax.train.trainer import train_and_evaluate  # Slow import.
+  from moe_jax.train.checkpoint import saved_steps  # Slow imports.
+  from moe_jax.train.trainer import train_and_evaluate
   # A resumed run's wall time covers only its last part: say so in the row.
   saved = saved_steps(workdir)
   t0 = time.perf_counter()
@@ -132,7 +126,7 @@ def train_run(ab, variant: str, seed: int, config,
 
 def describe_data(config) -> dict:
   """The corpus a run read and what its validation split held out."""
-  from moe_jax.train.trainer import load_data  # Slow import.
+  from moe_jax.train.setup import load_data  # Slow import.
   data = load_data(config)
   return {'data': data.corpus.name, 'held_out': data.held_out}
 

@@ -122,13 +122,13 @@ def run_scopes(out: pathlib.Path) -> None:
 
 def run_refusals(out: pathlib.Path) -> None:
   from configs import fine_grained_shared  # E = 30: not divisible by 4.
-  from moe_jax.train import trainer
+  from moe_jax.train import setup
   config = fine_grained_shared.get_config('tiny')
   config.mesh.shape = (2, 4, 1)
   config.batch_size = 8
   refusals = {}
   try:
-    trainer.make_mesh(config, trainer.model_config(config))
+    setup.make_mesh(config, setup.model_config(config))
   except UserInputError as e:
     refusals['fine_grained_shared'] = str(e)
   (out / 'mesh_refusals.json').write_text(json.dumps(refusals))

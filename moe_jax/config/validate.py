@@ -23,6 +23,9 @@ def check_train_config(config) -> None:
       raise UserInputError(
           f'train.{name}={value!r} must be a positive int; set '
           f'--config.train.{name}.')
+  if t.upcycle and not t.init_from:
+    raise UserInputError('train.upcycle=True needs the dense run to start '
+                         'from; set --config.train.init_from=<its workdir>.')
 
 
 def _is_number(value) -> bool:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.errors import UserInputError
-from moe_jax.train.init_from import flatten, key_path
+from moe_jax.train.init_from import EXPERT_NAMES, flatten, key_path
 
 TARGETS = ('attention', 'experts', 'router', 'shared_experts', 'dense_ffn')
 
@@ -40,7 +40,7 @@ def target_of(path: str, ndim: int) -> str | None:
     return 'router'
   if name.startswith('shared_'):
     return 'shared_experts'
-  if name in ('wi', 'wi_gate', 'wo'):
+  if name in EXPERT_NAMES:
     return 'experts' if ndim == 3 else 'dense_ffn'
   return None
 

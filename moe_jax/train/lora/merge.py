@@ -2,6 +2,9 @@
 
   python -m moe_jax.train.lora_merge --workdir=runs/lora --out=runs/merged
 
+(`moe_jax/train/lora_merge.py` keeps that documented command; this module
+runs as `python -m moe_jax.train.lora.merge` too.)
+
 The LoRA run's latest checkpoint holds the adapters, and its meta names the
 base run and step. The result in `--out` is a checkpoint of the full model
 (W + (α/r)·A·B at every adapted weight, every other weight the base's, bit
@@ -41,31 +44,30 @@ def merge_run(workdir: str, out: str) -> pathlib.Path:
   """
   # Imported here so `--help` and argument errors stay fast.
   from moe_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from moe_jax.train import checkpoint, init_from, lora, lora_run, trainer  # pylint: disable=g-import-not-at-top
-  from moe_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import checkpoint, init_from, setup  # pylint: disable=g-import-not-at-top
+  from moe_jax.train.lora import adapters, run  # pylint: disable=g-import-not-at-top
 
-  if (pathlib.Path(out) / 'checkpoints').is_dir() and any(
-      p.name.isdigit() for p in (pathlib.Path(out) / 'checkpoints').iterdir()):
+  if checkpoint.has_checkpoint(out):
     raise UserInputError(f'{out} already holds a checkpoint; pass a new --out')
-  step, state, meta = init_from.read_checkpoint(workdir, flag='--workdir')
+  step, state, meta = checkpoint.read(workdir, flag='--workdir')
   base = (meta or {}).get('lora_base')
   if not base:
     raise UserInputError(f'{workdir} is not a LoRA run (its checkpoint names '
                          'no base); pass the --workdir of a lora.rank > 0 run')
   config = checkpoint.saved_config(meta['config'])
   _, params = init_from.read_params(base['workdir'], base['step'])
-  merged = lora.merge(params, state['params'], lora_run.scale(config))
+  merged = adapters.merge(params, state['params'], run.scale(config))
   plain = merged_config(meta['config'])
-  mcfg = trainer.model_config(plain)
+  mcfg = setup.model_config(plain)
   # Any mesh will do: a checkpoint restores onto any mesh.
   mesh = mesh_lib.make_mesh((-1, 1, 1))
-  _, fresh, _, _ = trainer.init_state(mcfg, plain, mesh)
+  _, fresh, _, _ = setup.init_state(mcfg, plain, mesh)
+  # Loss-free biases kept moving during LoRA: its router states carry over.
+  routers = {name: init_from.fill(s, init_from.flatten(state[name]), workdir)
+             for name, s in fresh.router_states().items()}
   fresh = fresh.replace(params=init_from.fill(fresh.params, merged, workdir),
-                        step=fresh.step + step)
-  if 'router_state' in state:  # Loss-free biases kept moving during LoRA.
-    fresh = fresh.replace(router_state=init_from.fill(
-        fresh.router_state, init_from.flatten(state['router_state']), workdir))
-  ckpt = Checkpointer(out, plain.train.keep_checkpoints)
+                        step=fresh.step + step, **routers)
+  ckpt = checkpoint.Checkpointer(out, plain.train.keep_checkpoints)
   try:
     # The data fingerprint carries over: resuming the merged run on other
     # data is refused as it would be for the LoRA run.
