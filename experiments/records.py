@@ -17,6 +17,7 @@ import pathlib
 import time
 
 import numpy as np
+from flax import traverse_util
 
 from moe_jax.errors import UserInputError
 from moe_jax.files import atomic_write
@@ -30,14 +31,9 @@ CURVE_TRAIN_METRICS = ('max_violation', 'router_logit_max', 'router_logsumexp',
                        'dropped_fraction')
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[prefix + k] = v
-  return out
+def _flat(tree: dict) -> dict:
+  """{'moe.top_k': 1, ...}: a config dict's fields by dotted name."""
+  return traverse_util.flatten_dict(tree, sep='.')
 
 
 def _digest(value) -> str:

@@ -16,7 +16,7 @@ import urllib.request
 import numpy as np
 
 from moe_jax.data import code_corpora, tokenize, tokens as token_files
-from moe_jax.errors import UserInputError
+from moe_jax.errors import UserInputError, require
 from moe_jax.files import atomic_write
 
 VOCAB_SIZE = 256
@@ -330,9 +330,9 @@ def load_corpus(kind: str,
   Returns:
     The Corpus; `domains` is set only for 'synthetic'.
   """
-  if max_bytes is not None and max_bytes <= 0:
-    raise UserInputError(f'max_bytes={max_bytes} must be positive; set a '
-                         'positive --config.data.max_bytes or leave it unset')
+  require(max_bytes is None or max_bytes > 0, 'data.max_bytes', max_bytes,
+          'be positive', 'set a positive --config.data.max_bytes or leave it '
+          'unset')
   if tokenizer and kind not in TOKENIZABLE_KINDS:
     raise UserInputError(
         f'data.tokenizer is set but data.kind={kind!r} has no text to encode; '

@@ -21,7 +21,7 @@ import pathlib
 import jax
 from flax import nnx
 
-from moe_jax.errors import UserInputError
+from moe_jax.errors import UserInputError, check_non_negative, require
 from moe_jax.parallel import placement, rules
 from moe_jax.train import init_from, setup
 from moe_jax.train import step as step_lib
@@ -35,13 +35,11 @@ def enabled(config) -> bool:
 def check_config(config) -> None:
   """One-line errors for the lora section (targets are checked at init)."""
   rank, alpha = config.lora.rank, config.lora.alpha
-  if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-    raise UserInputError(f'lora.rank={rank!r} must be an int >= 0 (0: off); '
-                         'set --config.lora.rank')
-  if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or (
-      alpha <= 0):
-    raise UserInputError(f'lora.alpha={alpha!r} must be finite and > 0; set '
-                         '--config.lora.alpha')
+  check_non_negative('lora.rank', rank,
+                     fix='0 turns LoRA off; set --config.lora.rank')
+  require(isinstance(alpha, (int, float)) and math.isfinite(alpha)
+          and alpha > 0, 'lora.alpha', alpha, 'be finite and > 0',
+          'set --config.lora.alpha')
   if rank and not config.train.init_from:
     raise UserInputError(
         'lora.rank > 0 adapts a trained model; set '
