@@ -6,7 +6,7 @@ the step number: no shuffle buffer or RNG state has to be checkpointed.
 
 import numpy as np
 
-from moe_jax.data.sources import Corpus
+from moe_jax.data.corpus import Corpus
 from moe_jax.errors import UserInputError, check_non_negative, check_positive
 
 _INTS = (int, np.integer)
