@@ -233,7 +233,9 @@ def main(argv=None) -> int:
                  only=args.variants.split(',') if args.variants else None,
                  reuse=not args.fresh, jobs=jobs)
   except (UserInputError, KeyError) as e:
-    print(f'error: {str(e).strip(chr(39))}', file=sys.stderr)
+    # A KeyError's str() is its message in quotes.
+    message = str(e).strip(chr(39)) if isinstance(e, KeyError) else str(e)
+    print(f'error: {message}', file=sys.stderr)
     return 2
   except TrainingInterrupted as e:
     # The run saved a checkpoint; the same command resumes the ablation.
