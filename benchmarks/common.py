@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import platform
 import re
 import statistics
 import time
 from typing import Callable
 
-import jax
+from moe_jax import machine
 
 
 def time_fn(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 5,
@@ -79,10 +78,8 @@ def written_bytes(hlo_text: str) -> int:
 
 
 def environment() -> dict[str, str]:
-  return {'jax': jax.__version__, 'backend': jax.default_backend(),
-          'device': str(jax.devices()[0].device_kind),
-          'devices': str(jax.device_count()),
-          'cpu': platform.processor() or platform.machine(),
+  m = machine.describe()
+  return {**{k: m[k] for k in ('jax', 'backend', 'device', 'devices', 'cpu')},
           'date': time.strftime('%Y-%m-%d')}
 
 

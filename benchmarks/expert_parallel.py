@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common
 from moe_jax.core import MoEConfig
-from moe_jax.parallel.expert_parallel import moe_apply
+from moe_jax.parallel.expert_parallel import parallel_moe_apply
 from moe_jax.core.dispatch import INDEX
 from moe_jax.core.experts import gelu_mlp
 from moe_jax.core.moe import group_tokens
@@ -80,7 +80,7 @@ def main():
   x = jax.random.normal(keys[3], (B, L, D))
 
   def loss(p, x, cfg=cfg):
-    y, aux = moe_apply(p, x, cfg, train=True)
+    y, aux = parallel_moe_apply(p, x, cfg, train=True)
     return jnp.mean(jnp.square(y)) + aux['aux_loss']
 
   def dropless_loss(p, x):

@@ -26,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from moe_jax.models.param_count import count_params
 from moe_jax.train.step import train_step
-from moe_jax.train.trainer import init_state, load_data, make_mesh, model_config
+from moe_jax.train.setup import init_state, load_data, make_mesh, model_config
 
 
 def load_config(path: str):

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 import ml_collections
+from flax import traverse_util
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,13 +97,11 @@ class Ablation:
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """Sets dotted fields ('moe.top_k') in place; an unknown field raises."""
+  """Sets dotted fields ('moe.top_k') in place, in order; an unknown field
+  raises (ConfigDict's own update would add it to an unlocked config)."""
+  known = traverse_util.flatten_dict(config.to_dict(), sep='.')
   for field, value in overrides.items():
-    *path, name = field.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    if name not in node:
+    if field not in known:
       raise KeyError(f'unknown config field {field!r}')
-    node[name] = value
+    config.update_from_flattened_dict({field: value})
   return config

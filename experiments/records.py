@@ -17,6 +17,7 @@ import pathlib
 import time
 
 import numpy as np
+from flax import traverse_util
 
 from moe_jax.errors import UserInputError
 from moe_jax.files import atomic_write
@@ -30,14 +31,9 @@ CURVE_TRAIN_METRICS = ('max_violation', 'router_logit_max', 'router_logsumexp',
                        'dropped_fraction')
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[prefix + k] = v
-  return out
+def _flat(tree: dict) -> dict:
+  """{'moe.top_k': 1, ...}: a config dict's fields by dotted name."""
+  return traverse_util.flatten_dict(tree, sep='.')
 
 
 def _digest(value) -> str:
@@ -83,13 +79,6 @@ def _layer_mean(record: dict, name: str) -> float | None:
   return float(np.mean(values)) if values else None
 
 
-def saved_steps(workdir: pathlib.Path) -> list[int]:
-  """Steps of the run's finished checkpoints."""
-  folder = workdir / 'checkpoints'
-  return [int(p.name) for p in folder.glob('*')
-          if p.name.isdigit()] if folder.is_dir() else []
-
-
 def train_run(ab, variant: str, seed: int, config,
               workdir: pathlib.Path, run_config=None) -> dict:
   """Trains (or resumes) one run, then its extra evals; returns its row.
@@ -97,7 +86,8 @@ def train_run(ab, variant: str, seed: int, config,
   run_config, when given, is what trains; `config` (hashed into the row)
   differs from it only in where it finds files (see run.py's init_run).
   """
-  from moe_jax.train.trainer import train_and_evaluate  # Slow import.
+  from moe_jax.train.checkpoint import saved_steps  # Slow imports.
+  from moe_jax.train.trainer import train_and_evaluate
   # A resumed run's wall time covers only its last part: say so in the row.
   saved = saved_steps(workdir)
   t0 = time.perf_counter()
@@ -132,7 +122,7 @@ def train_run(ab, variant: str, seed: int, config,
 
 def describe_data(config) -> dict:
   """The corpus a run read and what its validation split held out."""
-  from moe_jax.train.trainer import load_data  # Slow import.
+  from moe_jax.train.setup import load_data  # Slow import.
   data = load_data(config)
   return {'data': data.corpus.name, 'held_out': data.held_out}
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
 import pathlib
-import platform
 from typing import Any
 
 import matplotlib
 matplotlib.use('Agg')  # Files only; no display on a CPU box or in CI.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+from flax import traverse_util
 
 from experiments import verdict as verdict_lib
+from moe_jax import machine
 
 # (runs.csv column, heading, format) of the per-variant table.
 TABLE = (('eval_loss', 'val loss (nats/byte)', '.4f'),
@@ -43,27 +43,18 @@ def mean_std(xs, fmt: str) -> str:
 def variant_table(ab, rows) -> list[str]:
   lines = ['| variant | overrides | n | ' + ' | '.join(h for _, h, _ in TABLE)
            + ' |', '|---' * (len(TABLE) + 3) + '|']
-  base = ab.base(ab.steps)
+  base = traverse_util.flatten_dict(ab.base(ab.steps).to_dict(), sep='.')
   for v in ab.variants:
     n = len(values(rows, v.name, 'eval_loss'))
     # Only what differs from the ablation's base config.
     over = ', '.join(f'{k}={val}' for k, val in v.overrides.items()
-                     if _get(base, k) != val) or '–'
+                     if base.get(k) != val) or '–'
     cells = [mean_std(values(rows, v.name, c), f) for c, _, f in TABLE]
     lines.append(f'| {v.name} | {over} | {n} | ' + ' | '.join(cells) + ' |')
   failed = [r for r in rows if str(r.get('status', 'ok')) != 'ok']
   for r in failed:
     lines.append(f'\n{r["variant"]} seed {r["seed"]}: {r["status"]}')
   return lines
-
-
-def _get(config, field: str):
-  node = config
-  for part in field.split('.'):
-    if part not in node:
-      return None
-    node = node[part]
-  return node
 
 
 def extra_eval_table(ab, rows) -> list[str]:
@@ -270,11 +261,9 @@ def plot_final(ab, rows, out: pathlib.Path, column: str = 'eval_loss',
 
 
 def _environment() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  return (f'{platform.platform()}, {platform.processor() or platform.machine()}'
-          f', {os.cpu_count()} CPU cores visible; Python '
-          f'{platform.python_version()}, jax {jax.__version__} on '
-          f'{jax.default_backend()}')
+  m = machine.describe()
+  return (f'{m["platform"]}, {m["cpu"]}, {m["cpu_cores"]} CPU cores visible; '
+          f'Python {m["python"]}, jax {m["jax"]} on {m["backend"]}')
 
 
 def _distinct(rows, column: str) -> list[str]:

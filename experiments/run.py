@@ -21,7 +21,6 @@ with --out to a new folder, retrains everything from scratch).
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import os
 import pathlib
@@ -34,6 +33,8 @@ from absl import logging
 from experiments import records, report, scheduler
 from experiments.ablation import Ablation
 from experiments.scheduler import RunSpec, Seeds
+from moe_jax import cli
+from moe_jax.config.default_config import get_default_config
 from moe_jax.errors import UserInputError
 from moe_jax.train.interrupt import TrainingInterrupted
 
@@ -41,6 +42,12 @@ RESULTS = pathlib.Path(__file__).parent / 'results'
 
 
 def parse_args(argv):
+  """(the runner's flags, the --config overrides as {'moe.top_k': 2, ...}).
+
+  The overrides are parsed by ml_collections.config_flags against the
+  default config's field types, as `python -m moe_jax.main` parses them:
+  an unknown field or a value of the wrong type is a UserInputError.
+  """
   parser = argparse.ArgumentParser(
       prog='python -m experiments.run', description=__doc__.splitlines()[0])
   parser.add_argument('ablation', help='experiments/<ablation>.py')
@@ -69,17 +76,11 @@ def parse_args(argv):
                       help="train every run; copy none from other ablations' "
                       'results (a from-scratch rerun; pair it with --out)')
   args, rest = parser.parse_known_args(argv)
-  overrides = {}
   for item in rest:
     if not item.startswith('--config.') or '=' not in item:
       parser.error(f'unexpected argument {item!r}; overrides look like '
                    '--config.moe.top_k=2')
-    field, value = item[len('--config.'):].split('=', 1)
-    try:
-      overrides[field] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      overrides[field] = value  # A bare string, e.g. a path.
-  return args, overrides
+  return args, cli.config_overrides(rest, get_default_config())
 
 
 def load_ablation(name: str) -> Ablation:
@@ -202,8 +203,8 @@ def _positive(flag: str, value: int | None, default: int) -> int:
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   logging.set_verbosity(logging.WARNING)
-  args, overrides = parse_args(argv)
   try:
+    args, overrides = parse_args(argv)
     ab = load_ablation(args.ablation)
     seeds = Seeds(_positive('--seeds', args.seeds, 2 if args.quick else 3),
                   init=args.init_seed, data=args.data_seed)
@@ -232,7 +233,9 @@ def main(argv=None) -> int:
                  only=args.variants.split(',') if args.variants else None,
                  reuse=not args.fresh, jobs=jobs)
   except (UserInputError, KeyError) as e:
-    print(f'error: {str(e).strip(chr(39))}', file=sys.stderr)
+    # A KeyError's str() is its message in quotes.
+    message = str(e).strip(chr(39)) if isinstance(e, KeyError) else str(e)
+    print(f'error: {message}', file=sys.stderr)
     return 2
   except TrainingInterrupted as e:
     # The run saved a checkpoint; the same command resumes the ablation.

@@ -106,11 +106,12 @@ def train_init_run(spec: RunSpec, ab: Ablation | None = None) -> None:
 
   ab: the ablation; None loads it by name (in a worker process).
   """
-  from experiments import records  # pylint: disable=g-import-not-at-top
-  from moe_jax.train.trainer import train_and_evaluate  # Slow import.
+  # Slow imports.
+  from moe_jax.train.checkpoint import saved_steps  # pylint: disable=g-import-not-at-top
+  from moe_jax.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
   ab = ab or _load(spec.ablation)
   workdir = pathlib.Path(spec.out) / init_workdir(ab, spec.seed)
-  if spec.steps in records.saved_steps(workdir):
+  if spec.steps in saved_steps(workdir):
     return
   print(f'[{ab.name}] training {ab.init_run.name} seed {spec.seed}, which '
         'the variants start from', flush=True)

@@ -7,7 +7,7 @@ from moe_jax.core.losses import load_balance_loss, z_loss
 from moe_jax.core.routers import gshard_top2, switch_top1, top_k
 from moe_jax.errors import UserInputError
 from moe_jax.layers import MoELayer
-# The public moe_apply is expert-parallel under a mesh (the core one is not).
-from moe_jax.parallel.expert_parallel import moe_apply
+# Expert-parallel under a mesh (the core's moe_apply is not).
+from moe_jax.parallel.expert_parallel import parallel_moe_apply
 
 __version__ = '0.1.0'

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import Any
 
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
+
+from moe_jax.errors import UserInputError
 
 
 def fail(message: str) -> None:
@@ -18,6 +22,42 @@ def one_line(error: BaseException) -> str:
   # ml_collections embeds escaped newlines and quotes in its KeyErrors.
   text = str(error).replace('\\n', ' ').replace("\\'", '')
   return ' '.join(text.split())
+
+
+def _flag_error(e: BaseException) -> str:
+  """One line for an error of absl's or ml_collections' flag parsing."""
+  message = one_line(e)
+  if isinstance(e, (AttributeError, KeyError)):
+    message = f'unknown config field {message.strip(chr(39))}'
+  return message
+
+
+def config_overrides(items, config: ml_collections.ConfigDict
+                     ) -> dict[str, Any]:
+  """`--config.<field>=<value>` items parsed as ml_collections.config_flags
+  parses them for `python -m moe_jax.main`: each value takes the type of
+  `config`'s field.
+
+  Args:
+    items: the command line's override arguments.
+    config: a config with every field (it receives the overrides).
+
+  Returns:
+    The overrides as a flat dict, e.g. {'moe.top_k': 2}.
+
+  Raises:
+    UserInputError: an unknown field or a value of the wrong type, in one
+      line.
+  """
+  argv = ['overrides', *items]
+  flag_values = flags.FlagValues()  # Its own: main()'s flags stay apart.
+  try:
+    config_flags.DEFINE_config_dict('config', config, flag_values=flag_values,
+                                    sys_argv=argv)
+    flag_values(argv)
+    return dict(config_flags.get_override_values(flag_values['config']))
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    raise UserInputError(_flag_error(e)) from None
 
 
 def _config_path(argv) -> str:
@@ -72,7 +112,4 @@ def parse_flags(argv, config_flag):
     raised = _raised_in_config(str(e))
     if raised is not None:
       fail(f'{path}: {raised}')
-    message = one_line(e)
-    if isinstance(e, (AttributeError, KeyError)):
-      message = f'unknown config field {message.strip(chr(39))}'
-    fail(message)
+    fail(_flag_error(e))

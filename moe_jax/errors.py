@@ -1,4 +1,8 @@
-"""The one exception type for bad user input."""
+"""The one exception type for bad user input, and the one style of check."""
+
+from __future__ import annotations
+
+import numbers
 
 
 class UserInputError(ValueError):
@@ -10,23 +14,56 @@ class UserInputError(ValueError):
 
 
 # The one style of config check: each raises UserInputError with a message
-# that names the field, the bad value and what would be accepted.
+# that names the field, the bad value and what would be accepted, and, with
+# `fix`, how to set it (e.g. 'set --config.batch_size').
 
-def check_choice(name: str, value, allowed) -> None:
+
+def require(ok: bool, name: str, value, must: str,
+            fix: str | None = None) -> None:
+  """One-line error '<name>=<value> must <must>[; <fix>].' unless ok.
+
+  must: what the value must do, e.g. 'be finite and > 0' or 'divide
+  model.d_model=128'.
+  """
+  if not ok:
+    raise UserInputError(f'{name}={value!r} must {must}'
+                         + (f'; {fix}' if fix else '') + '.')
+
+
+def check_choice(name: str, value, allowed, fix: str | None = None) -> None:
   """One-line error unless value is one of `allowed`."""
   if value not in allowed:
     raise UserInputError(
-        f'{name}={value!r} is not valid; allowed values: {", ".join(map(repr, allowed))}.')
+        f'{name}={value!r} is not valid; allowed values: '
+        f'{", ".join(map(repr, allowed))}' + (f'; {fix}' if fix else '') + '.')
 
 
-def check_bool(name: str, value) -> None:
+def check_bool(name: str, value, fix: str | None = None) -> None:
   """One-line error unless value is a bool (1 or 'yes' are mistakes here)."""
-  if not isinstance(value, bool):
-    raise UserInputError(f'{name}={value!r} must be True or False.')
+  require(isinstance(value, bool), name, value, 'be True or False', fix)
 
 
-def check_positive(name: str, value, kinds=(int,)) -> None:
-  """One-line error unless value is a positive int (or number, with kinds)."""
-  if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0:
-    kind = 'int' if kinds == (int,) else 'number'
-    raise UserInputError(f'{name}={value!r} must be a positive {kind}.')
+def _is_a(value, kinds) -> bool:
+  return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _kind(kinds) -> str:
+  integral = all(issubclass(k, numbers.Integral) for k in kinds)
+  return 'int' if integral else 'number'
+
+
+def check_positive(name: str, value, kinds=(int,),
+                   fix: str | None = None) -> None:
+  """One-line error unless value is a positive int (or number, with kinds).
+
+  NaN fails too (`not value > 0`).
+  """
+  require(_is_a(value, kinds) and value > 0, name, value,
+          f'be a positive {_kind(kinds)}', fix)
+
+
+def check_non_negative(name: str, value, kinds=(int,),
+                       fix: str | None = None) -> None:
+  """One-line error unless value is an int (or number, with kinds) >= 0."""
+  require(_is_a(value, kinds) and value >= 0, name, value,
+          f'be {"an int" if _kind(kinds) == "int" else "a number"} >= 0', fix)

@@ -88,7 +88,7 @@ def load_config_file(spec: str):
 
 def main(argv) -> None:
   from moe_jax.models import accounting  # pylint: disable=g-import-not-at-top
-  from moe_jax.train.trainer import model_config  # pylint: disable=g-import-not-at-top
+  from moe_jax.train.setup import model_config  # pylint: disable=g-import-not-at-top
   try:
     mesh = accounting.parse_mesh(_MESH.value)
     if _MARKDOWN.value:

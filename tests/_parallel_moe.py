@@ -39,7 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from testlib import require_devices  # tests/ is sys.path[0] for scripts.
 from moe_jax.core.config import MoEConfig
-from moe_jax.parallel.expert_parallel import moe_apply
+from moe_jax.parallel.expert_parallel import parallel_moe_apply
 from moe_jax.layers.moe import MoELayer
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import rules
@@ -93,7 +93,7 @@ def _loss_and_grads(config):
   """jit(value_and_grad) of sum(y·r) + aux_loss w.r.t. (params, x)."""
 
   def loss(params, x, r):
-    y, aux = moe_apply(params, x, config, train=True)
+    y, aux = parallel_moe_apply(params, x, config, train=True)
     return jnp.sum(y * r) + aux['aux_loss'], (y, aux)
 
   # Backend optimisation level 0 compiles ~3x faster; it changes only the

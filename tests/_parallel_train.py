@@ -5,7 +5,7 @@
 
 test_parallel_train.py runs this once and checks what it writes. Every part
 uses the tiny switch config with batch_size 8, placed the way the trainer
-places it (trainer.init_state, placement.*). Under OUT_DIR:
+places it (setup.init_state, placement.*). Under OUT_DIR:
 
   step_<mesh>.npz       'single' (a 1-device mesh) and '2x4x1': parameters at
                         init and after STEPS train_step calls, and the loss
@@ -48,7 +48,7 @@ from testlib import require_devices
 from configs import switch_top1
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
-from moe_jax.train import trainer
+from moe_jax.train import setup, trainer
 from moe_jax.train.step import train_step
 
 NUM_DEVICES = 8
@@ -89,9 +89,9 @@ def flat(tree, prefix: str = '') -> dict[str, np.ndarray]:
 def train_steps(mesh, out: pathlib.Path, name: str) -> None:
   """STEPS jitted train_step calls on `mesh`, jitted as the trainer does."""
   config = tiny_config()
-  mcfg = trainer.model_config(config)
-  batches = trainer.load_data(config).batches
-  graphdef, state, shardings, tx = trainer.init_state(mcfg, config, mesh)
+  mcfg = setup.model_config(config)
+  batches = setup.load_data(config).batches
+  graphdef, state, shardings, tx = setup.init_state(mcfg, config, mesh)
   batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
                     in_shardings=(shardings, batch_sh),

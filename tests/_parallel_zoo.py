@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from testlib import moe_params, require_devices
 from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
-from moe_jax.parallel.expert_parallel import moe_apply
+from moe_jax.parallel.expert_parallel import parallel_moe_apply
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import rules
@@ -72,7 +72,8 @@ _AXES = {'router_kernel': ('embed', None), 'noise_kernel': ('embed', None),
 
 def _fn(config):
   def loss(params, x, r):
-    y, aux = moe_apply(params, x, config, train=True, key=jax.random.key(7))
+    y, aux = parallel_moe_apply(params, x, config, train=True,
+                                key=jax.random.key(7))
     return jnp.sum(y * r) + aux['aux_loss'], y
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
                  compiler_options={'xla_backend_optimization_level': 0})
@@ -122,13 +123,13 @@ def run_scopes(out: pathlib.Path) -> None:
 
 def run_refusals(out: pathlib.Path) -> None:
   from configs import fine_grained_shared  # E = 30: not divisible by 4.
-  from moe_jax.train import trainer
+  from moe_jax.train import setup
   config = fine_grained_shared.get_config('tiny')
   config.mesh.shape = (2, 4, 1)
   config.batch_size = 8
   refusals = {}
   try:
-    trainer.make_mesh(config, trainer.model_config(config))
+    setup.make_mesh(config, setup.model_config(config))
   except UserInputError as e:
     refusals['fine_grained_shared'] = str(e)
   (out / 'mesh_refusals.json').write_text(json.dumps(refusals))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from moe_jax import data
-from moe_jax.data import sources
+from moe_jax.data import shakespeare
 from moe_jax.errors import UserInputError
 
 SHARED_SHAKESPEARE = (pathlib.Path(__file__).resolve().parents[1] / '..' /
@@ -181,8 +181,8 @@ def test_stdlib_corpus_is_non_empty_and_deterministic():
                     reason='../shared/data/tinyshakespeare.txt not present')
 def test_tinyshakespeare_local_path():
   text = data.tinyshakespeare(str(SHARED_SHAKESPEARE))
-  assert len(text) == sources.TINYSHAKESPEARE_SIZE
-  assert hashlib.md5(text).hexdigest() == sources.TINYSHAKESPEARE_MD5
+  assert len(text) == shakespeare.TINYSHAKESPEARE_SIZE
+  assert hashlib.md5(text).hexdigest() == shakespeare.TINYSHAKESPEARE_MD5
   corpus = data.load_corpus('tinyshakespeare', str(SHARED_SHAKESPEARE))
   assert bytes(corpus.tokens[:9]) == b'First Cit'
 
@@ -190,7 +190,7 @@ def test_tinyshakespeare_local_path():
 @pytest.mark.skipif(not SHARED_SHAKESPEARE.is_file(),
                     reason='../shared/data/tinyshakespeare.txt not present')
 def test_tinyshakespeare_uses_a_valid_cache(tmp_path, monkeypatch):
-  monkeypatch.setattr(sources, 'TINYSHAKESPEARE_URL', 'http://127.0.0.1:9/x')
+  monkeypatch.setattr(shakespeare, 'TINYSHAKESPEARE_URL', 'http://127.0.0.1:9/x')
   (tmp_path / 'tinyshakespeare.txt').write_bytes(
       SHARED_SHAKESPEARE.read_bytes())
   assert len(data.tinyshakespeare(cache_dir=str(tmp_path))) == 1_115_394
@@ -198,7 +198,7 @@ def test_tinyshakespeare_uses_a_valid_cache(tmp_path, monkeypatch):
 
 def test_tinyshakespeare_without_network_is_a_clean_error(tmp_path,
                                                           monkeypatch):
-  monkeypatch.setattr(sources, 'TINYSHAKESPEARE_URL', 'http://127.0.0.1:9/x')
+  monkeypatch.setattr(shakespeare, 'TINYSHAKESPEARE_URL', 'http://127.0.0.1:9/x')
   # A corrupt cache must not be trusted; it falls through to the download.
   (tmp_path / 'tinyshakespeare.txt').write_bytes(b'not shakespeare')
   with pytest.raises(UserInputError) as info:

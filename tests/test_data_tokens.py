@@ -6,7 +6,7 @@ import pytest
 from moe_jax import data
 from moe_jax.data import tokenize, tokens
 from moe_jax.errors import UserInputError
-from moe_jax.train import trainer
+from moe_jax.train import setup
 from tests import testlib
 
 TEXT = ('def add(a, b):\n    return a + b\n\n'
@@ -138,9 +138,9 @@ def test_ids_at_or_above_vocab_size_are_refused(tmp_path):
       'data.max_bytes': None})
   with pytest.raises(UserInputError, match='token id 300 but '
                      'model.vocab_size=256'):
-    trainer.load_data(config)
+    setup.load_data(config)
   config.model.vocab_size = 301
-  corpus, batches = trainer.load_data(config)[:2]
+  corpus, batches = setup.load_data(config)[:2]
   assert corpus.unit == 'tokens' and batches.batch_at(0)['inputs'].max() <= 300
 
 

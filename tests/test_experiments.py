@@ -16,7 +16,7 @@ from configs import switch_top1
 from experiments import records, report, run, scheduler, verdict
 from experiments.ablation import Ablation, Comparison, Variant, apply_overrides
 from experiments.scheduler import Seeds
-from moe_jax.train import trainer
+from moe_jax.train import setup
 
 
 # --------------------------------------------------------------- verdicts --
@@ -290,14 +290,14 @@ def test_seeds_can_vary_the_initialisation_or_the_data_order_alone():
     assert (c.seed, c.data.seed) == (s, None)  # Both follow the seed.
   for s, c in configs(Seeds(3, data=7)):
     assert (c.seed, c.data.seed) == (s, 7)
-    assert trainer.data_seed(c) == 7
+    assert setup.data_seed(c) == 7
   for s, c in configs(Seeds(3, init=7)):
-    assert (c.seed, trainer.data_seed(c)) == (7, s)
+    assert (c.seed, setup.data_seed(c)) == (7, s)
   # The data seed alone sets the batches: same data seed, same batches.
   a = _tiny(3)
   b = _tiny(3)
   a.seed, b.seed, b.data.seed = 1, 2, 1
-  batch = lambda c: trainer.load_data(c).batches.batch_at(0)['inputs']
+  batch = lambda c: setup.load_data(c).batches.batch_at(0)['inputs']
   np.testing.assert_array_equal(batch(a), batch(b))
   b.data.seed = 2
   assert not np.array_equal(batch(a), batch(b))
@@ -309,7 +309,7 @@ def test_every_ablation_file_builds_its_configs():
     assert len({v.name for v in ab.variants}) == len(ab.variants)
     for v in ab.variants:
       config = apply_overrides(ab.base(ab.quick_steps), v.overrides)
-      trainer.model_config(config)  # Validates the model and MoE fields.
+      setup.model_config(config)  # Validates the model and MoE fields.
     names = {v.name for v in ab.variants}
     for comp in ab.comparisons:
       assert comp.better[0] in names and comp.worse[0] in names

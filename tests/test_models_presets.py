@@ -15,7 +15,7 @@ from moe_jax.inspect import load_config_file, markdown_row
 from moe_jax.models import accounting
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.transformer import TransformerLM
-from moe_jax.train.trainer import model_config
+from moe_jax.train.setup import model_config
 from testlib import REPO
 
 PRESETS = sorted(p.stem for p in (REPO / 'configs/presets').glob('*.py'))

@@ -27,7 +27,7 @@ from flax import nnx
 from moe_jax.core import routers
 from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
-from moe_jax.train import optim, trainer
+from moe_jax.train import evaluate, optim, setup, trainer
 from moe_jax.train.step import lm_loss, train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -91,9 +91,9 @@ def _saved_state(workdir, step):
 
 def _init(config):
   """(graphdef, TrainState at step 0, optimizer) as the trainer builds them."""
-  mcfg = trainer.model_config(config)
-  graphdef, state, _, tx = trainer.init_state(
-      mcfg, config, trainer.make_mesh(config, mcfg))
+  mcfg = setup.model_config(config)
+  graphdef, state, _, tx = setup.init_state(
+      mcfg, config, setup.make_mesh(config, mcfg))
   return graphdef, state, tx
 
 
@@ -104,7 +104,7 @@ def _abstract_state(config):
   nothing. (init_state itself places arrays on the mesh, which needs
   concrete values.)
   """
-  mcfg = trainer.model_config(config)
+  mcfg = setup.model_config(config)
   model = nnx.eval_shape(
       lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)))
   params = nnx.state(model, nnx.Param)
@@ -129,7 +129,7 @@ def _tb_tags(tb_dir):
 
 
 def _moe_layers(config):
-  mcfg = trainer.model_config(config)
+  mcfg = setup.model_config(config)
   return [i for i in range(mcfg.num_layers) if mcfg.is_moe_layer(i)]
 
 
@@ -168,7 +168,7 @@ def test_a_few_steps_reduce_the_loss(switch_run):
 @pytest.mark.slow
 def test_overfits_a_single_batch():
   config = _tiny('switch_top1', train__num_steps=30)
-  batches = trainer.load_data(config).batches
+  batches = setup.load_data(config).batches
   graphdef, state, tx = _init(config)
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx))
   batch = batches.batch_at(0)
@@ -194,7 +194,7 @@ def test_config_files_are_found():
 def test_every_config_builds_and_trains(path, tmp_path):
   # The full-size model, traced only: shapes and dtypes without allocation.
   full = _load_config(path)
-  mcfg = trainer.model_config(full)
+  mcfg = setup.model_config(full)
   abstract = _abstract_state(full)
   leaves = jax.tree.leaves(abstract)
   assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
@@ -264,7 +264,7 @@ def test_bfloat16_trains_with_float32_router_and_params(tmp_path, monkeypatch):
   # The flag did switch the bulk of the compute to bfloat16 (else this test
   # would pass with it ignored).
   graphdef, state, _ = _init(config)
-  batches = trainer.load_data(config).batches
+  batches = setup.load_data(config).batches
   jaxpr = jax.make_jaxpr(lambda params, batch: lm_loss(
       params, graphdef, batch, train=True, key=jax.random.PRNGKey(0)))(
           state.params, batches.batch_at(0))
@@ -357,7 +357,7 @@ def test_eval_loss_in_bits_is_named_by_the_data_unit():
           **{name: np.float32(0.0) for name in EVAL_ROUTING_METRICS}}
   eval_fn = lambda state, batch: sums
   for unit in ('byte', 'token'):
-    out = trainer.evaluate(eval_fn, None, [None], unit)
+    out = evaluate.evaluate(eval_fn, None, [None], unit)
     assert out['eval/loss'] == pytest.approx(2.0)
     assert out[f'eval/bits_per_{unit}'] == pytest.approx(2.0 / math.log(2))
   assert 'eval/bits_per_byte' not in out  # Token data: no per-byte name.

@@ -1,4 +1,4 @@
-"""Tests for LoRA (moe_jax/train/lora.py, lora_run.py, lora_merge.py)."""
+"""Tests for LoRA (moe_jax/train/lora/: adapters.py, run.py, merge.py)."""
 
 import json
 import math
@@ -11,7 +11,10 @@ from flax import nnx
 from moe_jax.errors import UserInputError
 from moe_jax.evaluate import evaluate_workdir
 from moe_jax.models.transformer import TransformerLM
-from moe_jax.train import init_from, lora, lora_merge, lora_run, trainer
+from moe_jax.train import checkpoint, init_from, setup, trainer
+from moe_jax.train.lora import adapters as lora
+from moe_jax.train.lora import merge as lora_merge
+from moe_jax.train.lora import run as lora_run
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.evaluate import evaluate_checkpoint
 from tests import testlib
@@ -48,7 +51,7 @@ def test_merge_matches_hand_computed_updates():
 
 
 def _shapes(config_file='configs/switch_top1.py'):
-  mcfg = trainer.model_config(testlib.tiny_config(config_file))
+  mcfg = setup.model_config(testlib.tiny_config(config_file))
   model = nnx.eval_shape(lambda: TransformerLM(mcfg, rngs=nnx.Rngs(0)))
   return {k: v.shape for k, v in init_from.flatten(
       nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
@@ -110,9 +113,9 @@ def test_lora_config_errors_are_one_line():
 
 def _save_base(workdir, config):
   """A base checkpoint without training: the init state saved at step 2."""
-  mcfg = trainer.model_config(config)
-  _, state, _, _ = trainer.init_state(mcfg, config,
-                                      trainer.make_mesh(config, mcfg))
+  mcfg = setup.model_config(config)
+  _, state, _, _ = setup.init_state(mcfg, config,
+                                    setup.make_mesh(config, mcfg))
   ckpt = Checkpointer(workdir, 2)
   ckpt.save(2, state, {'config': config.to_dict()})
   ckpt.close()
@@ -170,7 +173,7 @@ def test_lora_trains_only_adapters_merges_and_runs_expert_parallel(
   testlib.run_device_script(testlib.REPO / 'tests' / '_parallel_lora.py',
                             tmp_path, 4, timeout=300, fast_compile=True)
   # (init_from reads a checkpoint saved over 4 devices onto one.)
-  ep = init_from.flatten(init_from.read_checkpoint(tmp_path / 'ep')[1]['params'])
+  ep = init_from.flatten(checkpoint.read(tmp_path / 'ep')[1]['params'])
   for path, value in adapters.items():
     np.testing.assert_allclose(ep[path], value, rtol=1e-4, atol=1e-5,
                                err_msg=path)

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from moe_jax.data import pipeline
+from moe_jax.train import step as step_lib
 from moe_jax.train import trainer
 import testlib
 
@@ -200,7 +201,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   # a divergence would. Making the poison data rather than a constant lets
   # all cases share one compiled step (and the batch keeps its structure).
   real_batch_at = pipeline.BatchIterator.batch_at
-  real_train_step = trainer.train_step
+  real_train_step = step_lib.train_step
 
   def batch_at(self, step):
     batch = real_batch_at(self, step)
@@ -219,7 +220,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         state_finite=metrics['state_finite'] & ~poisoned)
 
   monkeypatch.setattr(pipeline.BatchIterator, 'batch_at', batch_at)
-  monkeypatch.setattr(trainer, 'train_step', poisoned_train_step)
+  monkeypatch.setattr(step_lib, 'train_step', poisoned_train_step)
   with pytest.raises(trainer.NonFiniteLossError) as error:
     _train(config, tmp_path)
   message = str(error.value)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moe_jax.parallel import mesh as mesh_lib
-from moe_jax.train import trainer
+from moe_jax.train import setup, trainer
 from moe_jax.train.step import RoutedTrainState
 import testlib
 
@@ -56,7 +56,7 @@ def test_bias_is_training_state_moved_by_gamma(runs):
   config, state, _ = runs
   assert isinstance(state, RoutedTrainState)
   biases = jax.tree.leaves(state.router_state)
-  assert len(biases) == trainer.model_config(config).num_moe_layers
+  assert len(biases) == setup.model_config(config).num_moe_layers
   for b in biases:
     b = np.asarray(b)
     assert b.shape == (config.moe.num_experts,)

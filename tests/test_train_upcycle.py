@@ -15,7 +15,8 @@ from experiments.ablation import apply_overrides
 from experiments.scheduler import RunSpec, Seeds
 from moe_jax.errors import UserInputError
 from moe_jax.models.transformer import TransformerLM
-from moe_jax.train import init_from, trainer
+from moe_jax.config import validate
+from moe_jax.train import init_from, setup, trainer
 from tests import testlib
 
 # Top-2 with gates renormalised over the two chosen experts, and no drops:
@@ -25,7 +26,7 @@ EXACT = {'moe.router': 'topk', 'moe.top_k': 2, 'moe.dispatcher': 'dropless'}
 
 def _model(config_file, overrides=None, seed=0):
   config = testlib.tiny_config(config_file, overrides)
-  return TransformerLM(trainer.model_config(config), rngs=nnx.Rngs(seed))
+  return TransformerLM(setup.model_config(config), rngs=nnx.Rngs(seed))
 
 
 def _upcycled(dense, moe):
@@ -118,18 +119,18 @@ def test_plan_refuses_unused_source_params_and_upcycling_nothing():
 def test_bad_init_from_paths_are_one_line_errors(tmp_path):
   config = testlib.tiny_config('configs/switch_top1.py', {
       'train.init_from': str(tmp_path / 'nope'), 'train.upcycle': True})
-  mcfg = trainer.model_config(config)
+  mcfg = setup.model_config(config)
   with pytest.raises(UserInputError, match="nope' has no checkpoints "
                      'folder; set --config.train.init_from'):
-    trainer._prepare_init(config, mcfg)  # pylint: disable=protected-access
+    init_from.from_config(config, setup.new_model(mcfg, config))
   (tmp_path / 'empty' / 'checkpoints').mkdir(parents=True)
   config.train.init_from = str(tmp_path / 'empty')
   with pytest.raises(UserInputError, match="empty' holds no checkpoint"):
-    trainer._prepare_init(config, mcfg)  # pylint: disable=protected-access
+    init_from.from_config(config, setup.new_model(mcfg, config))
   config.train.init_from = None
   with pytest.raises(UserInputError, match='upcycle=True needs the dense '
                      'run'):
-    trainer._prepare_init(config, mcfg)  # pylint: disable=protected-access
+    validate.check_train_config(config)
 
 
 def _tiny_base(steps):

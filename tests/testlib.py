@@ -78,12 +78,12 @@ def tiny_config(config_file: str, overrides: dict | None = None):
 
 def restore_latest(workdir, config, mesh):
   """(latest train state in `workdir`, its shardings), placed on `mesh` as
-  the trainer's init_state places it."""
+  setup.init_state places it."""
   from moe_jax.parallel import placement  # pylint: disable=g-import-not-at-top
-  from moe_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import setup  # pylint: disable=g-import-not-at-top
   from moe_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  _, state, shardings, _ = trainer.init_state(trainer.model_config(config),
-                                              config, mesh)
+  _, state, shardings, _ = setup.init_state(setup.model_config(config),
+                                            config, mesh)
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   try:
     restored, _ = ckpt.restore(

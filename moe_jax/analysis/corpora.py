@@ -4,7 +4,7 @@ Testing the claim that experts specialise in code or natural language needs
 both, with a domain label per byte, and nothing to download: the Python
 standard library holds both. Code is its source with docstrings and comments
 removed (ast.unparse keeps neither); prose is its docstrings, which are
-English. The synthetic languages of data.sources.synthetic_mixture can be
+English. The synthetic languages of data.synthetic.synthetic_mixture can be
 added as further domains.
 """
 
@@ -15,14 +15,16 @@ import warnings
 
 import numpy as np
 
-from moe_jax.data import sources
+from moe_jax.data import code_corpora
+from moe_jax.data.corpus import Corpus
+from moe_jax.data.synthetic import synthetic_mixture
 
 _SKIP = frozenset({'site-packages', 'dist-packages', 'test', 'tests',
                    'idlelib', '__pycache__', 'lib2to3', 'turtledemo'})
 
 
 def _stdlib_files():
-  return sources.stdlib_files(_SKIP)
+  return code_corpora.stdlib_files(_SKIP)
 
 
 def _split_module(tree: ast.Module, min_prose: int):
@@ -66,7 +68,7 @@ def stdlib_code_and_prose(bytes_each: int, min_prose: int = 300
 
 
 def code_prose_mix(num_bytes: int, synthetic_domains: int = 0,
-                   seed: int = 0) -> tuple[sources.Corpus, list[str]]:
+                   seed: int = 0) -> tuple[Corpus, list[str]]:
   """A corpus of interleaved documents, each from one labelled domain.
 
   Each domain's text is cut into documents of 300-1,000 bytes, and the
@@ -88,7 +90,7 @@ def code_prose_mix(num_bytes: int, synthetic_domains: int = 0,
   streams = [np.frombuffer(code, np.uint8), np.frombuffer(prose, np.uint8)]
   names = ['code', 'prose']
   if synthetic_domains:
-    tokens, domains = sources.synthetic_mixture(
+    tokens, domains = synthetic_mixture(
         each * synthetic_domains, synthetic_domains, seed)
     for d in range(synthetic_domains):
       streams.append(tokens[domains == d])
@@ -104,4 +106,4 @@ def code_prose_mix(num_bytes: int, synthetic_domains: int = 0,
   tokens = np.concatenate([docs[i][1] for i in order]).astype(np.uint8)
   labels = np.concatenate([np.full(len(docs[i][1]), docs[i][0], np.int32)
                            for i in order])
-  return sources.Corpus(tokens, labels, 'stdlib code+prose mix'), names
+  return Corpus(tokens, labels, 'stdlib code+prose mix'), names

@@ -111,7 +111,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.slots_per_expert = 1  # P, slots per expert and chunk (soft only).
 
   # LoRA (Hu et al. 2021) over the frozen parameters of train.init_from;
-  # only the adapters train and are saved. See moe_jax/train/lora.py.
+  # only the adapters train and are saved. See moe_jax/train/lora/.
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0  # r; 0: off, every parameter trains.
   c.lora.alpha = 16.0  # Adapters are scaled by alpha / rank.

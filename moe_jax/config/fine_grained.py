@@ -12,7 +12,7 @@ Only the router grows, from D·E to D·E' weights.
 
 from __future__ import annotations
 
-from moe_jax.errors import UserInputError
+from moe_jax.errors import require
 
 
 def split_experts(moe, m: int, num_shared: int = 0):
@@ -27,14 +27,10 @@ def split_experts(moe, m: int, num_shared: int = 0):
     moe, for chaining.
   """
   e, k, f = moe.num_experts, moe.top_k, moe.d_ff
-  if not isinstance(m, int) or m < 1 or f % m:
-    raise UserInputError(
-        f'fine-grained split m={m!r} must be a positive int dividing '
-        f'moe.d_ff={f}.')
-  if not 0 <= num_shared < m * k:
-    raise UserInputError(
-        f'num_shared={num_shared} must be in [0, m·top_k={m * k}) so some '
-        'experts stay routed.')
+  require(isinstance(m, int) and m >= 1 and f % m == 0,
+          'fine-grained split m', m, f'be a positive int dividing moe.d_ff={f}')
+  require(0 <= num_shared < m * k, 'num_shared', num_shared,
+          f'be in [0, m·top_k={m * k}) so some experts stay routed')
   moe.num_experts = m * e - num_shared
   moe.top_k = m * k - num_shared
   moe.d_ff = f // m

@@ -1,8 +1,9 @@
 """Checks of the config and workdir that must pass before the first write.
 
-Each raises UserInputError with the flag that fixes it, so the CLI can print
-one line. The model and MoE sections are checked by their own dataclasses
-(ModelConfig, MoEConfig); the mesh by moe_jax.parallel.mesh.
+Each raises UserInputError with the flag that fixes it (moe_jax/errors.py's
+helpers), so the CLI can print one line. The model and MoE sections are
+checked by their own dataclasses (ModelConfig, MoEConfig); the mesh by
+moe_jax.parallel.mesh.
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ import math
 import os
 import pathlib
 
-from moe_jax.errors import UserInputError
+from moe_jax.errors import UserInputError, check_positive, require
+
+
+def _fix(field: str) -> str:
+  return f'set --config.{field}'
 
 
 def check_train_config(config) -> None:
   t = config.train
   for name in ('num_steps', 'log_every', 'eval_every', 'eval_batches',
                'checkpoint_every', 'keep_checkpoints'):
-    value = t[name]
-    if not isinstance(value, int) or value <= 0:
-      raise UserInputError(
-          f'train.{name}={value!r} must be a positive int; set '
-          f'--config.train.{name}.')
+    check_positive(f'train.{name}', t[name], fix=_fix(f'train.{name}'))
+  if t.upcycle and not t.init_from:
+    raise UserInputError('train.upcycle=True needs the dense run to start '
+                         'from; set --config.train.init_from=<its workdir>.')
 
 
 def _is_number(value) -> bool:
@@ -46,11 +50,9 @@ def check_optim_config(config) -> None:
   )
   for name, ok, must in rules:
     value = o[name]
-    # `not ok(...)` rather than a negated comparison, so NaN fails too.
-    if not _is_number(value) or not ok(value):
-      raise UserInputError(
-          f'optim.{name}={value!r} must be {must}; set '
-          f'--config.optim.{name}.')
+    # ok(...) rather than a negated comparison, so NaN fails too.
+    require(_is_number(value) and ok(value), f'optim.{name}', value,
+            f'be {must}', _fix(f'optim.{name}'))
 
 
 def check_data_config(config) -> None:

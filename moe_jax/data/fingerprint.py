@@ -22,7 +22,8 @@ import pathlib
 
 import numpy as np
 
-from moe_jax.data.sources import Corpus, default_cache_dir
+from moe_jax.data.corpus import Corpus
+from moe_jax.data.cache import default_cache_dir
 from moe_jax.data.tokenize import tokenizer_file
 from moe_jax.files import atomic_write
 

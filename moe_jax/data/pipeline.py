@@ -6,15 +6,15 @@ the step number: no shuffle buffer or RNG state has to be checkpointed.
 
 import numpy as np
 
-from moe_jax.data.sources import Corpus
-from moe_jax.errors import UserInputError
+from moe_jax.data.corpus import Corpus
+from moe_jax.errors import UserInputError, check_non_negative, check_positive
+
+_INTS = (int, np.integer)
 
 
-def _check_positive_int(name: str, value, flag: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-      value <= 0):
-    raise UserInputError(
-        f'{name}={value!r} must be a positive integer; set {flag} to one')
+def _positive_int(name: str, value, flag: str | None = None) -> int:
+  """value as an int; a one-line error naming its flag unless it is > 0."""
+  check_positive(name, value, _INTS, fix=f'set {flag or "--config." + name}')
   return int(value)
 
 
@@ -53,14 +53,9 @@ class BatchIterator:
 
   def __init__(self, corpus: Corpus, batch_size: int, seq_len: int,
                seed: int = 0):
-    self.batch_size = _check_positive_int('batch_size', batch_size,
-                                          '--config.batch_size')
-    self.seq_len = _check_positive_int('seq_len', seq_len, '--config.seq_len')
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or (
-        seed < 0):
-      raise UserInputError(
-          f'seed={seed!r} must be a non-negative integer; set --config.seed '
-          'to one')
+    self.batch_size = _positive_int('batch_size', batch_size)
+    self.seq_len = _positive_int('seq_len', seq_len)
+    check_non_negative('seed', seed, _INTS, fix='set --config.seed')
     ranges = _check_fits(corpus, self.seq_len)
     # Window starts are numbered across the ranges: range i owns the numbers
     # from _first[i], so one uniform draw picks a window anywhere in the split
@@ -144,12 +139,11 @@ def eval_batches(corpus: Corpus, batch_size: int, seq_len: int,
   Returns:
     Between 1 and max_batches batch dicts, as from BatchIterator.
   """
-  batch_size = _check_positive_int('batch_size', batch_size,
-                                   '--config.batch_size')
-  seq_len = _check_positive_int('seq_len', seq_len, '--config.seq_len')
+  batch_size = _positive_int('batch_size', batch_size)
+  seq_len = _positive_int('seq_len', seq_len)
   if max_batches is not None:
-    max_batches = _check_positive_int('max_batches', max_batches,
-                                      '--config.train.eval_batches')
+    max_batches = _positive_int('max_batches', max_batches,
+                                '--config.train.eval_batches')
   starts = eval_windows(corpus, seq_len)
   if len(starts) < batch_size:
     return [_make_batch(corpus, starts, seq_len)]

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from moe_jax.data.sources import Corpus
+from moe_jax.data.corpus import Corpus
 from moe_jax.errors import UserInputError
 
 # Fixed once (2026-12-05) and never tied to a run's seed: the held-out files

@@ -16,7 +16,7 @@ from moe_jax.core.sigmoid_router import update_bias
 from moe_jax.layers.params import param, scaled_init
 # The layer sits above core and parallel: it runs the core's moe_apply with
 # the expert-parallel exchange, which is the one-device path without a mesh.
-from moe_jax.parallel.expert_parallel import moe_apply
+from moe_jax.parallel.expert_parallel import parallel_moe_apply
 
 # Logical axis names; the sharding rules map them to mesh axes in one place.
 ROUTER_AXES = ('embed', None)  # Small; replicated everywhere.
@@ -87,8 +87,9 @@ class MoELayer(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                key: jax.Array | None = None, return_routing: bool = False):
-    return moe_apply(self.params(), x, self.config, train=train, key=key,
-                     dtype=self.dtype, return_routing=return_routing)
+    return parallel_moe_apply(self.params(), x, self.config, train=train,
+                              key=key, dtype=self.dtype,
+                              return_routing=return_routing)
 
   def update_router_bias(self, aux: dict[str, jax.Array]) -> None:
     """Moves the bias by ±γ from this layer's aux of one training step.

@@ -6,8 +6,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from moe_jax.core.config import NONCAUSAL_CAPABLE, MoEConfig, check_bool
-from moe_jax.errors import UserInputError
+from moe_jax.core.config import NONCAUSAL_CAPABLE, MoEConfig
+from moe_jax.errors import (UserInputError, check_bool, check_choice,
+                            check_non_negative, check_positive, require)
 
 POSITIONS = ('rope', 'learned')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -65,52 +66,38 @@ class ModelConfig:
   def __post_init__(self):
     for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
                  'max_len'):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise UserInputError(f'model.{name}={value!r} must be a positive int.')
-    if self.d_model % self.num_heads:
-      raise UserInputError(
-          f'model.num_heads={self.num_heads} must divide '
-          f'model.d_model={self.d_model}.')
-    if self.position not in POSITIONS:
-      raise UserInputError(
-          f'model.position={self.position!r} is not valid; allowed values: '
-          f'{POSITIONS}.')
+      check_positive(f'model.{name}', getattr(self, name))
+    require(self.d_model % self.num_heads == 0, 'model.num_heads',
+            self.num_heads, f'divide model.d_model={self.d_model}')
+    check_choice('model.position', self.position, POSITIONS)
     if self.position == 'rope' and (self.d_model // self.num_heads) % 2:
+      # Two fields at once: not a check of one value.
       raise UserInputError('rotary positions need an even head width '
                            '(d_model / num_heads).')
-    if self.dtype not in DTYPES:
-      raise UserInputError(
-          f'model.dtype={self.dtype!r} is not valid; allowed values: '
-          f'{tuple(DTYPES)}.')
-    if not isinstance(self.moe_every, int) or self.moe_every < 0:
-      raise UserInputError(
-          f'model.moe_every={self.moe_every!r} must be >= 0 (0: dense).')
+    check_choice('model.dtype', self.dtype, tuple(DTYPES))
+    check_non_negative('model.moe_every', self.moe_every, fix='0 is dense')
     self._check_architecture()
     self._check_causal_routing()
 
   def _check_architecture(self) -> None:
     """The fields real architectures need (all off by default)."""
     kv = self.num_kv_heads
-    if kv is not None and (not isinstance(kv, int) or isinstance(kv, bool) or
-                           kv <= 0 or self.num_heads % kv):
-      raise UserInputError(
-          f'model.num_kv_heads={kv!r} must be a positive int dividing '
-          f'model.num_heads={self.num_heads} (or unset for multi-head).')
+    require(kv is None or (isinstance(kv, int) and not isinstance(kv, bool)
+                           and kv > 0 and self.num_heads % kv == 0),
+            'model.num_kv_heads', kv,
+            f'be a positive int dividing model.num_heads={self.num_heads} '
+            '(or unset for multi-head)')
     for name in ('tie_embeddings', 'qkv_bias'):
       check_bool(f'model.{name}', getattr(self, name))
-    for name in ('norm_eps', 'rope_theta'):
+    for name, example in (('norm_eps', '1e-5'), ('rope_theta', '10000.0')):
       value = getattr(self, name)
-      if (not isinstance(value, (int, float)) or isinstance(value, bool) or
-          not value > 0 or value == float('inf')):
-        raise UserInputError(
-            f'model.{name}={value!r} must be a finite number > 0 (e.g. '
-            f'{"1e-5" if name == "norm_eps" else "10000.0"}).')
-    if (not isinstance(self.first_dense_layers, int) or
-        not 0 <= self.first_dense_layers <= self.num_layers):
-      raise UserInputError(
-          f'model.first_dense_layers={self.first_dense_layers!r} must be an '
-          f'int in [0, model.num_layers={self.num_layers}].')
+      require(isinstance(value, (int, float)) and not isinstance(value, bool)
+              and 0 < value < float('inf'), f'model.{name}', value,
+              f'be a finite number > 0 (e.g. {example})')
+    first = self.first_dense_layers
+    require(isinstance(first, int) and 0 <= first <= self.num_layers,
+            'model.first_dense_layers', first,
+            f'be an int in [0, model.num_layers={self.num_layers}]')
 
   def _check_causal_routing(self) -> None:
     """This model is a causal decoder: refuse routing that sees the future."""

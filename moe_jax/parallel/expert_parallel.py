@@ -14,9 +14,9 @@ groups (G split over data × expert) and E / EP experts (EP = size of the
 The dropless dispatchers have no [E, C] buffers; they exchange just the
 routed choices, counts first (dropless_ep.py).
 
-This layer sits above the pure core: moe_apply here is core's moe_apply
-with run_experts below as its exchange (MoELayer and moe_jax.moe_apply use
-it); the core never imports this module.
+This layer sits above the pure core: parallel_moe_apply is the core's
+moe_apply with run_experts below as its exchange (MoELayer and
+moe_jax.parallel_moe_apply use it); the core never imports this module.
 
 The collectives are explicit (shard_map + jax.lax.all_to_all): in our trial
 a dispatch written only with sharding constraints compiled to all-gathers of
@@ -111,8 +111,12 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
                         params)
 
 
-def moe_apply(params: dict[str, jax.Array], x: jax.Array, config, **kwargs):
+def parallel_moe_apply(params: dict[str, jax.Array], x: jax.Array, config,
+                       **kwargs):
   """moe_jax.core.moe.moe_apply, expert-parallel when a mesh is set.
+
+  Its own name: the core's moe_apply runs on one device unless given an
+  exchange, this one is the entry point under a mesh.
 
   Same arguments and results (train, key, dtype, return_routing); only the
   exchange is fixed to run_experts above.

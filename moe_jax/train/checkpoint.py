@@ -9,19 +9,19 @@ is written.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
-import logging
 import pathlib
 import sys
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from moe_jax.data import fingerprint
 from moe_jax.errors import UserInputError
+from moe_jax.train import quiet_restore
 
 # Config sections that decide what a checkpoint means. The rest (learning
 # rate, step counts, logging) may change between a run and its resumption.
@@ -29,13 +29,9 @@ FINGERPRINT_KEYS = ('seed', 'data', 'batch_size', 'seq_len', 'model', 'moe',
                     'lora')
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  flat = {}
-  for k, v in tree.items():
-    flat.update(_flatten(v, f'{prefix}.{k}' if prefix else k))
-  return flat
+def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
+  """{'model.d_model': 128, ...}: a config dict's fields by dotted name."""
+  return traverse_util.flatten_dict(tree, sep='.')
 
 
 def config_fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:
@@ -85,69 +81,53 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
           if old.get(k) != new.get(k) and not _added_at_default(k, old, new)]
 
 
-def _is_closed_loop_echo(unraisable) -> bool:
-  return (isinstance(unraisable.exc_value, RuntimeError) and
-          str(unraisable.exc_value) == 'Event loop is closed')
-
-
-def _drop_closed_loop_echoes(previous):
-  """`previous` (an unraisable hook) made to drop 'Event loop is closed'.
-
-  After a failed restore, TensorStore's reads still in flight finish on
-  its own threads and try to wake orbax's event loop, which the failure
-  already closed: each prints 'RuntimeError: Event loop is closed' with a
-  traceback, possibly after the restore has returned. Those echoes carry no
-  news (the failure is reported once); every other unraisable error still
-  reaches `previous`. Wrapping twice returns the same wrapper.
-  """
-  if getattr(previous, 'drops_closed_loop_echoes', False):
-    return previous
-
-  def hook(unraisable):
-    if not _is_closed_loop_echo(unraisable):
-      previous(unraisable)
-
-  hook.drops_closed_loop_echoes = True
-  return hook
-
-
-@contextlib.contextmanager
-def _quiet_async_errors():
-  """Silences the echoes of one failed restore.
-
-  Orbax reads each array in its own asyncio task. When the files are
-  damaged, every task fails, and asyncio logs each unretrieved failure
-  (with a TensorStore spec, hundreds of lines in all) when the task is
-  garbage-collected. The first error is reported by the caller; collecting
-  the tasks here, with the logs off, drops the rest.
-  """
-  logger = logging.getLogger('asyncio')
-  level, hook = logger.level, sys.unraisablehook
-  logger.setLevel(logging.CRITICAL + 1)
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    yield
-  except Exception:
-    # Late echoes arrive after this block: restore a hook that drops them.
-    hook = _drop_closed_loop_echoes(hook)
-    raise
-  finally:
-    gc.collect()
-    logger.setLevel(level)
-    sys.unraisablehook = hook
+def saved_steps(workdir: str | pathlib.Path) -> list[int]:
+  """The steps of `workdir`'s finished checkpoints, in order; reads, creates
+  nothing. (Orbax renames a save's folder to its step when it is done.)"""
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.is_dir() and p.name.isdigit())
 
 
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:
   """Whether `workdir` holds a checkpoint step; reads, creates nothing."""
-  directory = pathlib.Path(workdir) / 'checkpoints'
-  return directory.is_dir() and any(
-      p.is_dir() and p.name.isdigit() for p in directory.iterdir())
+  return bool(saved_steps(workdir))
+
+
+def read(workdir: str | pathlib.Path, step: int | None = None,
+         flag: str = '--config.train.init_from'):
+  """(step, raw state tree as host arrays, meta) of a run's checkpoint.
+
+  Raw: the saved tree as dicts, whatever model or state class saved it,
+  on this process's first device (a checkpoint saved across a mesh of other
+  devices does not restore without a target).
+
+  Args:
+    workdir: the run's workdir.
+    step: which checkpoint; None: the latest.
+    flag: the setting that named `workdir`, for messages.
+  """
+  fix = f'set {flag} to the --workdir of a finished run'
+  path = pathlib.Path(workdir).expanduser()
+  if not (path / 'checkpoints').is_dir():
+    raise UserInputError(f"'{workdir}' has no checkpoints folder; {fix}")
+  ckpt = Checkpointer(path, keep=None)  # Reads only: deletes nothing.
+  try:
+    step, state, meta = ckpt.read(step, f"'{workdir}'", fix)
+  finally:
+    ckpt.close()
+  if not isinstance(state, dict) or 'params' not in state:
+    raise UserInputError(f'the checkpoint in {ckpt.directory} holds no '
+                         f'params; {fix}')
+  return step, state, meta
 
 
 class Checkpointer:
   """A CheckpointManager over `workdir/checkpoints` holding (state, meta)."""
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int):
+  def __init__(self, workdir: str | pathlib.Path, keep: int | None):
     self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
     # create=False: the folder appears with the first save (orbax makes its
     # parents), so a run refused after this point, or an evaluation of a
@@ -169,7 +149,7 @@ class Checkpointer:
     """
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        with _quiet_async_errors():
+        with quiet_restore.quiet_async_errors():
           return step, self._manager.restore(
               step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
       except Exception:  # pylint: disable=broad-except
@@ -236,7 +216,7 @@ class Checkpointer:
     """
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        with _quiet_async_errors():
+        with quiet_restore.quiet_async_errors():
           restored = self._manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state),
               meta=ocp.args.JsonRestore()))
@@ -245,12 +225,9 @@ class Checkpointer:
         # Any failure means this step cannot be resumed; the reason goes in
         # the message and the files stay on disk.
         aside = self._move_aside(step)
-        # TensorStore appends its whole spec; the sentence before it says
-        # which file failed.
-        reason = str(e).split(' See full TensorStore')[0]
-        reason = ' '.join(f'{type(e).__name__}: {reason}'.split())[:200]
         print(f'warning: skipped checkpoint {step}, which does not restore '
-              f'({reason}); moved it to {aside}', file=sys.stderr, flush=True)
+              f'({_reason(e)}); moved it to {aside}', file=sys.stderr,
+              flush=True)
     return None, None
 
   def _move_aside(self, step: int) -> pathlib.Path:
@@ -265,6 +242,40 @@ class Checkpointer:
     self._manager.reload()
     return target
 
+  def read(self, step: int | None, name: str, fix: str):
+    """(step, raw state tree as host arrays, meta); see `read`.
+
+    name, fix: the workdir as the user gave it, and what to do when its
+    checkpoint cannot be read, for messages.
+    """
+    steps = self._manager.all_steps()
+    if step is None:
+      step = self._manager.latest_step()
+      if step is None:
+        raise UserInputError(f'{name} holds no checkpoint; {fix}')
+    elif step not in steps:
+      raise UserInputError(
+          f'{name} no longer holds the checkpoint of step {step} (it '
+          f'has {sorted(steps)}); {fix}')
+    try:
+      saved = ocp.StandardCheckpointHandler().metadata(
+          self.directory / str(step) / 'state').tree
+      here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+          saved)
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      # Any failure (a torn file, another format) leaves nothing to read.
+      raise UserInputError(
+          f'the checkpoint at step {step} in {self.directory} does not '
+          f'restore ({_reason(e)}); {fix}') from e
+    state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)),
+                         restored.state)
+    return step, state, restored.meta
+
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
     if step in self._manager.all_steps():
       return  # Already saved (e.g. the final step was also a periodic one).
@@ -274,3 +285,10 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _reason(e: Exception) -> str:
+  """One line naming why a restore failed. TensorStore appends its whole
+  spec; the sentence before it says which file failed."""
+  reason = str(e).split(' See full TensorStore')[0]
+  return ' '.join(f'{type(e).__name__}: {reason}'.split())[:200]

@@ -1,4 +1,5 @@
-"""Evaluate a saved checkpoint under other eval settings, without retraining.
+"""Evaluation: the jitted eval function, its metrics over batches, and a
+saved checkpoint evaluated under other eval settings, without retraining.
 
 The capacity-factor counterfactual (ST-MoE Table 8): train once, then ask
 what the same parameters score at eval capacity factor 1.0, 2.0, 4.0 or with
@@ -10,18 +11,20 @@ The command line is `python -m moe_jax.evaluate`.
 
 from __future__ import annotations
 
+import functools
+import math
 import pathlib
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
-from flax import nnx
+import numpy as np
 
 from moe_jax.errors import UserInputError
-from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import placement
-from moe_jax.train import init_from, lora_run, trainer
+from moe_jax.train import setup, trainable
 from moe_jax.train.checkpoint import Checkpointer, config_differences
+from moe_jax.train.step import EVAL_ROUTING_METRICS, eval_step
 
 # Fields that change how a checkpoint is evaluated (or on what) but not
 # what it holds.
@@ -29,6 +32,36 @@ EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
                     'moe.second_policy_eval', 'moe.min_capacity',
                     'train.eval_batches', 'train.final_eval_batches',
                     'data.kind', 'data.path')
+
+
+def make_eval_fn(graphdef, shardings, batch_sh, mesh):
+  """jit(eval_step) as a function of (state, batch).
+
+  The state's router states (selection biases) are an input too.
+  """
+  step = functools.partial(eval_step, graphdef=graphdef)
+  fn = jax.jit(step, in_shardings=(shardings.params, batch_sh,
+                                   shardings.router_states()),
+               out_shardings=placement.replicated(mesh))
+  return lambda state, batch: fn(state.params, batch, state.router_states())
+
+
+def evaluate(eval_fn, state, batches, unit: str = 'byte') -> dict[str, float]:
+  """Mean loss and routing metrics over the validation batches (on devices).
+
+  eval_fn: (state, batch) -> eval_step's sums (see make_eval_fn).
+  unit: what one position is, 'byte' or 'token': the loss in bits is
+  reported as 'eval/bits_per_<unit>'.
+
+  'eval/max_violation' etc. are means over batches of the per-batch value
+  (itself a mean over MoE layers), so MaxVio is that of a batch's routing.
+  """
+  sums = [jax.device_get(eval_fn(state, b)) for b in batches]
+  ce = sum(float(s['ce_sum']) for s in sums) / sum(float(s['count']) for s in sums)
+  out = {'eval/loss': ce, f'eval/bits_per_{unit}': ce / math.log(2)}
+  for name in EVAL_ROUTING_METRICS:
+    out[f'eval/{name}'] = float(np.mean([s[name] for s in sums]))
+  return out
 
 
 class Restored(NamedTuple):
@@ -71,14 +104,19 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
           'can differ at evaluation.')
     section, name = field.split('.')
     config[section][name] = value
-  mcfg = trainer.model_config(config)
-  data = trainer.load_data(config)
-  mesh = trainer.make_mesh(config, mcfg)
+  mcfg = setup.model_config(config)
+  data = setup.load_data(config)
+  mesh = setup.make_mesh(config, mcfg)
   ckpt = Checkpointer(pathlib.Path(workdir), config.train.keep_checkpoints)
   try:
     if ckpt.latest_step() is None:
       raise UserInputError(f'no checkpoint in {ckpt.directory}; train first.')
-    graphdef, state, shardings, _ = trainer.init_state(mcfg, config, mesh)
+    # A LoRA run's checkpoint holds its adapters: it restores onto them and
+    # is evaluated folded into the frozen base in memory, as the trainer
+    # does (`python -m moe_jax.train.lora_merge` writes a merged copy).
+    trains = trainable.for_config(config, mcfg, mesh, read_init_from=False)
+    graphdef, state, shardings, _ = setup.init_state(mcfg, config, mesh,
+                                                     trains.trained)
     state, meta = ckpt.restore(
         placement.abstract_with_shardings(state, shardings))
     if state is None:
@@ -91,27 +129,12 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if diffs:
     raise UserInputError(f'the checkpoint in {workdir} was trained with '
                          f'another config ({"; ".join(diffs)}).')
-  if lora_run.enabled(config):
-    state, shardings = _merge_lora(config, mcfg, mesh, state, shardings, meta)
-  return Restored(config, graphdef, state, shardings, data.val_batches, mesh,
-                  data.corpus.unit.rstrip('s'), data.final_batches)
-
-
-def _merge_lora(config, mcfg, mesh, state, shardings, meta):
-  """A LoRA run's state with W + (α/r)·A·B as its params, on `mesh`.
-
-  Its checkpoint holds the adapters alone; the trainer evaluates them
-  folded into the frozen base, and so does this (no merged copy is
-  written; `python -m moe_jax.train.lora_merge` writes one).
-  """
-  source = init_from.prepare(
-      config.train.init_from, config.train.upcycle,
-      lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)))
-  lora_run.check_base(meta, source)
-  frozen, frozen_sh = lora_run.frozen_base(mcfg, config, mesh, source)
+  trains.resumed(meta)
   with jax.set_mesh(mesh):
-    state = lora_run.merged_view(frozen, frozen_sh, config)(state)
-  return state, shardings.replace(params=frozen_sh)
+    state = trains.eval_view(state)
+  return Restored(config, graphdef, state, trains.eval_shardings(shardings),
+                  data.val_batches, mesh, data.corpus.unit.rstrip('s'),
+                  data.final_batches)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -126,8 +149,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   r = restore_checkpoint(config, workdir, **eval_overrides)
   batch_sh = placement.batch_shardings(r.mesh, r.final_batches[0])
-  eval_fn = trainer.make_eval_fn(r.graphdef, r.shardings, batch_sh, r.mesh)
+  eval_fn = make_eval_fn(r.graphdef, r.shardings, batch_sh, r.mesh)
   # The batches of the run's own final evaluation, so the numbers compare.
   batches = [placement.shard_batch(b, batch_sh) for b in r.final_batches]
   with jax.set_mesh(r.mesh):
-    return trainer.evaluate(eval_fn, r.state, batches, r.unit)
+    return evaluate(eval_fn, r.state, batches, r.unit)

@@ -23,10 +23,10 @@ import pathlib
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from moe_jax.errors import UserInputError
+from moe_jax.train import checkpoint
 
 # An MoE layer's stacked expert weights [E, ...] and the dense FFN's [...].
 EXPERT_NAMES = ('wi', 'wi_gate', 'wo')
@@ -150,64 +150,21 @@ class InitSource:
                 if how == 'tile'})
 
 
-def read_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
-                    flag: str = '--config.train.init_from'):
-  """(step, raw state tree as host arrays, meta) of a run's checkpoint.
-
-  Args:
-    workdir: the run's workdir.
-    step: which checkpoint; None: the latest.
-    flag: the setting that named `workdir`, for messages.
-  """
-  directory = pathlib.Path(workdir).expanduser().absolute() / 'checkpoints'
-  fix = f'set {flag} to the --workdir of a finished run'
-  if not directory.is_dir():
-    raise UserInputError(f"'{workdir}' has no checkpoints folder; {fix}")
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(create=False),
-      item_names=('state', 'meta'))
-  try:
-    if step is None:
-      step = manager.latest_step()
-      if step is None:
-        raise UserInputError(f"'{workdir}' holds no checkpoint; {fix}")
-    elif step not in manager.all_steps():
-      raise UserInputError(
-          f"'{workdir}' no longer holds the checkpoint of step {step} (it "
-          f'has {sorted(manager.all_steps())}); {fix}')
-    try:
-      # Onto this process's first device: a checkpoint saved across a mesh
-      # of other devices does not restore without a target.
-      saved = ocp.StandardCheckpointHandler().metadata(
-          directory / str(step) / 'state').tree
-      here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      target = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-          saved)
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target),
-          meta=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except
-      # Any failure (a torn file, another format) leaves nothing to start from.
-      reason = ' '.join(str(e).split(' See full TensorStore')[0].split())[:200]
-      raise UserInputError(
-          f'the checkpoint at step {step} in {directory} does not restore '
-          f'({type(e).__name__}: {reason}); {fix}') from e
-  finally:
-    manager.close()
-  state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)),
-                       restored.state)
-  if not isinstance(state, dict) or 'params' not in state:
-    raise UserInputError(f'the checkpoint in {directory} holds no params; '
-                         f'{fix}')
-  return step, state, restored.meta
-
-
 def read_params(workdir: str | pathlib.Path, step: int | None = None
                 ) -> tuple[int, dict[str, np.ndarray]]:
   """(step, path -> host array) of a run's checkpoint (default: latest)."""
-  step, state, _ = read_checkpoint(workdir, step)
+  step, state, _ = checkpoint.read(workdir, step)
   return step, flatten(state['params'])
+
+
+def from_config(config, model_fn) -> InitSource | None:
+  """train.init_from's checked InitSource, or None when it is unset.
+
+  model_fn: () -> the new nnx model (only its shapes are computed).
+  """
+  if not config.train.init_from:
+    return None
+  return prepare(config.train.init_from, config.train.upcycle, model_fn)
 
 
 def prepare(init_from: str, upcycle: bool, model_fn) -> InitSource:

@@ -5,7 +5,6 @@ import math
 import os
 import pathlib
 import sys
-import tempfile
 import time
 from typing import Any, Callable, TextIO
 
@@ -13,6 +12,8 @@ import numpy as np
 import rich.console
 import rich.progress
 import tensorboardX
+
+from moe_jax.files import atomic_write
 
 
 def _to_json_value(value: Any) -> float | int | list:
@@ -69,17 +70,7 @@ class MetricWriter:
         record_step = record.get('step') if isinstance(record, dict) else None
         if isinstance(record_step, (int, float)) and record_step <= step:
           kept.append(line if line.endswith('\n') else line + '\n')
-    fd, tmp = tempfile.mkstemp(dir=self.workdir, prefix='metrics.jsonl.tmp')
-    try:
-      with os.fdopen(fd, 'w', encoding='utf-8') as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, self.jsonl_path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    atomic_write(self.jsonl_path, ''.join(kept).encode('utf-8'))
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     """Appends one record {'step': step, **scalars}; values may be arrays."""

@@ -10,7 +10,7 @@ import optax
 from flax import nnx, struct
 
 from moe_jax.layers.moe import RouterBias
-from moe_jax.train import lora
+from moe_jax.train.lora import adapters as lora
 
 
 @struct.dataclass
@@ -27,6 +27,29 @@ class TrainState:
   opt_state: optax.OptState
   rng: jax.Array  # uint32 [2] base key.
 
+  @staticmethod
+  def create(model: nnx.Module, **fields) -> TrainState:
+    """TrainState, or RoutedTrainState when `model` has router state.
+
+    The one place that tells the two apart: everything else asks the state
+    for its router_states() and lets it move them (moved_router).
+    """
+    router_state = nnx.state(model, RouterBias)
+    if jax.tree.leaves(router_state):
+      return RoutedTrainState(**fields, router_state=router_state)
+    return TrainState(**fields)
+
+  def router_states(self) -> dict[str, nnx.State]:
+    """The model's variables besides params, by field name (nnx.merge takes
+    them after the params; replace(**them) sets them): none here."""
+    return {}
+
+  def moved_router(self, graphdef: nnx.GraphDef, aux: dict[str, Any],
+                   full) -> TrainState:
+    """This state with its router state moved by a step's load: none here."""
+    del graphdef, aux, full
+    return self
+
 
 @struct.dataclass
 class RoutedTrainState(TrainState):
@@ -38,12 +61,26 @@ class RoutedTrainState(TrainState):
 
   router_state: nnx.State  # RouterBias variables, [E] per MoE layer.
 
+  def router_states(self) -> dict[str, nnx.State]:
+    return {'router_state': self.router_state}
+
+  def moved_router(self, graphdef: nnx.GraphDef, aux: dict[str, Any],
+                   full) -> RoutedTrainState:
+    """Biases moved by this step's load (after it, never by the optimizer).
+
+    full: params -> the model's parameters (see lm_loss).
+    """
+    model = nnx.merge(graphdef, full(self.params), self.router_state)
+    model.update_router_biases(jax.lax.stop_gradient(aux))
+    return self.replace(router_state=nnx.state(model, RouterBias))
+
 
 def lm_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict[str, Any],
             *, train: bool, key: jax.Array | None,
-            router_state: nnx.State | None = None, full=None):
+            router_states: dict[str, nnx.State] | None = None, full=None):
   """Mean next-byte cross-entropy plus the MoE auxiliary losses.
 
+  router_states: the state's router_states() (loss-free balancing biases).
   full: optional params -> the model's parameters (LoRA's merge), applied
   inside the function so gradients are taken with respect to `params`.
 
@@ -52,10 +89,7 @@ def lm_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict[str, Any],
   """
   if full is not None:
     params = full(params)
-  if router_state is None:
-    model = nnx.merge(graphdef, params)
-  else:
-    model = nnx.merge(graphdef, params, router_state)
+  model = nnx.merge(graphdef, params, *(router_states or {}).values())
   logits, aux = model(batch['inputs'], train=train, key=key)
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits, batch['targets']).mean()
@@ -78,21 +112,16 @@ def train_step(state: TrainState, batch: dict[str, Any],
   """
   key = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(lm_loss, has_aux=True)
-  routed = isinstance(state, RoutedTrainState)
-  extra = {'router_state': state.router_state} if routed else {}
   full = lambda p: p if frozen is None else lora.merge(frozen, p, lora_scale)
   (loss, (ce, aux)), grads = grad_fn(state.params, graphdef, batch,
-                                     train=True, key=key, full=full, **extra)
+                                     train=True, key=key, full=full,
+                                     router_states=state.router_states())
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state)
-  checked = (new_state.params, new_state.opt_state)
-  if routed:  # Biases moved by this step's load (after it, never by tx).
-    model = nnx.merge(graphdef, full(state.params), state.router_state)
-    model.update_router_biases(jax.lax.stop_gradient(aux))
-    new_state = new_state.replace(router_state=nnx.state(model, RouterBias))
-    checked += (new_state.router_state,)
+  new_state = state.moved_router(graphdef, aux, full).replace(
+      step=state.step + 1, params=params, opt_state=opt_state)
+  checked = (new_state.params, new_state.opt_state,
+             *new_state.router_states().values())
   grad_norm = optax.tree.norm(grads)
   # The host reads this before saving: the loss above was computed before
   # the update, so it can be finite while the state a checkpoint would hold
@@ -113,15 +142,16 @@ EVAL_ROUTING_METRICS = ('unrouted_fraction', 'dropped_fraction',
 
 
 def eval_step(params: nnx.State, batch: dict[str, Any],
-              router_state: nnx.State | None = None, *,
+              router_states: dict[str, nnx.State] | None = None, *,
               graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
   """Summed cross-entropy (nats), token count and routing metrics of a batch.
 
   Runs at the eval capacity factor. Routing metrics are means over the MoE
-  layers (see EVAL_ROUTING_METRICS). router_state: a RoutedTrainState's.
+  layers (see EVAL_ROUTING_METRICS). router_states: the state's
+  router_states().
   """
   _, (ce, aux) = lm_loss(params, graphdef, batch, train=False, key=None,
-                         router_state=router_state)
+                         router_states=router_states)
   count = jnp.asarray(batch['targets'].size, jnp.float32)
   out = {'ce_sum': ce * count, 'count': count}
   for name in EVAL_ROUTING_METRICS:

@@ -7,158 +7,28 @@ workdir's existing checkpoint are all validated before the first write.
 from __future__ import annotations
 
 import functools
-import math
 import pathlib
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from moe_jax.core.config import MoEConfig
+from moe_jax.config import validate
 from moe_jax.data import fingerprint
-from moe_jax.data.pipeline import BatchIterator, eval_batches
-from moe_jax.data.sources import load_corpus
-from moe_jax.data.split import split_corpus
-from moe_jax.data.tokens import check_token_ids
-from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_params
-from moe_jax.models.transformer import TransformerLM
-from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
-from moe_jax.config import validate
-from moe_jax.train import init_from, lora_run, optim
+from moe_jax.train import optim, setup, trainable
 from moe_jax.train.checkpoint import Checkpointer, has_checkpoint
+from moe_jax.train.evaluate import evaluate, make_eval_fn
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
 from moe_jax.train.metric_writer import MetricWriter, Progress, eval_line
-from moe_jax.layers.moe import RouterBias
-from moe_jax.train.step import (EVAL_ROUTING_METRICS, RoutedTrainState,
-                                 TrainState, eval_step, train_step)
 
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss, gradient or state."""
-
-
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """The validated ModelConfig (with its MoEConfig) of an experiment."""
-  return ModelConfig(max_len=config.seq_len, moe=MoEConfig(**config.moe),
-                     **config.model)
-
-
-class Data(NamedTuple):
-  """What a run reads: the corpus, its training batches and its evals."""
-  corpus: Any  # The whole Corpus (its name and unit).
-  batches: BatchIterator  # Training batches.
-  val_batches: list  # Each evaluation during training.
-  final_batches: list  # The final evaluation (all of the validation split).
-  held_out: str  # What the validation split holds, in words.
-
-
-def data_seed(config) -> int:
-  """The seed of the batch order: data.seed, or the run's seed if unset."""
-  return config.seed if config.data.seed is None else config.data.seed
-
-
-def load_data(config) -> Data:
-  """The corpus, its split, and the batches of the config's data section."""
-  d = config.data
-  corpus = load_corpus(d.kind, d.path, max_bytes=d.max_bytes,
-                       num_domains=d.num_domains, seed=data_seed(config),
-                       tokenizer=d.tokenizer, token_dtype=d.token_dtype)
-  check_token_ids(corpus.tokens, config.model.vocab_size, corpus.name)
-  train, val = split_corpus(corpus, d.val_fraction, d.split)
-  batches = BatchIterator(train, config.batch_size, config.seq_len,
-                          data_seed(config))
-  # The old split scored its first eval_batches windows every time.
-  spread = d.split != 'tail'
-  val_batches = eval_batches(val, config.batch_size, config.seq_len,
-                             config.train.eval_batches, spread)
-  final = config.train.final_eval_batches
-  final_batches = (val_batches if not spread else eval_batches(
-      val, config.batch_size, config.seq_len, final))
-  return Data(corpus, batches, val_batches, final_batches, val.held_out)
-
-
-def init_state(mcfg: ModelConfig, config, mesh):
-  """(graphdef, TrainState at step 0 placed on `mesh`, its shardings, tx)."""
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
-
-  def init():
-    model = TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))
-    params = nnx.state(model, nnx.Param)
-    if lora_run.enabled(config):  # Train the adapters alone.
-      params = lora_run.init_adapters(config, params)
-    fields = dict(step=jnp.zeros((), jnp.int32), params=params,
-                  opt_state=tx.init(params),
-                  rng=jax.random.PRNGKey(config.seed))
-    if mcfg.moe.has_router_bias and mcfg.num_moe_layers:
-      return RoutedTrainState(**fields,
-                              router_state=nnx.state(model, RouterBias))
-    return TrainState(**fields)
-
-  graphdef = nnx.graphdef(nnx.eval_shape(
-      lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed))))
-  state, shardings = placement.init_sharded(init, mesh)
-  return graphdef, state, shardings, tx
-
-
-def make_mesh(config, mcfg: ModelConfig):
-  """The config's mesh, checked against the model and batch before compiling."""
-  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
-  tokens, group_size = config.batch_size * config.seq_len, mcfg.moe.group_size
-  if group_size and tokens % group_size:
-    # group_tokens would say so too, but only when the first step traces,
-    # after the model summary.
-    raise UserInputError(
-        f'moe.group_size={group_size} does not divide the {tokens} tokens of '
-        f'a batch (batch_size {config.batch_size} x seq_len '
-        f'{config.seq_len}); set --config.moe.group_size to a divisor.')
-  num_groups = tokens // group_size if group_size else None
-  mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
-                      batch_size=config.batch_size, num_heads=mcfg.num_heads,
-                      d_ff=mcfg.d_ff, num_groups=num_groups,
-                      num_kv_heads=mcfg.kv_heads)
-  return mesh
-
-
-def make_eval_fn(graphdef, shardings, batch_sh, mesh):
-  """jit(eval_step) as a function of (state, batch).
-
-  A RoutedTrainState's router state (selection biases) is an input too.
-  """
-  step = functools.partial(eval_step, graphdef=graphdef)
-  out = placement.replicated(mesh)
-  if isinstance(shardings, RoutedTrainState):
-    fn = jax.jit(step, in_shardings=(shardings.params, batch_sh,
-                                     shardings.router_state),
-                 out_shardings=out)
-    return lambda state, batch: fn(state.params, batch, state.router_state)
-  fn = jax.jit(step, in_shardings=(shardings.params, batch_sh),
-               out_shardings=out)
-  return lambda state, batch: fn(state.params, batch)
-
-
-def evaluate(eval_fn, state, batches, unit: str = 'byte') -> dict[str, float]:
-  """Mean loss and routing metrics over the validation batches (on devices).
-
-  eval_fn: (state, batch) -> eval_step's sums (see make_eval_fn).
-  unit: what one position is, 'byte' or 'token': the loss in bits is
-  reported as 'eval/bits_per_<unit>'.
-
-  'eval/max_violation' etc. are means over batches of the per-batch value
-  (itself a mean over MoE layers), so MaxVio is that of a batch's routing.
-  """
-  sums = [jax.device_get(eval_fn(state, b)) for b in batches]
-  ce = sum(float(s['ce_sum']) for s in sums) / sum(float(s['count']) for s in sums)
-  out = {'eval/loss': ce, f'eval/bits_per_{unit}': ce / math.log(2)}
-  for name in EVAL_ROUTING_METRICS:
-    out[f'eval/{name}'] = float(np.mean([s[name] for s in sums]))
-  return out
 
 
 def _host(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -190,19 +60,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate.check_optim_config(config)
   validate.check_data_config(config)
   validate.check_workdir(workdir)
-  lora_run.check_config(config)
-  mcfg = model_config(config)
-  data = load_data(config)
+  trainable.check_config(config)
+  mcfg = setup.model_config(config)
+  data = setup.load_data(config)
   corpus, batches = data.corpus, data.batches
   data_id = fingerprint.data_fingerprint(corpus, config.data.tokenizer)
   unit = corpus.unit.rstrip('s')  # 'byte' or 'token', for the metric names.
-  mesh = make_mesh(config, mcfg)
-  # A resumed run restores its own parameters, so the init source is read
-  # only for a fresh run (before any write, so a bad source costs nothing)
-  # or for LoRA, whose frozen base it is.
-  init_source = _prepare_init(
-      config, mcfg,
-      read=not has_checkpoint(workdir) or lora_run.enabled(config))
+  mesh = setup.make_mesh(config, mcfg)
+  # The one branch on what trains: the whole model, or LoRA's adapters. A
+  # resumed run restores its own parameters, so train.init_from is read only
+  # for a fresh run (before any write, so a bad source costs nothing) or for
+  # LoRA, whose frozen base it is.
+  trains = trainable.for_config(config, mcfg, mesh,
+                                read_init_from=not has_checkpoint(workdir))
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   config_dict = config.to_dict()
   note = ckpt.check_compatible(config_dict, data_id)
@@ -213,19 +83,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if note:
     say(note)
 
-  graphdef, state, shardings, tx = init_state(mcfg, config, mesh)
-  frozen = None  # LoRA's base parameters.
-  if lora_run.enabled(config):
-    frozen, frozen_sh = lora_run.frozen_base(mcfg, config, mesh, init_source)
-  described = _describe(mcfg, state.params if frozen is None else frozen,
-                        config.seq_len)
+  graphdef, state, shardings, tx = setup.init_state(mcfg, config, mesh,
+                                                    trains.trained)
+  described = _describe(mcfg, trains.model_params(state), config.seq_len)
   say(f'model: {described};'
       f' data {corpus.name} ({len(corpus):,} {corpus.unit}); validation: '
       f'{data.held_out}, {len(data.final_batches)} batches at the end')
-  if frozen is not None:
-    say(f'LoRA r={config.lora.rank} on {", ".join(config.lora.targets)}: '
-        f'{sum(x.size for x in jax.tree.leaves(state.params)):,} trainable '
-        'parameters, the rest frozen')
+  summary = trains.summary(state)  # What LoRA trains, in a line.
+  if summary:
+    say(summary)
   if ckpt.latest_step() is not None:
     restored, restored_meta = ckpt.restore(
         placement.abstract_with_shardings(state, shardings))
@@ -233,36 +99,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       say('no checkpoint restores; starting from step 0')
     else:
       state = restored
-      if frozen is not None:
-        lora_run.check_base(restored_meta, init_source)
+      trains.resumed(restored_meta)
       say(f'resumed from step {int(state.step)} in {ckpt.directory}')
-  if config.train.init_from and int(state.step) == 0 and frozen is None:
-    if init_source is None:  # Its checkpoints were there but none restored.
-      init_source = _prepare_init(config, mcfg)
-    state = state.replace(params=init_from.apply(init_source, state.params))
-    n = init_source.num_tiled_layers
-    upcycled = (f', {n} dense FFN{"s" * (n > 1)} upcycled into '
-                f'{mcfg.moe.num_experts} experts each' if n else '')
-    say(f'initialised from step {init_source.step} of {init_source.workdir}'
-        f'{upcycled}')
+  state, started = trains.start(state)
+  if started:
+    say(started)
 
   batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
-  replicated = placement.replicated(mesh)
-  step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
-                    in_shardings=(shardings, batch_sh),
-                    out_shardings=(shardings, replicated), donate_argnums=0)
-  eval_fn = make_eval_fn(graphdef, shardings, batch_sh, mesh)
-  eval_view = lambda state: state
-  if frozen is not None:
-    lora_step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, tx=tx,
-                          lora_scale=lora_run.scale(config)),
-        in_shardings=(shardings, batch_sh, frozen_sh),
-        out_shardings=(shardings, replicated), donate_argnums=0)
-    step_fn = lambda state, batch: lora_step(state, batch, frozen)
-    eval_fn = make_eval_fn(graphdef, shardings.replace(params=frozen_sh),
-                           batch_sh, mesh)
-    eval_view = lora_run.merged_view(frozen, frozen_sh, config)
+  step_fn = trains.step_fn(graphdef, tx, shardings, batch_sh, mesh)
+  eval_fn = make_eval_fn(graphdef, trains.eval_shardings(shardings), batch_sh,
+                         mesh)
   val_batches = [placement.shard_batch(b, batch_sh) for b in data.val_batches]
   final_batches = val_batches if data.final_batches is data.val_batches else [
       placement.shard_batch(b, batch_sh) for b in data.final_batches]
@@ -271,9 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start = int(state.step)
   writer = MetricWriter(workdir, resume_step=start) if main else _Silent()
   progress = Progress(t.num_steps, start_step=start) if main else _Silent()
-  meta = {'config': config_dict, 'data': data_id}
-  if frozen is not None:
-    meta['lora_base'] = lora_run.base_reference(init_source)
+  meta = {'config': config_dict, 'data': data_id, **trains.meta()}
   tokens_per_step = config.batch_size * config.seq_len
   eval_metrics: dict[str, float] = {}
   pending = None  # (step, state_finite, loss) of the previous step: checked
@@ -315,8 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         else:
           progress.update(done)
         if run_eval:
-          eval_metrics = evaluate(eval_fn, eval_view(state), val_batches,
-                                  unit)
+          eval_metrics = evaluate(eval_fn, trains.eval_view(state),
+                                  val_batches, unit)
           writer.write(done, eval_metrics)
           progress.report(eval_line(done, eval_metrics, unit))
         if save:
@@ -334,8 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       # stays on the same few batches at every step, so it is comparable
       # along itself. (With the old 'tail' split both are the same batches.)
       if final_batches is not val_batches or not eval_metrics:
-        eval_metrics = evaluate(eval_fn, eval_view(state), final_batches,
-                                unit)
+        eval_metrics = evaluate(eval_fn, trains.eval_view(state),
+                                final_batches, unit)
       if start < t.num_steps:  # A finished run's record is already there.
         writer.write(int(state.step), {
             'final_' + k: v for k, v in eval_metrics.items()})
@@ -349,19 +193,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       f'{workdir.absolute() / "metrics.jsonl"} (TensorBoard: '
       f'{workdir.absolute() / "tb"})')
   return eval_metrics
-
-
-def _prepare_init(config, mcfg: ModelConfig, read: bool = True):
-  """train.init_from's checked InitSource, or None (none set, or not `read`)."""
-  t = config.train
-  if t.upcycle and not t.init_from:
-    raise UserInputError('train.upcycle=True needs the dense run to start '
-                         'from; set --config.train.init_from=<its workdir>.')
-  if not t.init_from or not read:
-    return None
-  return init_from.prepare(
-      t.init_from, t.upcycle,
-      lambda: TransformerLM(mcfg, rngs=nnx.Rngs(config.seed)))
 
 
 def _describe(mcfg: ModelConfig, params, seq_len: int) -> str:

@@ -22,8 +22,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from moe_jax.errors import UserInputError
-from moe_jax.train.init_from import flatten, key_path
+from moe_jax.errors import UserInputError, check_positive
+from moe_jax.train.init_from import EXPERT_NAMES, flatten, key_path
 
 TARGETS = ('attention', 'experts', 'router', 'shared_experts', 'dense_ffn')
 
@@ -40,7 +40,7 @@ def target_of(path: str, ndim: int) -> str | None:
     return 'router'
   if name.startswith('shared_'):
     return 'shared_experts'
-  if name in ('wi', 'wi_gate', 'wo'):
+  if name in EXPERT_NAMES:
     return 'experts' if ndim == 3 else 'dense_ffn'
   return None
 
@@ -66,9 +66,8 @@ def adapter_shapes(shapes: dict[str, tuple[int, ...]], targets, rank: int
     raise UserInputError(
         f'lora.targets={tuple(targets)!r} must be a non-empty subset of '
         f'{TARGETS}; set --config.lora.targets')
-  if not isinstance(rank, int) or rank <= 0:
-    raise UserInputError(f'lora.rank={rank!r} must be a positive int (0 '
-                         'turns LoRA off); set --config.lora.rank')
+  check_positive('lora.rank', rank,
+                 fix='0 turns LoRA off; set --config.lora.rank')
   out, sides = {}, {}
   for path, shape in shapes.items():
     if target_of(path, len(shape)) in targets:
