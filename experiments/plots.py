@@ -9,7 +9,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments.report import plot_curves, values
+from experiments.report import plot_curves, time_column, values
 
 
 def _save(fig, out, name: str) -> list[str]:
@@ -22,8 +22,9 @@ def _save(fig, out, name: str) -> list[str]:
 def loss_per_second(ab, rows, curves, out) -> list[str]:
   """Validation loss against training seconds: quality per unit time."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  column = time_column(rows)
   for v in ab.variants:
-    sec = values(rows, v.name, 'train_s')
+    sec = values(rows, v.name, column)
     steps = values(rows, v.name, 'steps')
     pts = [c for c in curves if c['variant'] == v.name
            and c['metric'] == 'eval_loss']
@@ -40,7 +41,8 @@ def loss_per_second(ab, rows, curves, out) -> list[str]:
     return []
   lo = min(finals)
   ax.set_ylim(lo - 0.02, lo + 4 * (np.median(finals) - lo) + 0.3)
-  ax.set_xlabel('training seconds (steps × measured s/step)')
+  ax.set_xlabel('training ' + ('CPU ' if column == 'train_cpu_s' else '') +
+                'seconds (steps × measured s/step)')
   ax.set_ylabel('validation loss (nats/byte), mean over seeds')
   ax.set_title(f'{ab.name}: quality per second', fontsize=9)
   ax.grid(alpha=0.3)

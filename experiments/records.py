@@ -100,6 +100,8 @@ def train_run(ab, variant: str, seed: int, config,
                if k.endswith('/expert_fraction')]
   tokens_per_step = config.batch_size * config.seq_len
   tps = float(np.mean(rates)) if rates else math.nan
+  cpu = [r['cpu_seconds_per_step'] for r in logs if 'cpu_seconds_per_step' in r]
+  train_cpu_s = config.train.num_steps * float(np.mean(cpu)) if cpu else math.nan
   row = {
       'variant': variant, 'seed': seed, 'steps': config.train.num_steps,
       'status': 'ok', 'config_hash': config_hash(config),
@@ -107,6 +109,11 @@ def train_run(ab, variant: str, seed: int, config,
       **{f'eval_{k}': final[f'eval/{k}'] for k in EVAL_FIELDS},
       'tokens_per_sec': tps,
       'train_s': config.train.num_steps * tokens_per_step / tps,
+      # The process CPU time of the same steps: what the equal-time claims
+      # read, since a single-threaded run's CPU time does not grow when other
+      # jobs share the cores; cpu_share (≈ 1 alone) shows how much they did.
+      'train_cpu_s': train_cpu_s,
+      'cpu_share': train_cpu_s / (config.train.num_steps * tokens_per_step / tps),
       'wall_s': wall,
       'resumed_from_step': max(saved, default=0),
       # XLA:CPU's threading sets the matmuls' summation order, so a run is

@@ -104,26 +104,39 @@ def _diverged(rows, variant: str) -> list[int]:
                 str(r.get('status', 'ok')) != 'ok')
 
 
+def time_column(rows) -> str:
+  """'train_cpu_s' when every run recorded it, else the wall-clock 'train_s'.
+
+  Rows written before 2026-12-06 have only wall-clock time, which other jobs
+  on the machine inflate.
+  """
+  def has(r):
+    value = r.get('train_cpu_s')
+    return value not in (None, '') and math.isfinite(float(value))
+  return 'train_cpu_s' if rows and all(has(r) for r in rows) else 'train_s'
+
+
 def at_equal_time(curves, rows, comp, seeds) -> tuple[list, list]:
   """Each side's curve value at the training time of the pair's faster run.
 
-  A run's step s is at s × train_s / steps seconds (the measured mean time
-  per step, compilation and evaluation excluded); values between two
-  evaluations are interpolated linearly.
+  A run's step s is at s × T / steps seconds, T its training time
+  (time_column: CPU seconds where recorded; compilation and evaluation
+  excluded); values between two evaluations are interpolated linearly.
   """
+  column = time_column(rows)
   def curve_at(variant, column, seed, seconds):
     row = next(r for r in rows if r['variant'] == variant and
                int(r['seed']) == seed)
     pts = sorted((int(c['step']), float(c['value'])) for c in curves
                  if c['variant'] == variant and int(c['seed']) == seed and
                  c['metric'] == column)
-    per_step = float(row['train_s']) / int(row['steps'])
+    per_step = float(row[column]) / int(row['steps'])
     return float(np.interp(seconds, [s * per_step for s, _ in pts],
                            [v for _, v in pts]))
 
   a, b = [], []
   for seed in seeds:
-    times = [float(by_seed(rows, v, 'train_s')[seed])
+    times = [float(by_seed(rows, v, column)[seed])
              for v in (comp.better[0], comp.worse[0])]
     a.append(curve_at(*comp.better, seed, min(times)))
     b.append(curve_at(*comp.worse, seed, min(times)))

@@ -58,8 +58,8 @@ def _comparisons():
                    ('top1_cf1.25', 'eval_loss'),
                    ('top2_halfwidth_cf1.25', 'eval_loss'),
                    'equal steps, equal FLOPs')
-  yield Comparison('Switch T1: top-1 takes less time per step (train s)',
-                   ('top1_cf1.25', 'train_s'), ('top2_cf1.25', 'train_s'),
+  yield Comparison('Switch T1: top-1 takes less time per step (train CPU s)',
+                   ('top1_cf1.25', 'train_cpu_s'), ('top2_cf1.25', 'train_cpu_s'),
                    'equal steps')
 
 
@@ -74,8 +74,11 @@ ABLATION = Ablation(
     quick_steps=60,
     notes=('Capacity convention: Switch\'s, C = round(S·cf/E) with S = '
            f'{regime_config.GROUP_NOTE}, not scaled by K, '
-           'min 4; eval at the train cf. "train s" is the steps times the '
-           'measured seconds per step (compilation and evaluation excluded); '
-           'the per-second plot uses it.'),
+           'min 4; eval at the train cf. "train CPU s" is the steps times the '
+           'measured process CPU seconds per step (compilation and evaluation '
+           'excluded; each run is single-threaded, so other jobs on the '
+           'machine do not inflate it; the rows\' cpu_share says how much of '
+           'a core each run got); the per-second plot and the equal-time '
+           'claim use it.'),
     plot=plots.loss_per_second,
 )

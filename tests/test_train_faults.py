@@ -190,7 +190,7 @@ def signal_reference(tmp_path_factory):
 def _records(workdir):
   lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
   return [{k: v for k, v in json.loads(line).items()
-           if k != 'tokens_per_sec'} for line in lines]
+           if k not in trainer.TIMING_FIELDS} for line in lines]
 
 
 def _start_cli(workdir, cache_dir):

@@ -39,7 +39,7 @@ NUM_STEPS = 40
 # Settings every run of this module shares (flattened, as on the CLI).
 BASE = {'train.num_steps': NUM_STEPS, 'train.log_every': 1,
         'train.eval_every': 5}
-WALL_CLOCK_FIELDS = ('tokens_per_sec',)
+WALL_CLOCK_FIELDS = trainer.TIMING_FIELDS
 
 
 # ---------------------------------------------------------------- helpers --

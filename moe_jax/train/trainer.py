@@ -31,6 +31,10 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss, gradient or state."""
 
 
+# The metrics that measure the machine, not the model: a resumed or repeated
+# run reproduces every other field bit for bit.
+TIMING_FIELDS = ('tokens_per_sec', 'cpu_seconds_per_step')
+
 def _host(metrics: dict[str, Any]) -> dict[str, Any]:
   return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
 
@@ -122,7 +126,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   eval_metrics: dict[str, float] = {}
   pending = None  # (step, state_finite, loss) of the previous step: checked
   # one step late so the host never waits on the step it just dispatched.
-  clock, clock_step = None, start
+  # Wall and process-CPU clocks of the timed steps. The CPU time is what a
+  # single-threaded run costs however busy the machine is; wall/CPU says how
+  # much of a core it got (the ablations' equal-time claims need both).
+  clock = cpu_clock = None
+  clock_step = start
   try:
     # The mesh in context lets the MoE layer trace its all-to-alls.
     with jax.set_mesh(mesh), StopRequest() as stop:
@@ -135,7 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         done = step + 1
         if clock is None:  # tokens/s leaves out the first step's compile.
           jax.block_until_ready(metrics['loss'])
-          clock, clock_step = time.perf_counter(), done
+          clock, cpu_clock, clock_step = (time.perf_counter(),
+                                          time.process_time(), done)
         log = done % t.log_every == 0 or done == t.num_steps
         run_eval = done % t.eval_every == 0 or done == t.num_steps
         stopping = stop.signum is not None and done < t.num_steps
@@ -148,11 +157,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if log:
           host = _host(metrics)
           del host['state_finite']  # Checked above; not a curve.
-          now = time.perf_counter()
+          now, cpu_now = time.perf_counter(), time.process_time()
           if done > clock_step:
             host['tokens_per_sec'] = (done - clock_step) * tokens_per_step / (
                 now - clock)
-            clock, clock_step = now, done
+            host['cpu_seconds_per_step'] = (cpu_now - cpu_clock) / (
+                done - clock_step)
+            clock, cpu_clock, clock_step = now, cpu_now, done
           host['learning_rate'] = float(lr_at(done - 1))
           writer.write(done, host)
           progress.update(done, loss=float(host['loss']))
@@ -171,7 +182,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               f'checkpoint there; rerun the same command to resume.',
               stop.signum)
         if done % t.eval_every == 0 or done % t.checkpoint_every == 0:
-          clock, clock_step = time.perf_counter(), done  # Train time only.
+          # Train time only.
+          clock, cpu_clock, clock_step = (time.perf_counter(),
+                                          time.process_time(), done)
       if pending is not None:
         _check_finite(*pending, ckpt)
       # The whole validation split, once: the run's result. The curve above
