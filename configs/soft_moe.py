@@ -28,7 +28,7 @@ def get_config(arg: str | None = None):
   check_variant(arg)
   c = get_default_config()
   c.moe.router = 'soft'
-  c.moe.slots_per_expert = 2
+  c.moe.router_options.soft.slots_per_expert = 2
   c.moe.load_balance_weight = 0.0
   c.moe.z_loss_weight = 0.0
   if arg == 'tiny':

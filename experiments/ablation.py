@@ -103,6 +103,8 @@ def apply_overrides(config: ml_collections.ConfigDict,
     for part in path:
       node = node[part]
     if name not in node:
-      raise KeyError(f'unknown config field {field!r}')
+      from moe_jax.config import renames  # pylint: disable=g-import-not-at-top
+      raise KeyError(renames.moved_message(field) or
+                     f'unknown config field {field!r}')
     node[name] = value
   return config

@@ -54,10 +54,11 @@ ABLATION = Ablation(
         Variant('sigmoid_aux', {'moe.router': 'sigmoid', 'moe.top_k': 2}),
         Variant('sigmoid_loss_free', {
             'moe.router': 'sigmoid', 'moe.top_k': 2,
-            'moe.bias_update_rate': 1e-3, 'moe.load_balance_weight': 0.0}),
+            'moe.router_options.sigmoid.bias_update_rate': 1e-3,
+            'moe.load_balance_weight': 0.0}),
         Variant('fine_grained_shared', _fine_grained()),
         Variant('soft', {
-            'moe.router': 'soft', 'moe.slots_per_expert': 4,
+            'moe.router': 'soft', 'moe.router_options.soft.slots_per_expert': 4,
             'moe.load_balance_weight': 0.0, 'moe.z_loss_weight': 0.0}),
     ),
     comparisons=(

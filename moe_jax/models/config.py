@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from moe_jax.core.config import NONCAUSAL_CAPABLE, MoEConfig, check_bool
+from moe_jax.core.config import MoEConfig, check_bool
 from moe_jax.errors import UserInputError
 
 POSITIONS = ('rope', 'learned')
@@ -115,7 +115,7 @@ class ModelConfig:
   def _check_causal_routing(self) -> None:
     """This model is a causal decoder: refuse routing that sees the future."""
     moe = self.moe
-    if self.moe_every == 0 or moe.router not in NONCAUSAL_CAPABLE:
+    if self.moe_every == 0 or not moe.spec.group_wide:
       return
     if not moe.causal_routing and not moe.allow_noncausal:
       raise UserInputError(

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from moe_jax.config.default_config import router_eval_only_fields
 from moe_jax.errors import UserInputError
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import placement
@@ -26,7 +27,7 @@ from moe_jax.train.checkpoint import Checkpointer, config_differences
 # Fields that change how a checkpoint is evaluated (or on what) but not
 # what it holds.
 EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
-                    'moe.second_policy_eval', 'moe.min_capacity',
+                    *router_eval_only_fields(), 'moe.min_capacity',
                     'train.eval_batches', 'train.final_eval_batches',
                     'data.kind', 'data.path')
 
@@ -69,8 +70,11 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       raise UserInputError(
           f'{field} changes what a checkpoint holds; only {EVAL_ONLY_FIELDS} '
           'can differ at evaluation.')
-    section, name = field.split('.')
-    config[section][name] = value
+    *path, name = field.split('.')  # Router options sit deeper.
+    node = config
+    for part in path:
+      node = node[part]
+    node[name] = value
   mcfg = trainer.model_config(config)
   data = trainer.load_data(config)
   mesh = trainer.make_mesh(config, mcfg)
