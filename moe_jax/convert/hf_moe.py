@@ -160,7 +160,7 @@ def family_for(config: ModelConfig) -> Family:
   """The HF architecture that can hold `config`, or a one-line error."""
   c, m = config, config.moe
   problems = [
-      (m.router != topk.SPEC.name, f'moe.router={m.router!r} (HF routes '
+      (m.spec is not topk.SPEC, f'moe.router={m.router!r} (HF routes '
        f'softmax top-k: router={topk.SPEC.name!r})'),
       (m.expert_type != 'swiglu', f'moe.expert_type={m.expert_type!r} (HF '
        "experts are SwiGLU: 'swiglu')"),
@@ -179,7 +179,7 @@ def family_for(config: ModelConfig) -> Family:
     problems += [
         (c.moe_every != 1 or c.first_dense_layers,
          'dense layers (Mixtral is MoE in every layer)'),
-        (m.router == topk.SPEC.name and not m.router_options.renormalize,
+        (m.spec is topk.SPEC and not m.router_options.renormalize,
          f'moe.router_options.{topk.SPEC.name}.renormalize=False (Mixtral '
          'renormalises)'),
         (c.qkv_bias, 'model.qkv_bias=True (Mixtral has no biases)')]

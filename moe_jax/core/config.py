@@ -25,10 +25,10 @@ class MoEConfig:
   Attributes:
     num_experts: E.
     top_k: K, choices per token; a router may fix it (RouterSpec.fixed_k).
-    router: a registered router's name (core/routing/: 'switch', 'gshard',
-      'topk', 'expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'soft', or
-      one registered outside moe_jax). Its file's docstring says what it
-      does; its spec says what else it needs.
+    router: a registered router's name (core/routing/, one file each, or
+      one registered outside moe_jax; default: routing.DEFAULT, Switch
+      top-1). Its file's docstring says what it does; its spec says what
+      else it needs.
     dispatcher: 'index' (gathers into capacity buffers, the default),
       'fused' (the same capacity buffers, gathered one expert at a time
       inside the expert loop, which adds the outputs straight back: no
@@ -86,7 +86,7 @@ class MoEConfig:
 
   num_experts: int = 8
   top_k: int = 1
-  router: str = 'switch'
+  router: str = routing.DEFAULT
   dispatcher: str = 'index'
   expert_type: str = 'gelu'
   d_ff: int = 1024
