@@ -17,7 +17,7 @@ Every variant spends about two experts of width F = 192 per token:
   soft                 Soft MoE (Puigcerver et al. 2023), P = 4 slots per
                        expert per chunk of Q = 16 positions: E·P/Q = 2
                        expert passes per token, as top2; causal by a
-                       one-chunk delay (moe_jax/core/soft_moe.py).
+                       one-chunk delay (moe_jax/core/routing/soft.py).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ ABLATION = Ablation(
     quick_steps=60,
     notes=regime_config.CAPACITY_NOTE + (
         ' Expert choice uses its causal-safe mode (chunks of 16 positions; '
-        'see moe_jax/core/expert_choice.py). Soft MoE was made for encoders; '
+        'see moe_jax/core/routing/expert_choice.py). Soft MoE was made for '
+        'encoders; '
         'in this decoder it is causal by a one-chunk delay, so a token reaches '
         'the experts only through the next chunk\'s slots.'),
 )
