@@ -135,3 +135,15 @@ def test_old_checkpoint_resumes_evaluates_and_traces(tmp_path):
   steps = [json.loads(line)['step'] for line in
            (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert max(steps) == 4
+
+
+def test_other_routers_options_do_not_make_configs_differ():
+  # A router registered in one process only (a plug-in, a test's) adds its
+  # section to that process's configs; the chosen router's options alone
+  # decide what a checkpoint means.
+  today = default_config.get_default_config().to_dict()
+  other = json.loads(json.dumps(today))
+  other['moe']['router_options']['plugin_only'] = {'salt': 0}
+  assert checkpoint.config_differences(other, today) == []
+  assert checkpoint.config_differences(today, other) == []
+  assert 'plugin_only' not in checkpoint.saved_config(other).moe.router_options

@@ -52,9 +52,22 @@ def moved_in_argv(argv) -> str | None:
 
 
 def translate(flat: dict[str, Any]) -> dict[str, Any]:
-  """A saved flat config with its old names renamed (old checkpoints)."""
+  """A saved flat config under today's layout: old names renamed (old
+  checkpoints), and only the chosen router's options kept.
+
+  The other routers' options are at their defaults (MoEConfig refuses
+  anything else), so they carry no information; keeping them would make a
+  checkpoint differ from the same config in a process where some router
+  (a test's, a user's plug-in) is registered and not in the other.
+  """
   moved = moved_fields()
-  return {moved.get(k, k): v for k, v in flat.items()}
+  renamed = {moved.get(k, k): v for k, v in flat.items()}
+  router = renamed.get('moe.router')
+  if router is None:
+    return renamed
+  keep = f'moe.router_options.{router}.'
+  return {k: v for k, v in renamed.items()
+          if not k.startswith('moe.router_options.') or k.startswith(keep)}
 
 
 def to_legacy(flat: dict[str, Any]) -> dict[str, Any]:
