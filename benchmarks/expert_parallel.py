@@ -46,6 +46,7 @@ from moe_jax.parallel.expert_parallel import parallel_moe_apply
 from moe_jax.core.dispatch import INDEX
 from moe_jax.core.experts import gelu_mlp
 from moe_jax.core.moe import group_tokens
+from moe_jax.core.routing import RouterInputs
 from moe_jax.layers.moe import EXPERT_IN_AXES, EXPERT_OUT_AXES
 from moe_jax.parallel import make_mesh
 from moe_jax.parallel.rules import logical_to_spec
@@ -90,7 +91,8 @@ def main():
     """The same layer with sharding constraints instead of shard_map."""
     xg = group_tokens(x, cfg.group_size)
     logits = xg @ p['router_kernel']
-    plan, aux = cfg.router_fn(True)(logits, capacity=capacity, key=None)
+    plan, aux = cfg.route(RouterInputs(logits, xg, {}), train=True,
+                          capacity=capacity)
     inputs, ctx = INDEX.dispatch(xg, plan)
     buffers = P('expert', 'data', None)  # Experts split, rows over data.
     xe = jax.lax.with_sharding_constraint(inputs.x, buffers)

@@ -92,7 +92,9 @@ def main():
       for cf in cfs:
         cfg = MoEConfig(num_experts=E, top_k=k, router=router, d_ff=F,
                         dispatcher=dispatcher, capacity_factor=cf or 1.0,
-                        second_policy='all', group_size=S)
+                        group_size=S, router_options=(
+                            {'gshard': {'second_policy': 'all'}}
+                            if router == 'gshard' else None))
         # Dense and MoE alternate, so the ratio sees the same machine state.
         seconds = common.time_interleaved(
             {'dense': dense, 'moe': moe_step(params, x, cfg)},

@@ -5,7 +5,8 @@ Command:
 Data: the Python standard library's own source (found on every machine).
 Model: as switch_top1.py, but each expert picks its tokens: capacity
   factor 2 (C = Q·c/E per chunk of Q = 16 positions, top-2 compute), no
-  balance loss. The lookahead-free variant (see moe_jax/core/expert_choice.py);
+  balance loss. The lookahead-free variant (see
+  moe_jax/core/routing/expert_choice.py);
   --config.moe.causal_routing=False --config.moe.allow_noncausal=True gives
   the paper's whole-sequence choice, which leaks the future in a decoder.
 Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above

@@ -25,8 +25,8 @@ def get_config(arg: str | None = None):
   c.moe.router = 'noisy_topk'
   c.moe.top_k = 2
   c.moe.load_balance_weight = 0.0
-  c.moe.importance_weight = 0.1
-  c.moe.load_cv_weight = 0.1
+  c.moe.router_options.noisy_topk.importance_weight = 0.1
+  c.moe.router_options.noisy_topk.load_cv_weight = 0.1
   if arg == 'tiny':
     shrink_for_tests(c)
   return c

@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
   c = get_default_config()
   c.moe.router = 'sigmoid'
   c.moe.top_k = 2
-  c.moe.bias_update_rate = 1e-3
+  c.moe.router_options.sigmoid.bias_update_rate = 1e-3
   c.moe.balance_loss_scope = 'sequence'
   c.moe.load_balance_weight = 1e-4
   if arg == 'tiny':

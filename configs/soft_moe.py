@@ -8,7 +8,7 @@ Model: as switch_top1.py, but each expert sees P = 2 slots per chunk of
   tokens, and each token a softmax-weighted average of the slot outputs.
   E·P = Q, so the expert FLOPs equal top-1 routing's. Nothing is dropped and
   there is no balance loss. In the decoder the slots of a chunk serve the
-  next chunk (moe_jax/core/soft_moe.py says why);
+  next chunk (moe_jax/core/routing/soft.py says why);
   --config.moe.causal_routing=False --config.moe.allow_noncausal=True gives
   the paper's whole-sequence mixing, which leaks the future in a decoder.
 Measured on a 2-core CPU (2026-11-28, jax 0.10.2), running the command above
@@ -28,7 +28,7 @@ def get_config(arg: str | None = None):
   check_variant(arg)
   c = get_default_config()
   c.moe.router = 'soft'
-  c.moe.slots_per_expert = 2
+  c.moe.router_options.soft.slots_per_expert = 2
   c.moe.load_balance_weight = 0.0
   c.moe.z_loss_weight = 0.0
   if arg == 'tiny':

@@ -102,6 +102,8 @@ def apply_overrides(config: ml_collections.ConfigDict,
   known = traverse_util.flatten_dict(config.to_dict(), sep='.')
   for field, value in overrides.items():
     if field not in known:
-      raise KeyError(f'unknown config field {field!r}')
+      from moe_jax.config import renames  # pylint: disable=g-import-not-at-top
+      raise KeyError(renames.moved_message(field) or
+                     f'unknown config field {field!r}')
     config.update_from_flattened_dict({field: value})
   return config

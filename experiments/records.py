@@ -41,6 +41,25 @@ def _digest(value) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _legacy_flat(config) -> dict:
+  """The config's flat fields under the names they had when runs.csv began
+  (router options were flat moe.* fields; moe_jax/config/renames.py), so
+  every recorded run keeps its hash."""
+  from moe_jax.config import renames  # pylint: disable=g-import-not-at-top
+  return renames.to_legacy(_flat(config.to_dict()))
+
+
+def _nested(flat: dict) -> dict:
+  out = {}
+  for key, value in flat.items():
+    *path, name = key.split('.')
+    node = out
+    for part in path:
+      node = node.setdefault(part, {})
+    node[name] = value
+  return out
+
+
 def config_hash(config) -> str:
   """Identifies a run by the fields it sets away from moe_jax's defaults.
 
@@ -50,20 +69,20 @@ def config_hash(config) -> str:
   when it differs from today's.
   """
   from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
-  defaults = _flat(get_default_config().to_dict())
-  changed = {k: v for k, v in _flat(config.to_dict()).items()
+  defaults = _legacy_flat(get_default_config())
+  changed = {k: v for k, v in _legacy_flat(config).items()
              if k not in defaults or defaults[k] != v}
   return _digest(changed)
 
 
 def legacy_config_hash(config) -> str:
   """The hash of the whole config, which runs.csv held before 2026-11-28."""
-  return _digest(config.to_dict())
+  return _digest(_nested(_legacy_flat(config)))
 
 
 def defaults_hash() -> str:
   from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
-  return _digest(get_default_config().to_dict())
+  return _digest(_nested(_legacy_flat(get_default_config())))
 
 
 def _read_jsonl(workdir: pathlib.Path) -> list[dict]:

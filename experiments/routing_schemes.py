@@ -17,7 +17,7 @@ Every variant spends about two experts of width F = 192 per token:
   soft                 Soft MoE (Puigcerver et al. 2023), P = 4 slots per
                        expert per chunk of Q = 16 positions: E·P/Q = 2
                        expert passes per token, as top2; causal by a
-                       one-chunk delay (moe_jax/core/soft_moe.py).
+                       one-chunk delay (moe_jax/core/routing/soft.py).
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ ABLATION = Ablation(
         Variant('sigmoid_aux', {'moe.router': 'sigmoid', 'moe.top_k': 2}),
         Variant('sigmoid_loss_free', {
             'moe.router': 'sigmoid', 'moe.top_k': 2,
-            'moe.bias_update_rate': 1e-3, 'moe.load_balance_weight': 0.0}),
+            'moe.router_options.sigmoid.bias_update_rate': 1e-3,
+            'moe.load_balance_weight': 0.0}),
         Variant('fine_grained_shared', _fine_grained()),
         Variant('soft', {
-            'moe.router': 'soft', 'moe.slots_per_expert': 4,
+            'moe.router': 'soft', 'moe.router_options.soft.slots_per_expert': 4,
             'moe.load_balance_weight': 0.0, 'moe.z_loss_weight': 0.0}),
     ),
     comparisons=(
@@ -83,7 +84,8 @@ ABLATION = Ablation(
     quick_steps=60,
     notes=regime_config.CAPACITY_NOTE + (
         ' Expert choice uses its causal-safe mode (chunks of 16 positions; '
-        'see moe_jax/core/expert_choice.py). Soft MoE was made for encoders; '
+        'see moe_jax/core/routing/expert_choice.py). Soft MoE was made for '
+        'encoders; '
         'in this decoder it is causal by a one-chunk delay, so a token reaches '
         'the experts only through the next chunk\'s slots.'),
 )

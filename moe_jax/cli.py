@@ -83,6 +83,10 @@ def _raised_in_config(message: str) -> str | None:
 def parse_flags(argv, config_flag):
   """absl's flag parsing, with a bad config file or field as one line."""
   path = _config_path(argv)
+  from moe_jax.config import renames  # pylint: disable=g-import-not-at-top
+  moved = renames.moved_in_argv(argv)
+  if moved:  # An old flag: name the field's new place, not "unknown".
+    fail(moved)
   try:
     argv = flags.FLAGS(argv)
     # The config file loads lazily; touch it so a bad path fails here.

@@ -58,9 +58,10 @@ HLO_MESHES = ((2, 4, 1), (1, 8, 1))
 # reach the router too.
 _COMMON = dict(num_experts=8, d_ff=16, capacity_factor=1.0, min_capacity=1,
                load_balance_weight=0.1, z_loss_weight=0.01)
+_ALL = {'gshard': {'second_policy': 'all'}}  # Deterministic second choices.
 CASES = {
     'switch': MoEConfig(router='switch', top_k=1, **_COMMON),
-    'gshard': MoEConfig(router='gshard', top_k=2, second_policy='all',
+    'gshard': MoEConfig(router='gshard', top_k=2, router_options=_ALL,
                         expert_type='swiglu', **_COMMON),
     # Dropless: no capacity, so the exchange carries ragged counts.
     'dropless': MoEConfig(router='topk', top_k=2, dispatcher='dropless',
@@ -72,16 +73,22 @@ CASES = {
     # Fused: its loop runs inside shard_map on (4,1,2) (tokens vary over
     # 'data', weights over 'model'); (2,4,1) exchanges the index twin's
     # buffers.
-    'fused': MoEConfig(router='gshard', top_k=2, second_policy='all',
+    'fused': MoEConfig(router='gshard', top_k=2, router_options=_ALL,
                        dispatcher='fused', expert_type='swiglu', **_COMMON),
     'dropless_fused': MoEConfig(router='topk', top_k=2,
                                 dispatcher='dropless_fused', **_COMMON),
+    # Soft MoE: its dense plan runs through run_experts, so its slots
+    # ([E, G·P, D], P = 2 per chunk of 8) cross devices like capacity buffers.
+    'soft': MoEConfig(router='soft', causal_chunk=8, expert_type='swiglu',
+                      router_options={'soft': {'slots_per_expert': 2}},
+                      **_COMMON),
 }
 # Cases that run on their own meshes rather than MESHES.
 CASE_MESHES = {'dropless': HLO_MESHES, 'dropless_ragged': ((2, 4, 1),),
                'dropless_skewed': ((2, 4, 1),),
                'fused': ((4, 1, 2), (2, 4, 1)),
-               'dropless_fused': ((2, 4, 1),)}
+               'dropless_fused': ((2, 4, 1),),
+               'soft': HLO_MESHES + ((2, 2, 2),)}
 ZERO_ROUTER = ('dropless_skewed',)
 
 

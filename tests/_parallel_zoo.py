@@ -22,7 +22,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from testlib import moe_params, require_devices
-from moe_jax.core import routers
+from moe_jax.core.routing import RouterInputs
+from moe_jax.core.routing import switch as switch_lib
 from moe_jax.core.config import MoEConfig
 from moe_jax.parallel.expert_parallel import parallel_moe_apply
 from moe_jax.errors import UserInputError
@@ -36,11 +37,13 @@ CASES = {
     'expert_choice': MoEConfig(router='expert_choice', causal_chunk=8,
                                capacity_factor=2.0, num_experts=E, d_ff=F,
                                min_capacity=1),
-    'sigmoid': MoEConfig(router='sigmoid', top_k=2, bias_update_rate=1e-3,
-                         balance_loss_scope='sequence', **_COMMON),
-    'noisy_topk': MoEConfig(router='noisy_topk', top_k=2,
-                            importance_weight=0.1, load_cv_weight=0.1,
-                            **_COMMON),
+    'sigmoid': MoEConfig(
+        router='sigmoid', top_k=2, balance_loss_scope='sequence',
+        router_options={'sigmoid': {'bias_update_rate': 1e-3}}, **_COMMON),
+    'noisy_topk': MoEConfig(
+        router='noisy_topk', top_k=2,
+        router_options={'noisy_topk': {'importance_weight': 0.1,
+                                       'load_cv_weight': 0.1}}, **_COMMON),
     'bpr': MoEConfig(router='bpr', top_k=1, **_COMMON),
     'shared': MoEConfig(router='topk', top_k=2, num_shared_experts=1,
                         **_COMMON),
@@ -112,11 +115,12 @@ def run_scopes(out: pathlib.Path) -> None:
   got = {}
   for scope in ('global', 'micro_batch', 'sequence'):
     config = MoEConfig(num_experts=3, balance_loss_scope=scope)
-    route = jax.jit(lambda lg, config=config: config.router_fn(True)(
-        lg, capacity=None)[1]['load_balance_loss'])
+    route = jax.jit(lambda lg, config=config: config.route(
+        RouterInputs(lg, lg, {}), train=True, capacity=None)[1][
+            'load_balance_loss'])
     with jax.set_mesh(mesh):
       got[scope] = np.asarray(route(sharded))
-  plan, _ = routers.switch_top1(logits, capacity=None)
+  plan, _ = switch_lib.switch_top1(logits, capacity=None)
   np.savez(out / 'scopes.npz', probs=np.asarray(jax.nn.softmax(logits)),
            index=np.asarray(plan.expert_index), **got)
 

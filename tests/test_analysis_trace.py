@@ -120,7 +120,8 @@ def test_trace_follows_the_loss_free_bias():
   # A large bias on expert 3 (selection only) makes it every token's first
   # choice; the trace must record the biased choices, from the model and
   # from its (graphdef, params, router_state) split alike.
-  model = _model(router='sigmoid', top_k=2, bias_update_rate=1e-3)
+  model = _model(router='sigmoid', top_k=2,
+                 router_options={'sigmoid': {'bias_update_rate': 1e-3}})
   for layer in (1, 3):
     model.blocks[layer].ffn.router_bias[...] = jnp.array([0., 0., 0., 50.])
   batches = _batches(1)

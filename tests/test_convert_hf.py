@@ -37,7 +37,8 @@ def qwen_like(**kw):
       vocab_size=40, d_model=16, num_layers=3, num_heads=4, d_ff=20,
       max_len=64, moe_every=1, first_dense_layers=1, qkv_bias=True,
       moe=MoEConfig(num_experts=4, top_k=2, d_ff=8, num_shared_experts=2,
-                    shared_expert_gate=True, renormalize_top_k=False,
+                    shared_expert_gate=True,
+                    router_options={'topk': {'renormalize': False}},
                     **_IMPORTED), **kw)
 
 

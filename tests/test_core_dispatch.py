@@ -14,7 +14,8 @@ import numpy as np
 from testlib import moe_params
 import pytest
 
-from moe_jax.core import routers
+from moe_jax.core.routing import gshard as gshard_lib
+from moe_jax.core.routing import switch as switch_lib
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.dispatch.base import ExpertInputs
@@ -84,6 +85,7 @@ def _assert_same(got, want, rtol=1e-5, atol=1e-6):
 
 # Aux-loss weights are 0 so the router kernel gets its gradient only through
 # the combine weights, i.e. through the dispatcher under test.
+_RANDOM = {'gshard': {'second_policy': 'random'}}
 _NO_AUX = dict(load_balance_weight=0.0, z_loss_weight=0.0, min_capacity=1,
                d_ff=F, num_experts=E)
 
@@ -93,7 +95,7 @@ _DROPPING = {
                               **_NO_AUX), 'gelu'),
     # C = 2; train with the random second policy (same key for both).
     'gshard_top2': (MoEConfig(router='gshard', top_k=2, capacity_factor=0.5,
-                              second_policy='random', **_NO_AUX), 'gelu'),
+                              router_options=_RANDOM, **_NO_AUX), 'gelu'),
     # group_size=4 -> G=4 groups of S=4, C = ceil(2·4·0.75/4) = 2.
     'topk2_groups': (MoEConfig(router='topk', top_k=2, capacity_factor=0.75,
                                group_size=4, expert_type='swiglu',
@@ -125,7 +127,7 @@ _NO_DROP = {
     # The random policy leaves some second choices unrouted: dropless must
     # skip those rows exactly as index does.
     'gshard_top2': MoEConfig(router='gshard', top_k=2, capacity_factor=E,
-                             second_policy='random', **_NO_AUX),
+                             router_options=_RANDOM, **_NO_AUX),
 }
 
 
@@ -152,7 +154,7 @@ def test_dropless_and_index_agree_without_drops(case):
 def _direct(params, x, capacity):
   """Router on logits = x @ w_r, then dispatch, gelu experts, combine."""
   logits = x @ params['router_kernel']
-  plan, _ = routers.switch_top1(logits, capacity=capacity)
+  plan, _ = switch_lib.switch_top1(logits, capacity=capacity)
   outs = []
   for name in ('einsum', 'index'):
     dispatcher = DISPATCHERS[name]
@@ -180,7 +182,7 @@ def test_dropped_tokens_output_exactly_zero():
 
 @_jit
 def _dropless_inputs(x, logits, key):
-  plan, _ = routers.gshard_top2(logits, capacity=None, key=key,
+  plan, _ = gshard_lib.gshard_top2(logits, capacity=None, key=key,
                                 second_policy='random')
   inputs, _ = DISPATCHERS['dropless_ragged'].dispatch(x, plan)
   return inputs, plan

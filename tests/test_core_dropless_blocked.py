@@ -17,7 +17,8 @@ import pytest
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.dispatch import dropless_blocked
-from moe_jax.core import blocked_mlp, experts
+from moe_jax.core import experts
+from moe_jax.core.experts import blocked_mlp
 from moe_jax.core.experts import EXPERT_FNS
 from moe_jax.core.moe import moe_apply
 from moe_jax.core.plan import RoutingPlan
@@ -115,12 +116,14 @@ _CASES = {
     'switch_gelu': MoEConfig(router='switch', **_BASE),
     'switch_swiglu_g4': MoEConfig(router='switch', expert_type='swiglu',
                                   group_size=4, **_BASE),
-    'gshard_all_swiglu': MoEConfig(router='gshard', top_k=2,
-                                   second_policy='all', expert_type='swiglu',
-                                   **_BASE),
+    'gshard_all_swiglu': MoEConfig(
+        router='gshard', top_k=2,
+        router_options={'gshard': {'second_policy': 'all'}},
+        expert_type='swiglu', **_BASE),
     # Some second choices are unrouted: their rows must be skipped.
-    'gshard_random_gelu': MoEConfig(router='gshard', top_k=2,
-                                    second_policy='random', **_BASE),
+    'gshard_random_gelu': MoEConfig(
+        router='gshard', top_k=2,
+        router_options={'gshard': {'second_policy': 'random'}}, **_BASE),
 }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from moe_jax.core import expert_choice as ec
+from moe_jax.core.routing import expert_choice as ec
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.moe import moe_apply
 from moe_jax.core.plan import DROPPED

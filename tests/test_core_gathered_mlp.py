@@ -1,4 +1,4 @@
-"""The gathered layout's expert loop (core/gathered_mlp.py) on its own.
+"""The gathered layout's expert loop (core/experts/gathered_mlp.py) on its own.
 
 A hand-computed case with a token in two experts, one in none and an empty
 row; the custom VJP against numerical differences. Its equivalence with the
@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 from moe_jax.core.dispatch.base import ExpertInputs
 from moe_jax.core.experts import EXPERT_FNS
-from moe_jax.core.gathered_mlp import gathered_mlp
+from moe_jax.core.experts.gathered_mlp import gathered_mlp
 
 
 def _linear_pre(p, x):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moe_jax.core import routers
+from moe_jax.core.routing import switch as switch_lib
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.moe import moe_apply
 from moe_jax.layers.moe import MoELayer
@@ -259,13 +259,13 @@ def test_bf16_layer_runs_in_bf16_with_float32_router(monkeypatch):
 
   # Spy on the router (config.router_fn looks it up at call time).
   seen = []
-  real_router = routers.switch_top1
+  real_router = switch_lib.switch_top1
 
   def spy(logits, **kw):
     seen.append(logits.dtype)
     return real_router(logits, **kw)
 
-  monkeypatch.setattr(routers, 'switch_top1', spy)
+  monkeypatch.setattr(switch_lib, 'switch_top1', spy)
   forward = lambda x: layer(x, train=False)[0]
   y = _jit(forward)(x)
   assert y.dtype == jnp.bfloat16 and y.shape == x.shape

@@ -26,7 +26,8 @@ SHAPE = re.compile(r'\b(?:f32|f16|bf16|s32|u32|pred|s8|u8)\[([0-9,]*)\]')
 def _array_shapes(dispatcher: str) -> tuple[list[tuple[int, ...]], int]:
   """(every array shape in the compiled fwd+bwd, the capacity C)."""
   cfg = MoEConfig(num_experts=E, d_ff=F, dispatcher=dispatcher,
-                  router='gshard', top_k=2, second_policy='all')
+                  router='gshard', top_k=2,
+                  router_options={'gshard': {'second_policy': 'all'}})
   # C at the train capacity factor, also for dropless (which has none).
   capacity = expert_capacity(S, E, 2, cfg.capacity_factor)
   rng = np.random.default_rng(0)

@@ -11,7 +11,9 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
-from moe_jax.core import bpr, noisy_topk, routers
+from moe_jax.core.routing import bpr, noisy_topk
+from moe_jax.core.routing import common as routing_common
+from moe_jax.core.routing import switch as switch_lib
 from moe_jax.core.config import MoEConfig
 from moe_jax.config.fine_grained import split_experts
 from moe_jax.core.moe import moe_apply
@@ -45,7 +47,7 @@ def test_bpr_gives_capacity_to_the_most_confident_tokens():
   np.testing.assert_allclose(plan.combine_weights[0, :, 0], [0, 0.9, 0, 0.8],
                              atol=1e-6)
   np.testing.assert_allclose(aux['dropped_fraction'], [0.5])
-  switch, _ = _jit(functools.partial(routers.switch_top1, capacity=1))(
+  switch, _ = _jit(functools.partial(switch_lib.switch_top1, capacity=1))(
       _log(_BPR_P))
   np.testing.assert_array_equal(switch.slot[0, :, 0], [0, DROPPED, 0, DROPPED])
 
@@ -54,7 +56,7 @@ def test_bpr_without_drops_equals_top_k_with_raw_gates():
   logits = jax.random.normal(jax.random.key(0), (3, 8, 4))
   plan, _ = bpr.bpr_top_k(logits, capacity=None, k=2)
   probs = jax.nn.softmax(logits)
-  gates, index = routers.top_k_experts(probs, 2)
+  gates, index = routing_common.top_k_experts(probs, 2)
   np.testing.assert_array_equal(plan.expert_index, index)
   np.testing.assert_allclose(plan.combine_weights, gates, rtol=1e-6)
   assert bool(jnp.all(plan.kept))
@@ -163,7 +165,8 @@ def test_bad_split_is_one_line():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(router='noisy_topk', num_experts=2, top_k=2), 'top_k < num_experts'),
-    (dict(importance_weight=0.1), "router='noisy_topk'"),
+    (dict(router_options={'noisy_topk': {'importance_weight': 0.1}}),
+     "router='noisy_topk'"),
     (dict(num_shared_experts=-1), 'num_shared_experts'),
 ])
 def test_bad_zoo_config_is_one_line(kwargs, match):

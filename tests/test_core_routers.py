@@ -1,4 +1,5 @@
-"""Tests for moe_jax.core.routers on hand-computed logits."""
+"""Tests for the switch, gshard and topk routers (moe_jax.core.routing) on
+hand-computed logits."""
 
 import functools
 
@@ -7,7 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_jax.core import routers
+from moe_jax.core.routing import common as routing_common
+from moe_jax.core.routing import gshard as gshard_lib
+from moe_jax.core.routing import switch as switch_lib
+from moe_jax.core.routing import topk as topk_lib
 from moe_jax.core.plan import DROPPED
 from moe_jax.errors import UserInputError
 
@@ -46,7 +50,7 @@ _SWITCH_P = [[0.7, 0.2, 0.1],
 
 
 def test_switch_routes_to_argmax_with_raw_gate_and_drops_in_order():
-  plan, aux = _route(routers.switch_top1, _log(_SWITCH_P), capacity=2)
+  plan, aux = _route(switch_lib.switch_top1, _log(_SWITCH_P), capacity=2)
   np.testing.assert_array_equal(plan.expert_index[0, :, 0], [0, 0, 1, 0])
   # t3 is the third token for e0 at capacity 2: dropped, gate exactly 0.
   np.testing.assert_array_equal(plan.slot[0, :, 0], [0, 1, 0, DROPPED])
@@ -59,7 +63,7 @@ def test_switch_routes_to_argmax_with_raw_gate_and_drops_in_order():
 
 
 def test_switch_without_capacity_keeps_everything():
-  plan, _ = _route(routers.switch_top1, _log(_SWITCH_P), capacity=None)
+  plan, _ = _route(switch_lib.switch_top1, _log(_SWITCH_P), capacity=None)
   np.testing.assert_array_equal(plan.slot[0, :, 0], [0, 1, 0, 2])
   np.testing.assert_allclose(plan.combine_weights[0, :, 0],
                              [0.7, 0.6, 0.5, 0.8], atol=1e-6)
@@ -81,7 +85,7 @@ _GSHARD_GATES = [[0.5 / 0.8, 0.3 / 0.8],
 
 
 def test_gshard_all_policy_hand_case():
-  plan, aux = _route(routers.gshard_top2, _log(_GSHARD_P), capacity=2,
+  plan, aux = _route(gshard_lib.gshard_top2, _log(_GSHARD_P), capacity=2,
                      second_policy='all')
   np.testing.assert_array_equal(plan.expert_index[0], _GSHARD_EXPERTS)
   # First choices fill e0 (t0, t3), e1 (t1), e3 (t2). Then second choices:
@@ -97,9 +101,9 @@ def test_gshard_all_policy_hand_case():
 
 def test_topk_k2_matches_gshard_all():
   # Softmax over the top-2 logits = full softmax renormalised over the pair.
-  g_plan, _ = _route(routers.gshard_top2, _log(_GSHARD_P), capacity=2,
+  g_plan, _ = _route(gshard_lib.gshard_top2, _log(_GSHARD_P), capacity=2,
                      second_policy='all')
-  t_plan, _ = _route(routers.top_k, _log(_GSHARD_P), capacity=2, k=2)
+  t_plan, _ = _route(topk_lib.top_k, _log(_GSHARD_P), capacity=2, k=2)
   for field in ('expert_index', 'slot'):
     np.testing.assert_array_equal(getattr(t_plan, field),
                                   getattr(g_plan, field))
@@ -110,7 +114,7 @@ def test_topk_k2_matches_gshard_all():
 def test_topk_gates_are_softmax_over_top_logits():
   logits = jnp.array([[[2.0, 1.0, 0.0, -1.0],
                        [0.0, 3.0, -2.0, 1.0]]])
-  plan, _ = _route(routers.top_k, logits, capacity=None, k=3)
+  plan, _ = _route(topk_lib.top_k, logits, capacity=None, k=3)
   np.testing.assert_array_equal(plan.expert_index[0], [[0, 1, 2], [1, 3, 0]])
   e = np.exp
   want0 = e([2.0, 1.0, 0.0]) / e([2.0, 1.0, 0.0]).sum()
@@ -118,7 +122,7 @@ def test_topk_gates_are_softmax_over_top_logits():
   np.testing.assert_allclose(plan.combine_weights[0], [want0, want1],
                              rtol=1e-6)
   # k=1: the single gate is exactly 1 (why switch uses the raw gate).
-  plan1, _ = _route(routers.top_k, logits, capacity=None, k=1)
+  plan1, _ = _route(topk_lib.top_k, logits, capacity=None, k=1)
   np.testing.assert_array_equal(plan1.combine_weights[0, :, 0], [1.0, 1.0])
 
 
@@ -128,7 +132,7 @@ def test_topk_drops_at_capacity():
   logits = jnp.array([[[3.0, 2.0, 0.0],
                        [3.0, 1.0, 0.0],
                        [2.0, 1.5, 0.0]]])
-  plan, aux = _route(routers.top_k, logits, capacity=2, k=2)
+  plan, aux = _route(topk_lib.top_k, logits, capacity=2, k=2)
   np.testing.assert_array_equal(plan.slot[0],
                                 [[0, 0], [1, 1], [DROPPED, DROPPED]])
   np.testing.assert_array_equal(plan.combine_weights[0, 2], [0.0, 0.0])
@@ -149,7 +153,7 @@ def test_gshard_random_routes_second_choice_with_prob_2g2():
   # Normalised g2 = 0.3 / (0.7 + 0.3) = 0.3 everywhere, so P(route) = 0.6.
   # The last two experts get ~0 probability so p1 + p2 = 1 to ~1e-9.
   logits = _constant_logits([0.7, 0.3, 1e-9, 1e-9])
-  plan, aux = _route(routers.gshard_top2, logits, key=jax.random.key(0),
+  plan, aux = _route(gshard_lib.gshard_top2, logits, key=jax.random.key(0),
                      capacity=None, second_policy='random')
   kept = np.asarray(plan.kept)
   w = np.asarray(plan.combine_weights[0])
@@ -166,14 +170,14 @@ def test_gshard_random_routes_second_choice_with_prob_2g2():
 
 def test_gshard_all_routes_every_second_choice():
   logits = _constant_logits([0.7, 0.3, 1e-9, 1e-9], n=64)
-  plan, _ = _route(routers.gshard_top2, logits, capacity=None,
+  plan, _ = _route(gshard_lib.gshard_top2, logits, capacity=None,
                    second_policy='all')
   assert np.asarray(plan.kept).all()
 
 
 def test_gshard_sampling_samples_second_expert_proportional_to_p():
   p = np.array([0.5, 0.25, 0.15, 0.1])
-  plan, _ = _route(routers.gshard_top2, _constant_logits(p),
+  plan, _ = _route(gshard_lib.gshard_top2, _constant_logits(p),
                    key=jax.random.key(1), capacity=None,
                    second_policy='sampling')
   e1 = np.asarray(plan.expert_index[0, :, 0])
@@ -193,12 +197,12 @@ def test_gshard_sampling_samples_second_expert_proportional_to_p():
 @pytest.mark.parametrize('policy', ['random', 'sampling'])
 def test_random_policies_need_a_key(policy):
   with pytest.raises(UserInputError, match=policy):
-    routers.gshard_top2(_log(_GSHARD_P), capacity=2, second_policy=policy)
+    gshard_lib.gshard_top2(_log(_GSHARD_P), capacity=2, second_policy=policy)
 
 
 def test_unknown_second_policy_raises():
   with pytest.raises(UserInputError, match='second_policy'):
-    routers.gshard_top2(_log(_GSHARD_P), capacity=2, second_policy='greedy',
+    gshard_lib.gshard_top2(_log(_GSHARD_P), capacity=2, second_policy='greedy',
                         key=jax.random.key(0))
 
 
@@ -207,7 +211,7 @@ def test_same_key_same_plan(policy):
   logits = jnp.asarray(np.random.default_rng(2).normal(size=(2, 64, 4)),
                        jnp.float32)
 
-  route = _jit(lambda k: routers.gshard_top2(
+  route = _jit(lambda k: gshard_lib.gshard_top2(
       logits, capacity=20, key=k, second_policy=policy)[0])
   a, b, c = (route(jax.random.key(s)) for s in (3, 3, 4))
   for field in ('expert_index', 'slot', 'combine_weights'):
@@ -225,12 +229,12 @@ def _top_gates(p, k, renormalise):
 
 
 _ROUTERS = {
-    'switch': (lambda l: _route(routers.switch_top1, l, capacity=None),
+    'switch': (lambda l: _route(switch_lib.switch_top1, l, capacity=None),
                lambda p: _top_gates(p, 1, False)),
-    'gshard': (lambda l: _route(routers.gshard_top2, l, capacity=None,
+    'gshard': (lambda l: _route(gshard_lib.gshard_top2, l, capacity=None,
                                 second_policy='all'),
                lambda p: _top_gates(p, 2, True)),
-    'topk2': (lambda l: _route(routers.top_k, l, capacity=None, k=2),
+    'topk2': (lambda l: _route(topk_lib.top_k, l, capacity=None, k=2),
               lambda p: _top_gates(p, 2, True)),
 }
 
@@ -262,9 +266,9 @@ def test_top_k_experts_is_the_same_with_and_without_a_mesh():
   indices, ties (many here) to the lower index."""
   scores = jnp.asarray(np.random.default_rng(0).integers(0, 4, (2, 16, 8)),
                        jnp.float32)
-  values, indices = routers.top_k_experts(scores, 3)
+  values, indices = routing_common.top_k_experts(scores, 3)
   with jax.set_mesh(jax.make_mesh((1,), ('data',))):
-    mesh_values, mesh_indices = routers.top_k_experts(scores, 3)
+    mesh_values, mesh_indices = routing_common.top_k_experts(scores, 3)
   np.testing.assert_array_equal(mesh_values, values)
   np.testing.assert_array_equal(mesh_indices, indices)
   np.testing.assert_array_equal(indices[..., 0], jnp.argmax(scores, axis=-1))

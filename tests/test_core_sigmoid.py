@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from moe_jax.core import losses, sigmoid_router
+from moe_jax.core import losses
+from moe_jax.core.routing import sigmoid as sigmoid_router
 from moe_jax.core.config import MoEConfig
 from moe_jax.errors import UserInputError
 
@@ -119,8 +120,11 @@ def test_balance_scopes_follow_their_formulas():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(balance_loss_scope='batch'), 'balance_loss_scope'),
-    (dict(router='switch', bias_update_rate=1e-3), "router='sigmoid'"),
-    (dict(router='sigmoid', top_k=2, bias_update_rate=-1.0),
+    (dict(router='switch',
+          router_options={'sigmoid': {'bias_update_rate': 1e-3}}),
+     "router='sigmoid'"),
+    (dict(router='sigmoid', top_k=2,
+          router_options={'sigmoid': {'bias_update_rate': -1.0}}),
      'bias_update_rate'),
 ])
 def test_bad_sigmoid_config_is_one_line(kwargs, match):

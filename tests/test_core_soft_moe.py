@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.experts import gelu_mlp
 from moe_jax.core.moe import moe_apply
-from moe_jax.core.soft_moe import soft_moe
+from moe_jax.core.routing.soft import soft_moe
 from moe_jax.errors import UserInputError
 from moe_jax.layers.moe import MoELayer
 from moe_jax.models.config import ModelConfig
@@ -127,8 +127,8 @@ def test_gradients():
 
 
 def _soft_config(**kw):
-  base = dict(num_experts=2, d_ff=3, router='soft', slots_per_expert=2,
-              causal_chunk=4)
+  base = dict(num_experts=2, d_ff=3, router='soft', causal_chunk=4,
+              router_options={'soft': {'slots_per_expert': 2}})
   return MoEConfig(**{**base, **kw})
 
 
@@ -153,8 +153,9 @@ def test_layer_holds_e_times_p_slot_logits():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(router='switch', slots_per_expert=2), "needs router='soft'"),
-    (dict(slots_per_expert=0), 'slots_per_expert=0 must be a positive int'),
+    (dict(router='switch'), "needs router='soft'"),
+    (dict(router_options={'soft': {'slots_per_expert': 0}}),
+     'slots_per_expert=0 must be a positive int'),
     (dict(group_size=8), 'unset group_size'),
 ])
 def test_bad_soft_config_is_one_line(kwargs, match):
@@ -173,10 +174,11 @@ def test_decoder_refuses_noncausal_soft_unless_allowed():
 
 def test_expert_passes_per_token_count_slots_not_top_k():
   # Soft MoE runs each of its E·P slots once per chunk (group): E·P/S.
-  soft = MoEConfig(router='soft', num_experts=8, slots_per_expert=4,
+  p4 = {'soft': {'slots_per_expert': 4}}
+  soft = MoEConfig(router='soft', num_experts=8, router_options=p4,
                    causal_chunk=16)
   assert soft.expert_passes_per_token(128) == 2.0  # Causal: per chunk.
-  noncausal = MoEConfig(router='soft', num_experts=8, slots_per_expert=4,
+  noncausal = MoEConfig(router='soft', num_experts=8, router_options=p4,
                         causal_routing=False, allow_noncausal=True)
   assert noncausal.expert_passes_per_token(32) == 1.0
   # Expert choice: E·C/S, C = ceil(16·1.25/8) = 3 per 16-position chunk.

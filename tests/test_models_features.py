@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moe_jax.core import routers
+from moe_jax.core.routing import topk as topk_lib
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.moe import moe_apply, shared_experts
 from moe_jax.errors import UserInputError
@@ -112,7 +112,7 @@ def test_first_dense_layers_keep_a_dense_ffn():
 
 def test_top_k_without_renormalisation_keeps_softmax_probabilities():
   logits = jnp.log(jnp.array([[[0.5, 0.3, 0.2]]]))
-  route = jax.jit(routers.top_k, static_argnames=('capacity', 'k',
+  route = jax.jit(topk_lib.top_k, static_argnames=('capacity', 'k',
                                                     'renormalize'))
   plan, _ = route(logits, capacity=None, k=2, renormalize=False)
   np.testing.assert_allclose(plan.combine_weights[0, 0], [0.5, 0.3], rtol=1e-6)
@@ -167,8 +167,9 @@ def test_bad_model_fields_name_the_field(field, named):
 def test_bad_moe_fields_name_the_field():
   with pytest.raises(UserInputError, match='shared_expert_gate=True'):
     MoEConfig(shared_expert_gate=True)
-  with pytest.raises(UserInputError, match="renormalize_top_k=False needs"):
-    MoEConfig(renormalize_top_k=False)
+  with pytest.raises(UserInputError,
+                     match="router_options.topk.renormalize=False needs"):
+    MoEConfig(router_options={'topk': {'renormalize': False}})
 
 
 def test_byte_data_refuses_a_vocabulary_below_256():

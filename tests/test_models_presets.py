@@ -85,7 +85,7 @@ def test_tiny_preset_keeps_the_shape(name):
                 'qkv_bias'):
     assert getattr(tiny, field) == getattr(full, field), field
   for field in ('top_k', 'router', 'num_shared_experts', 'shared_expert_gate',
-                'renormalize_top_k', 'expert_type'):
+                'router_options', 'expert_type'):
     assert getattr(tiny.moe, field) == getattr(full.moe, field), field
   assert tiny.moe.num_experts == min(full.moe.num_experts, 64)
   assert (tiny.num_heads // tiny.kv_heads == full.num_heads // full.kv_heads)

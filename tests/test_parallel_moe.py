@@ -33,6 +33,7 @@ EP_MESHES = ('2x4x1', '1x8x1')  # Meshes with an expert axis > 1.
 DROPLESS = (('dropless', '2x4x1'), ('dropless', '1x8x1'),
             ('dropless_ragged', '2x4x1'), ('dropless_skewed', '2x4x1'))
 FUSED = (('fused', '4x1x2'), ('fused', '2x4x1'), ('dropless_fused', '2x4x1'))
+SOFT_MESHES = ('2x4x1', '1x8x1', '2x2x2')
 RTOL = 1e-5  # float32; the meshes only reorder the batch reductions.
 
 pytestmark = pytest.mark.slow
@@ -80,6 +81,11 @@ def test_dropless_output_and_gradients_match_one_device(results, case, mesh):
 @pytest.mark.parametrize('case, mesh', FUSED)
 def test_fused_output_and_gradients_match_one_device(results, case, mesh):
   _assert_matches_one_device(results, case, mesh)
+
+
+@pytest.mark.parametrize('mesh', SOFT_MESHES)
+def test_soft_moe_output_and_gradients_match_one_device(results, mesh):
+  _assert_matches_one_device(results, 'soft', mesh)
 
 
 @pytest.mark.parametrize('case', sorted({c for c, _ in DROPLESS}))
@@ -152,6 +158,17 @@ def test_expert_parallel_exchanges_tokens_with_all_to_all(results, case, mesh):
   # Dispatch and return, in the forward pass and again in the backward.
   assert opcodes.count('all-to-all') >= 2, opcodes
   _assert_no_gathers(results, case, mesh, collectives)
+
+
+@pytest.mark.parametrize('mesh', EP_MESHES)
+def test_soft_moe_exchanges_slots_with_all_to_all(results, mesh):
+  """Soft MoE's slots go to their experts by all-to-all (there and back, in
+  the forward and the backward pass), as a capacity router's buffers do;
+  no all-gather of tokens or expert weights."""
+  collectives = _collectives((results / f'soft_{mesh}.hlo').read_text())
+  opcodes = [op for op, _ in collectives]
+  assert opcodes.count('all-to-all') >= 4, opcodes
+  _assert_no_gathers(results, 'soft', mesh, collectives)
 
 
 @pytest.mark.parametrize('case, mesh', DROPLESS)

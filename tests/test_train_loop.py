@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from moe_jax.core import routers
+from moe_jax.core.routing import switch as switch_lib
 from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.train import evaluate, optim, setup, trainer
@@ -240,13 +240,13 @@ def test_bfloat16_trains_with_float32_router_and_params(tmp_path, monkeypatch):
   # Record what the router sees: moe_apply looks it up on the module at
   # trace time, through MoEConfig.router_fn.
   logits_dtypes = []
-  real_router = routers.switch_top1
+  real_router = switch_lib.switch_top1
 
   def spy(logits, **kwargs):
     logits_dtypes.append(logits.dtype)
     return real_router(logits, **kwargs)
 
-  monkeypatch.setattr(routers, 'switch_top1', spy)
+  monkeypatch.setattr(switch_lib, 'switch_top1', spy)
   result, _ = _train(config, tmp_path)
 
   assert logits_dtypes, 'the Switch router was never called'

@@ -29,5 +29,6 @@ def get_config(arg: str | None = None):
                  d_ff=10944, moe_every=1, first_dense_layers=1,
                  norm_eps=1e-6),
       moe=dict(num_experts=64, top_k=6, router='topk', expert_type='swiglu',
-               d_ff=1408, num_shared_experts=2, renormalize_top_k=False),
+               d_ff=1408, num_shared_experts=2,
+               router_options=dict(topk=dict(renormalize=False))),
       arg=arg)

@@ -23,5 +23,5 @@ def get_config(arg: str | None = None):
       model=dict(vocab_size=50304, d_model=2048, num_layers=16, num_heads=16,
                  d_ff=1024, moe_every=1, norm_eps=1e-5),
       moe=dict(num_experts=64, top_k=8, router='topk', expert_type='swiglu',
-               d_ff=1024, renormalize_top_k=False),
+               d_ff=1024, router_options=dict(topk=dict(renormalize=False))),
       arg=arg)

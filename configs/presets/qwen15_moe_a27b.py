@@ -30,5 +30,5 @@ def get_config(arg: str | None = None):
                  qkv_bias=True),
       moe=dict(num_experts=60, top_k=4, router='topk', expert_type='swiglu',
                d_ff=1408, num_shared_experts=4, shared_expert_gate=True,
-               renormalize_top_k=False),
+               router_options=dict(topk=dict(renormalize=False))),
       arg=arg)

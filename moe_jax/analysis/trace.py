@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from moe_jax.core import routing
 from moe_jax.errors import UserInputError
 
 FORMAT_VERSION = 1
@@ -223,20 +224,19 @@ def trace_checkpoint(config, workdir: str, *, batches=None,
   """
   from moe_jax.train.evaluate import restore_checkpoint  # Heavy; lazy.
   r = restore_checkpoint(config, workdir, **eval_overrides)
-  # A loss-free balancing bias is training state beside the params.
-  router_state = getattr(r.state, 'router_state', None)
   m = r.config.moe
-  if m.router == 'soft':
+  if not routing.get(m.router).discrete:
     raise UserInputError(
-        "router='soft' mixes every token into every slot: there are no "
-        'discrete choices to trace; trace a checkpoint of another router.')
+        f'router={m.router!r} has no discrete choices to trace (its plan is '
+        'not a RoutingPlan: e.g. Soft MoE mixes every token into every '
+        'slot); trace a checkpoint of another router.')
   info = {'router': m.router, 'dispatcher': m.dispatcher,
           'eval_capacity_factor': float(m.eval_capacity_factor),
           'workdir': str(workdir)}
   info.update(meta or {})
   with jax.set_mesh(r.mesh):
-    split = (r.graphdef, r.params) + (
-        (router_state,) if router_state is not None else ())
+    # A loss-free balancing bias is training state beside the params.
+    split = (r.graphdef, r.params, *r.state.router_states().values())
     return record_trace(split,
                         r.final_batches if batches is None else batches,
                         meta=info)

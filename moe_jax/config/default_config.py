@@ -6,9 +6,13 @@ One comment per field. Any field can be overridden on the command line, e.g.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
 
+from moe_jax.config import renames
+from moe_jax.core import routing
 from moe_jax.errors import UserInputError
 
 # The suffixes a config file accepts after its path (`configs/x.py:tiny`).
@@ -22,6 +26,37 @@ def check_variant(arg: str | None) -> None:
     accepted = ', '.join(f':{v}' for v in VARIANTS)
     raise UserInputError(f'unknown config suffix :{arg}; use {accepted} or '
                          'no suffix (full size)')
+
+
+def router_options() -> ml_collections.ConfigDict:
+  """`moe.router_options`: one section per registered router that has
+  options, holding its Options' defaults (their docstrings explain each):
+
+    gshard.second_policy ('random'), gshard.second_policy_eval ('all'),
+    topk.renormalize (True), sigmoid.bias_update_rate (0.0; DeepSeek-V3:
+    1e-3), noisy_topk.importance_weight and .load_cv_weight (0.0; Shazeer
+    et al.: 0.1), soft.slots_per_expert (1).
+
+  Built from the registry, so a router registered before the config is
+  built gets its section, and --config.moe.router_options.<name>.<field>
+  overrides work for it too.
+  """
+  options = ml_collections.ConfigDict()
+  for name in routing.names():
+    defaults = routing.get(name).options()
+    fields = {f.name: getattr(defaults, f.name)
+              for f in dataclasses.fields(defaults)}
+    if fields:
+      options[name] = ml_collections.ConfigDict(fields)
+  return options
+
+
+def router_eval_only_fields() -> tuple[str, ...]:
+  """Router options that change how a checkpoint is evaluated, not what it
+  holds (RouterSpec.eval_only), as dotted config fields."""
+  return tuple(f'moe.router_options.{name}.{field}'
+               for name in routing.names()
+               for field in routing.get(name).eval_only)
 
 
 def get_default_config() -> ml_collections.ConfigDict:
@@ -72,12 +107,16 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.first_dense_layers = 0  # Leading layers kept dense (DeepSeekMoE).
   c.model.qkv_bias = False  # Biases on q, k, v (Qwen2-MoE).
 
-  c.moe = ml_collections.ConfigDict()
+  # Refuses a field that moved (e.g. moe.slots_per_expert), naming its place.
+  c.moe = renames.MovedFieldGuard()
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
-  # 'switch' | 'gshard' | 'topk' | 'expert_choice' | 'sigmoid' |
-  # 'noisy_topk' | 'bpr' | 'soft' (see MoEConfig).
+  # A registered router (moe_jax/core/routing/): 'switch' | 'gshard' |
+  # 'topk' | 'expert_choice' | 'sigmoid' | 'noisy_topk' | 'bpr' | 'soft'.
   c.moe.router = 'switch'
+  # Each router's own options, e.g. router_options.gshard.second_policy;
+  # only the chosen router's may leave their defaults (router_options()).
+  c.moe.router_options = router_options()
   # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
   c.moe.dispatcher = 'index'
   c.moe.expert_type = 'gelu'  # 'gelu' | 'swiglu' (also the dense FFN's).
@@ -87,28 +126,22 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.min_capacity = 4  # Floor on C.
   c.moe.capacity_scales_with_k = True  # C = ceil(K·S·cf/E); False: Switch's.
   c.moe.group_size = config_dict.placeholder(int)  # S; unset = per sequence.
-  c.moe.second_policy = 'random'  # GShard second expert in training.
-  c.moe.second_policy_eval = 'all'  # ... and at eval.
   c.moe.jitter_eps = 0.0  # Router input jitter (Switch used 1e-2).
   c.moe.load_balance_weight = 1e-2  # α (Switch).
   c.moe.z_loss_weight = 1e-3  # c_z (ST-MoE).
   c.moe.init_scale = 0.1  # Router/expert init scale (Switch Table 3).
   # Absolute C per group (train and eval) instead of the factors; unset: off.
   c.moe.fixed_capacity = config_dict.placeholder(int)
-  # expert_choice and soft: True = lookahead-free variant; False = whole group (leaks
-  # the future; the decoder refuses it unless allow_noncausal=True).
+  # Routers that read the whole group (expert_choice, soft): True =
+  # lookahead-free variant; False = the paper's form (leaks the future; the
+  # decoder refuses it unless allow_noncausal=True).
   c.moe.causal_routing = True
   c.moe.allow_noncausal = False
   c.moe.causal_chunk = 16  # Q: window/buffer chunk of causal routing.
-  c.moe.bias_update_rate = 0.0  # γ of loss-free balancing (sigmoid; 1e-3).
   # Load-balance loss pooled over 'global' | 'micro_batch' | 'sequence'.
   c.moe.balance_loss_scope = 'global'
-  c.moe.importance_weight = 0.0  # Importance CV² weight (noisy_topk).
-  c.moe.load_cv_weight = 0.0  # Smooth load CV² weight (noisy_topk).
   c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
   c.moe.shared_expert_gate = False  # Sigmoid gate on shared experts (Qwen).
-  c.moe.renormalize_top_k = True  # 'topk': False keeps full-softmax gates.
-  c.moe.slots_per_expert = 1  # P, slots per expert and chunk (soft only).
 
   # LoRA (Hu et al. 2021) over the frozen parameters of train.init_from;
   # only the adapters train and are saved. See moe_jax/train/lora/.

@@ -12,7 +12,8 @@ Only the router grows, from D·E to D·E' weights.
 
 from __future__ import annotations
 
-from moe_jax.errors import require
+from moe_jax.core import routing
+from moe_jax.errors import UserInputError, require
 
 
 def split_experts(moe, m: int, num_shared: int = 0):
@@ -35,6 +36,9 @@ def split_experts(moe, m: int, num_shared: int = 0):
   moe.top_k = m * k - num_shared
   moe.d_ff = f // m
   moe.num_shared_experts = num_shared
-  if moe.router in ('switch', 'gshard') and moe.top_k != k:
-    moe.router = 'topk'  # Those two fix K at 1 and 2.
+  spec = routing.get(moe.router)
+  if spec.fixed_k is not None and moe.top_k != spec.fixed_k:
+    # A router that fixes K (Switch: 1, GShard: 2) hands over to the one
+    # that routes like it at any K.
+    moe.router = spec.any_k_router
   return moe

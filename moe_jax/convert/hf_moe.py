@@ -13,9 +13,10 @@ tests/test_convert_hf_torch.py):
   moe_jax.models.attention.rotary does, so q and k need no permutation.
 - SwiGLU experts: Mixtral's w1 (gate, through SiLU), w3 (up), w2 (down) and
   Qwen's gate_proj / up_proj / down_proj are our wi_gate / wi / wo
-  (moe_jax/core/experts.py).
+  (moe_jax/core/experts/mlp.py).
 - Routing: softmax over all experts, top-k, then renormalised (Mixtral) or
-  not (Qwen's norm_topk_prob=false): router='topk' with renormalize_top_k.
+  not (Qwen's norm_topk_prob=false): the top-k router (core/routing/topk.py,
+  imported below) with its renormalize option.
   Imports use the dropless dispatcher, so no token is dropped, as in HF.
 - Qwen2-MoE's shared expert (width shared_expert_intermediate_size = K_s·F)
   is our K_s shared experts, scaled by sigmoid(x·w_s) (shared_expert_gate);
@@ -43,6 +44,8 @@ from flax import nnx
 
 from moe_jax.convert.safetensors_dir import TensorReader, write_tensors
 from moe_jax.core.config import MoEConfig
+# HF's routing is softmax top-k: this converter depends on that router.
+from moe_jax.core.routing import topk
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.transformer import TransformerLM
@@ -131,8 +134,9 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
         'the routed width.')
   moe = dict(
       num_experts=hf[family.num_experts_key], top_k=hf['num_experts_per_tok'],
-      router='topk', expert_type='swiglu', d_ff=width, dispatcher='dropless',
-      renormalize_top_k=bool(hf.get('norm_topk_prob', True)) if qwen else True,
+      router=topk.SPEC.name, expert_type='swiglu', d_ff=width,
+      dispatcher='dropless', router_options=topk.Options(
+          renormalize=bool(hf.get('norm_topk_prob', True)) if qwen else True),
       num_shared_experts=shared // width, shared_expert_gate=shared > 0,
       load_balance_weight=float(hf.get('router_aux_loss_coef', 0.0)),
       z_loss_weight=0.0)
@@ -156,8 +160,8 @@ def family_for(config: ModelConfig) -> Family:
   """The HF architecture that can hold `config`, or a one-line error."""
   c, m = config, config.moe
   problems = [
-      (m.router != 'topk', f"moe.router={m.router!r} (HF routes softmax "
-       "top-k: router='topk')"),
+      (m.spec is not topk.SPEC, f'moe.router={m.router!r} (HF routes '
+       f'softmax top-k: router={topk.SPEC.name!r})'),
       (m.expert_type != 'swiglu', f'moe.expert_type={m.expert_type!r} (HF '
        "experts are SwiGLU: 'swiglu')"),
       (c.position != 'rope', f'model.position={c.position!r} (HF uses rope)'),
@@ -175,7 +179,8 @@ def family_for(config: ModelConfig) -> Family:
     problems += [
         (c.moe_every != 1 or c.first_dense_layers,
          'dense layers (Mixtral is MoE in every layer)'),
-        (not m.renormalize_top_k, 'moe.renormalize_top_k=False (Mixtral '
+        (m.spec is topk.SPEC and not m.router_options.renormalize,
+         f'moe.router_options.{topk.SPEC.name}.renormalize=False (Mixtral '
          'renormalises)'),
         (c.qkv_bias, 'model.qkv_bias=True (Mixtral has no biases)')]
   found = [text for bad, text in problems if bad]
@@ -208,7 +213,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
               shared_expert_intermediate_size=m.num_shared_experts * m.d_ff,
               decoder_sparse_step=c.moe_every,
               mlp_only_layers=list(range(c.first_dense_layers)),
-              norm_topk_prob=m.renormalize_top_k, qkv_bias=True,
+              norm_topk_prob=m.router_options.renormalize, qkv_bias=True,
               use_sliding_window=False)
   return hf
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moe_jax.core import routers
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import (DISPATCHERS, ExpertInputs, RunExperts,
                                    run_local)
 from moe_jax.core.experts import EXPERT_FNS
-from moe_jax.core.soft_moe import soft_moe
+from moe_jax.core.plan import RoutingPlan
+from moe_jax.core.routing import RouterInputs
+from moe_jax.core.routing.common import multiplicative_jitter
 from moe_jax.errors import UserInputError
 
 # The stacked expert weights; the other params feed the router.
@@ -51,35 +52,46 @@ def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
   return out
 
 
-def _route(params, logits, router_in, config: MoEConfig, train: bool, key):
-  """The config's router on the logits: (RoutingPlan, aux)."""
+def route(params: dict[str, jax.Array], logits: jax.Array,
+          router_in: jax.Array, config: MoEConfig, *, train: bool,
+          key: jax.Array | None = None,
+          token_ids: jax.Array | None = None):
+  """The config's router on one batch of groups: (plan, aux).
+
+  Args:
+    params: the layer's params; the router reads its spec's extra ones.
+    logits: float32 [G, S, N] router logits.
+    router_in: float32 [G, S, D] the router's input.
+    config: the layer's MoEConfig.
+    train: selects the train capacity factor and the router's train mode.
+    key: PRNG key for routers that draw noise or sample.
+    token_ids: int32 [G, S] vocabulary ids, for routers that read them.
+  """
   capacity = config.capacity(logits.shape[1], train)
-  inputs = {}  # Router inputs beyond the logits, for the routers that take them.
-  if 'router_bias' in params:
-    inputs['bias'] = params['router_bias']
-  if 'noise_kernel' in params:
-    inputs['noise_logits'] = router_in @ params['noise_kernel'].astype(
-        jnp.float32)
-  return config.router_fn(train)(logits, capacity=capacity, key=key, **inputs)
+  extras = {p.name: params[p.name] for p in config.extra_params}
+  return config.route(RouterInputs(logits, router_in, extras, token_ids),
+                      train=train, capacity=capacity, key=key)
 
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
               dtype=None, return_routing: bool = False,
-              run_experts: RunExperts = run_local
+              run_experts: RunExperts = run_local,
+              token_ids: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
   Args:
-    params: router_kernel [D, E] ([D, E·P] slot logits for Soft MoE) plus
-      the expert weights (wi, wo, and wi_gate for SwiGLU; see
-      core/experts.py); router_bias [E] for
-      loss-free balancing (a state, not trained: its gradient is cut);
-      noise_kernel [D, E] for noisy top-k; shared_wi/shared_wo (and
-      shared_wi_gate) for shared experts.
+    params: router_kernel [D, N] (N = config.num_router_outputs: E, or
+      Soft MoE's E·P slot logits) plus the expert weights (wi, wo, and
+      wi_gate for SwiGLU; see core/experts/); the router's extra arrays
+      (config.extra_params: e.g. noise_kernel [D, E] for noisy top-k,
+      router_bias [E] for loss-free balancing, a state whose gradient is
+      cut); shared_wi/shared_wo (and shared_wi_gate) for shared experts.
     x: [..., L, D] tokens (e.g. [B, L, D]).
     config: the layer's MoEConfig.
-    train: selects the train capacity factor, jitter and second policy.
+    train: selects the train capacity factor, jitter and the router's train
+      mode (e.g. GShard's second policy).
     key: PRNG key, needed when training uses jitter or a random policy.
     dtype: compute dtype of the experts (default x.dtype). The router always
       runs in float32.
@@ -90,14 +102,17 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
       arrays as given; under a mesh, pass the expert-parallel exchange
       (moe_jax.parallel.expert_parallel.run_experts, which MoELayer and
       moe_jax.moe_apply pass), or a partitioner may all-gather the tokens.
+    token_ids: int [..., L] the tokens' vocabulary ids (shaped like x
+      without D), for routers that read them (e.g. hash routing); None:
+      routers see activations only.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
     aux: 'aux_loss' (α·load_balance + c_z·z, add it to the training loss),
       the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
       With return_routing, also 'routing': {'plan': the RoutingPlan
-      ([G, S, K] arrays; None for Soft MoE, which has no discrete routing),
-      'logits': float32 [G, S, E] router logits ([G, S, E·P] for Soft MoE)}.
+      ([G, S, K] arrays; None for a router whose plan is not one, such as
+      Soft MoE's dense mixing), 'logits': float32 [G, S, N] router logits}.
   """
   dtype = dtype or x.dtype
   xg = group_tokens(x, config.group_size)  # [G, S, D]
@@ -108,22 +123,19 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   if train and config.jitter_eps > 0:
     if key is None:
       raise UserInputError('jitter_eps > 0 needs a PRNG key in training.')
-    router_in = routers.multiplicative_jitter(router_in, jitter_key,
-                                              config.jitter_eps)
-  logits = router_in @ params['router_kernel'].astype(jnp.float32)  # [G,S,E]
+    router_in = multiplicative_jitter(router_in, jitter_key, config.jitter_eps)
+  logits = router_in @ params['router_kernel'].astype(jnp.float32)  # [G,S,N]
+  if token_ids is not None:
+    token_ids = group_tokens(token_ids[..., None],
+                             config.group_size)[..., 0]  # [G, S]
 
+  plan, aux = route(params, logits, router_in, config, train=train,
+                    key=route_key, token_ids=token_ids)
   expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
-  expert_fn = EXPERT_FNS[config.expert_type]
-  if config.router == 'soft':  # Dense mixing: no plan, no capacity, no drops.
-    out, aux = soft_moe(xg.astype(dtype), logits, expert_params, expert_fn,
-                        num_experts=config.num_experts,
-                        causal=config.causal_routing, chunk=config.causal_chunk)
-    aux['load_balance_loss'] = aux['z_loss'] = jnp.zeros((), jnp.float32)
-    plan = None
-  else:
-    plan, aux = _route(params, logits, router_in, config, train, route_key)
-    out = run_experts(xg.astype(dtype), plan, expert_params,
-                      DISPATCHERS[config.dispatcher], expert_fn)
+  # A router with its own plan type brings the dispatcher that moves it.
+  dispatcher = config.spec.dispatcher or DISPATCHERS[config.dispatcher]
+  out = run_experts(xg.astype(dtype), plan, expert_params, dispatcher,
+                    EXPERT_FNS[config.expert_type])
 
   if 'shared_wi' in params:  # Always-on shared experts: one dense FFN.
     out = out + shared_experts(params, xg.astype(dtype), config.expert_type)
@@ -135,10 +147,12 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   aux['router_logsumexp'] = jnp.mean(jax.nn.logsumexp(sg_logits, axis=-1))
   aux['aux_loss'] = (config.load_balance_weight * aux['load_balance_loss'] +
                      config.z_loss_weight * aux['z_loss'])
-  if config.importance_weight > 0:
-    aux['aux_loss'] += config.importance_weight * aux['importance_loss']
-  if config.load_cv_weight > 0:
-    aux['aux_loss'] += config.load_cv_weight * aux['load_loss']
+  for weight_field, loss in config.spec.aux_terms:  # e.g. noisy top-k's CV².
+    weight = getattr(config.router_options, weight_field)
+    if weight > 0:
+      aux['aux_loss'] += weight * aux[loss]
   if return_routing:
-    aux['routing'] = {'plan': plan, 'logits': sg_logits}
+    aux['routing'] = {
+        'plan': plan if isinstance(plan, RoutingPlan) else None,
+        'logits': sg_logits}
   return out.reshape(x.shape).astype(x.dtype), aux

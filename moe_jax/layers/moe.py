@@ -12,7 +12,6 @@ from flax import nnx
 
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.experts import PARAM_AXES
-from moe_jax.core.sigmoid_router import update_bias
 from moe_jax.layers.params import param, scaled_init
 # The layer sits above core and parallel: it runs the core's moe_apply with
 # the expert-parallel exchange, which is the one-device path without a mesh.
@@ -25,7 +24,8 @@ EXPERT_OUT_AXES = PARAM_AXES['wo']  # wo [E, F, D]
 
 
 class RouterBias(nnx.Variable):
-  """The loss-free balancing bias [E]: training state, not a parameter.
+  """Router state: an extra array a router spec marks not trainable (the
+  loss-free balancing bias [E] is the one built in).
 
   Being no nnx.Param, it is outside the optimizer's tree (no gradient, no
   weight decay, no Adam moments); the train step carries it in
@@ -52,12 +52,15 @@ class MoELayer(nnx.Module):
     if config.expert_type == 'swiglu':
       self.wi_gate = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
     self.wo = param(rngs, init, (e, f, d), EXPERT_OUT_AXES)
-    if config.has_router_bias:
-      self.router_bias = RouterBias(jnp.zeros((e,), jnp.float32))
-    if config.router == 'noisy_topk':
-      # Shazeer et al. start W_noise at 0: noise std softplus(0) ≈ 0.69.
-      self.noise_kernel = param(rngs, nnx.initializers.zeros, (d, e),
-                                ROUTER_AXES)
+    # The router's own arrays, as its spec declares them (RNG draws in
+    # declaration order, after the experts': the order fixes the init).
+    for extra in config.extra_params:
+      shape = extra.shape(config, d)
+      if extra.trainable:
+        value = param(rngs, extra.init, shape, extra.axes)
+      else:  # State draws nothing from the RNG.
+        value = RouterBias(extra.init(None, shape, jnp.float32))
+      setattr(self, extra.name, value)
     if config.num_shared_experts:
       fs = config.num_shared_experts * f
       dense = scaled_init(config.init_scale)
@@ -73,30 +76,33 @@ class MoELayer(nnx.Module):
     names = ['router_kernel', 'wi', 'wo']
     if self.config.expert_type == 'swiglu':
       names.append('wi_gate')
-    if self.config.router == 'noisy_topk':
-      names.append('noise_kernel')
     if self.config.num_shared_experts:
       names += ['shared_wi', 'shared_wo']
       if self.config.expert_type == 'swiglu':
         names.append('shared_wi_gate')
       if self.config.shared_expert_gate:
         names.append('shared_gate')
-    if self.config.has_router_bias:
-      names.append('router_bias')
+    names += [extra.name for extra in self.config.extra_params]
     return {name: getattr(self, name)[...] for name in names}
 
   def __call__(self, x: jax.Array, *, train: bool = False,
-               key: jax.Array | None = None, return_routing: bool = False):
+               key: jax.Array | None = None, return_routing: bool = False,
+               token_ids: jax.Array | None = None):
     return parallel_moe_apply(self.params(), x, self.config, train=train,
                               key=key, dtype=self.dtype,
-                              return_routing=return_routing)
+                              return_routing=return_routing,
+                              token_ids=token_ids)
 
   def update_router_bias(self, aux: dict[str, jax.Array]) -> None:
-    """Moves the bias by ±γ from this layer's aux of one training step.
+    """Moves the router state (e.g. the bias by ±γ) from this layer's aux of
+    one training step, by the spec's update_state.
 
     Called by the train step after the forward pass, outside the gradient:
-    the step selected with the old bias, the next one with the new.
+    the step selected with the old state, the next one with the new.
     """
-    self.router_bias[...] = update_bias(
-        self.router_bias[...], aux['expert_load'],
-        self.config.bias_update_rate)
+    names = [p.name for p in self.config.extra_params if not p.trainable]
+    new = self.config.spec.update_state(
+        {n: getattr(self, n)[...] for n in names}, aux,
+        self.config.router_options)
+    for name in names:
+      getattr(self, name)[...] = new[name]

@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from moe_jax.core.config import NONCAUSAL_CAPABLE, MoEConfig
+from moe_jax.core.config import MoEConfig
 from moe_jax.errors import (UserInputError, check_bool, check_choice,
                             check_non_negative, check_positive, require)
 
@@ -102,7 +102,7 @@ class ModelConfig:
   def _check_causal_routing(self) -> None:
     """This model is a causal decoder: refuse routing that sees the future."""
     moe = self.moe
-    if self.moe_every == 0 or moe.router not in NONCAUSAL_CAPABLE:
+    if self.moe_every == 0 or not moe.spec.group_wide:
       return
     if not moe.causal_routing and not moe.allow_noncausal:
       raise UserInputError(

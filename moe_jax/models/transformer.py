@@ -69,12 +69,15 @@ class Block(nnx.Module):
       self.ffn = DenseFFN(c.d_model, c.d_ff, c.moe.expert_type, c.init_scale,
                           rngs=rngs, dtype=dt)
 
-  def __call__(self, x, *, train: bool, key, return_routing: bool = False):
+  def __call__(self, x, *, train: bool, key, return_routing: bool = False,
+               token_ids=None):
     x = x + self.attn(self.attn_norm(x)).astype(x.dtype)
     h = self.ffn_norm(x)
     aux = {}
     if self.is_moe:
-      h, aux = self.ffn(h, train=train, key=key, return_routing=return_routing)
+      # token_ids: for routers that read the vocabulary id (hash routing).
+      h, aux = self.ffn(h, train=train, key=key, return_routing=return_routing,
+                        token_ids=token_ids)
     else:
       h = self.ffn(h)
     return x + h.astype(x.dtype), aux
@@ -132,7 +135,7 @@ class TransformerLM(nnx.Module):
     for i, block in enumerate(self.blocks):
       block_key = None if key is None else jax.random.fold_in(key, i)
       x, block_aux = block(x, train=train, key=block_key,
-                           return_routing=return_routing)
+                           return_routing=return_routing, token_ids=tokens)
       if 'routing' in block_aux:
         routing[i] = block_aux.pop('routing')
       if block_aux:

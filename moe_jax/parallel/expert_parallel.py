@@ -59,7 +59,9 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
 
   Args:
     x: [G, S, D] grouped tokens.
-    plan: the routing plan of x.
+    plan: the routing plan of x: a RoutingPlan, or a router's own plan
+      type (any pytree whose arrays lead with G) with the dispatcher that
+      moves it.
     params: expert weights, each [E, ...] with the expert axis first.
     dispatcher: how tokens move to per-expert buffers and back.
     expert_fn: (params, ExpertInputs) -> outputs in the same layout.
@@ -79,15 +81,18 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
     # Rows cross devices as buffers: use the twin that materialises them.
     dispatcher = dispatcher.buffered
   mesh = jax.sharding.get_abstract_mesh()
-  # Tokens [G, S, D] and plan arrays [G, S, K] split alike over the groups.
+  # Tokens [G, S, D] and every plan array [G, ...] split alike over the
+  # groups. A plan is any pytree of such arrays (a RoutingPlan, or a
+  # router's own plan type such as Soft MoE's), rebuilt inside.
   groups = rules_lib.logical_to_spec(('batch', None, None), mesh=mesh)
+  plan_leaves, plan_tree = jax.tree.flatten(plan)
+  plan_specs = [rules_lib.logical_to_spec(('batch',) + (None,) * (a.ndim - 1),
+                                          mesh=mesh) for a in plan_leaves]
   weights = {name: rules_lib.logical_to_spec(PARAM_AXES[name], mesh=mesh)
              for name in params}
 
-  def local(x, expert_index, combine_weights, slot, params):
-    local_plan = RoutingPlan(expert_index, combine_weights, slot,
-                             num_experts=plan.num_experts,
-                             capacity=plan.capacity)
+  def local(x, plan_leaves, params):
+    local_plan = jax.tree.unflatten(plan_tree, plan_leaves)
     if ep > 1 and not dispatcher.needs_capacity:
       y = dropless_ep.dropless_experts(x, local_plan, params, dispatcher,
                                        expert_fn, EXPERT_AXIS, exchange_impl)
@@ -106,9 +111,8 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
     return dispatcher.combine(y, local_plan, ctx)
 
   return jax.shard_map(
-      local, in_specs=(groups, groups, groups, groups, weights),
-      out_specs=groups)(x, plan.expert_index, plan.combine_weights, plan.slot,
-                        params)
+      local, in_specs=(groups, plan_specs, weights),
+      out_specs=groups)(x, plan_leaves, params)
 
 
 def parallel_moe_apply(params: dict[str, jax.Array], x: jax.Array, config,

@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from moe_jax.config import renames
 from moe_jax.data import fingerprint
 from moe_jax.errors import UserInputError
 from moe_jax.train import quiet_restore
@@ -35,9 +36,10 @@ def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_fingerprint(config_dict: dict[str, Any]) -> dict[str, Any]:
-  """The flat {'model.d_model': 128, ...} view of the checked sections."""
+  """The flat {'model.d_model': 128, ...} view of the checked sections,
+  under today's names (a checkpoint's old names are translated)."""
   plain = json.loads(json.dumps(config_dict, default=str))
-  return {k: v for k, v in _flatten(plain).items()
+  return {k: v for k, v in renames.translate(_flatten(plain)).items()
           if k.split('.')[0] in FINGERPRINT_KEYS}
 
 
@@ -50,13 +52,15 @@ def saved_config(saved: dict[str, Any]):
   """A checkpoint's config as a ConfigDict with every field of today's.
 
   A field the checkpoint predates takes the value it meant then
-  (MEANT_WHEN_ABSENT) or today's default, so that old runs evaluate, merge
+  (MEANT_WHEN_ABSENT) or today's default, and a field since moved is read
+  at its new place (config/renames.py), so that old runs evaluate, merge
   and trace as they trained.
   """
   from moe_jax.config import default_config  # pylint: disable=g-import-not-at-top
   config = default_config.get_default_config()
   with config.unlocked():
-    config.update_from_flattened_dict({**MEANT_WHEN_ABSENT, **_flatten(saved)})
+    config.update_from_flattened_dict(
+        {**MEANT_WHEN_ABSENT, **renames.translate(_flatten(saved))})
   return config
 
 

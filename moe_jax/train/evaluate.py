@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from moe_jax.config.default_config import router_eval_only_fields
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import placement
 from moe_jax.train import setup, trainable
@@ -29,7 +30,7 @@ from moe_jax.train.step import EVAL_ROUTING_METRICS, eval_step
 # Fields that change how a checkpoint is evaluated (or on what) but not
 # what it holds.
 EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
-                    'moe.second_policy_eval', 'moe.min_capacity',
+                    *router_eval_only_fields(), 'moe.min_capacity',
                     'train.eval_batches', 'train.final_eval_batches',
                     'data.kind', 'data.path')
 
@@ -102,8 +103,11 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       raise UserInputError(
           f'{field} changes what a checkpoint holds; only {EVAL_ONLY_FIELDS} '
           'can differ at evaluation.')
-    section, name = field.split('.')
-    config[section][name] = value
+    *path, name = field.split('.')  # Router options sit deeper.
+    node = config
+    for part in path:
+      node = node[part]
+    node[name] = value
   mcfg = setup.model_config(config)
   data = setup.load_data(config)
   mesh = setup.make_mesh(config, mcfg)

@@ -34,7 +34,7 @@ class ExpertInputs(NamedTuple):
     [E, N] for capacity buffers or [NB, blk] for blocks (then group_sizes
     and block_expert set too). The experts gather their rows, and return
     [T, D] gate-weighted sums: the combine is already done (see
-    core/gathered_mlp.py).
+    core/experts/gathered_mlp.py).
 
   Attributes:
     x: the rows, shaped as above.

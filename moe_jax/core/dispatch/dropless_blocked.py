@@ -3,7 +3,7 @@
 The MegaBlocks idea (Gale et al. 2022) with static shapes. Choices are sorted
 by expert and each expert's rows are padded up to a multiple of `blk`, so
 every block of `blk` rows belongs to a single expert. The experts then run
-plain matmuls over runs of blocks (core/blocked_mlp.py) instead of
+plain matmuls over runs of blocks (core/experts/blocked_mlp.py) instead of
 `jax.lax.ragged_dot`, which on CPU costs several dense matmuls' worth (kept
 as 'dropless_ragged' for GPU/TPU).
 

@@ -4,8 +4,8 @@
 and 'dropless_fused' the same blocked layout as 'dropless'; each gives its
 twin's results (to float rounding) without materialising the buffers of
 tokens ([E, G·C, D], [NB·blk, D]). The dispatch only computes which token and
-gate fill each buffer row; the experts (core/gathered_mlp.py) gather their
-rows tile by tile and return the gate-weighted sums, so the combine is a
+gate fill each buffer row; the experts (core/experts/gathered_mlp.py) gather
+their rows tile by tile and return the gate-weighted sums, so the combine is a
 reshape. This removes the K (·cf) copies of every token that dominate
 fine-grained layers (many small experts, large K) on CPU.
 

@@ -27,8 +27,9 @@ from moe_jax.errors import UserInputError
 
 def merged_config(config: dict) -> ml_collections.ConfigDict:
   """The LoRA run's config as that of a plain run of the merged model."""
+  from moe_jax.config import renames  # pylint: disable=g-import-not-at-top
   from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict(config)
+  c = ml_collections.ConfigDict(renames.translate_nested(config))
   c.lora = get_default_config().lora  # Off; alpha and targets mean nothing.
   c.train.init_from = None
   c.train.upcycle = False

@@ -14,6 +14,7 @@ Two balance losses (Appendix A), both CV² = Var/Mean² over experts:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -22,7 +23,31 @@ from jax.scipy.stats import norm
 
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
-from moe_jax.core.routers import build_plan, top_k_experts
+from moe_jax.core.routing import registry
+from moe_jax.core.routing.common import build_plan, top_k_experts
+from moe_jax.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """moe.router_options.noisy_topk.
+
+  Attributes:
+    importance_weight: weight of the importance CV² loss (Shazeer et al.
+      used 0.1); 0: off.
+    load_cv_weight: weight of the smooth load CV² loss; 0: off.
+  """
+
+  importance_weight: float = 0.0
+  load_cv_weight: float = 0.0
+
+  def __post_init__(self):
+    for name in ('importance_weight', 'load_cv_weight'):
+      value = getattr(self, name)
+      if (not isinstance(value, (int, float)) or isinstance(value, bool) or
+          not value >= 0):
+        raise UserInputError(
+            f'router_options.noisy_topk.{name}={value!r} must be >= 0.')
 
 
 def cv_squared(x: jax.Array) -> jax.Array:
@@ -83,3 +108,33 @@ def noisy_top_k(logits: jax.Array, *, capacity: int | None, k: int,
   aux['importance_loss'] = cv_squared(importance)
   aux['load_loss'] = cv_squared(smooth_load(logits, noisy, noise_std, k))
   return plan, aux
+
+
+def _route(inputs, config, *, train, capacity, key, balance_fn):
+  del train
+  noise_logits = inputs.router_in @ inputs.params['noise_kernel'].astype(
+      jnp.float32)
+  return noisy_top_k(inputs.logits, capacity=capacity, k=config.top_k,
+                     noise_logits=noise_logits, key=key, balance_fn=balance_fn)
+
+
+def _check(config) -> None:
+  if config.top_k >= config.num_experts:
+    raise UserInputError(
+        f"router='noisy_topk' needs top_k < num_experts (the load loss "
+        f'compares each expert with the k-th best other); top_k='
+        f'{config.top_k}, num_experts={config.num_experts}.')
+
+
+# Shazeer et al. start W_noise at 0: noise std softplus(0) ≈ 0.69.
+NOISE_KERNEL = registry.ExtraParam(
+    'noise_kernel', lambda config, d: (d, config.num_experts),
+    jax.nn.initializers.zeros, ('embed', None))
+
+SPEC = registry.register(registry.RouterSpec(
+    name='noisy_topk', route=_route, options=Options, check=_check,
+    extra_params=lambda config: (NOISE_KERNEL,),
+    aux_terms=(('importance_weight', 'importance_loss'),
+               ('load_cv_weight', 'load_loss')),
+    legacy_fields=(('importance_weight', 'importance_weight'),
+                   ('load_cv_weight', 'load_cv_weight'))))

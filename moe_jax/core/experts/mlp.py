@@ -17,9 +17,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from moe_jax.core.blocked_mlp import blocked_mlp
+from moe_jax.core.experts.blocked_mlp import blocked_mlp
 from moe_jax.core.dispatch.base import ExpertInputs
-from moe_jax.core.gathered_mlp import gathered_mlp
+from moe_jax.core.experts.gathered_mlp import gathered_mlp
 
 EXPERT_TYPES = ('gelu', 'swiglu')
 

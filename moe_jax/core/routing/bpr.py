@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from moe_jax.core import capacity as capacity_lib
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
-from moe_jax.core.routers import build_plan, top_k_experts
+from moe_jax.core.routing import registry
+from moe_jax.core.routing.common import build_plan, top_k_experts
 
 
 def prioritised_slots(expert_index: jax.Array, routed: jax.Array,
@@ -59,3 +60,12 @@ def bpr_top_k(logits: jax.Array, *, capacity: int | None, k: int,
                            gates[..., 0], logits.shape[-1], capacity)
   return build_plan(logits, probs, expert_index, gates, routed, capacity,
                     balance_fn, slot=slot)
+
+
+def _route(inputs, config, *, train, capacity, key, balance_fn):
+  del train
+  return bpr_top_k(inputs.logits, capacity=capacity, k=config.top_k, key=key,
+                   balance_fn=balance_fn)
+
+
+SPEC = registry.register(registry.RouterSpec(name='bpr', route=_route))

@@ -38,9 +38,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from moe_jax.core import capacity as capacity_lib
 from moe_jax.core import losses
 from moe_jax.core import metrics as metrics_lib
+from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.plan import DROPPED, RoutingPlan
+from moe_jax.core.routing import registry
 from moe_jax.errors import UserInputError
 
 
@@ -158,3 +161,46 @@ def expert_choice(logits: jax.Array, *, capacity: int,
           jax.nn.one_hot(per_token, e + 1), axis=0),
   }
   return plan, aux
+
+
+def _route(inputs, config, *, train, capacity, key, balance_fn):
+  del train
+  return expert_choice(inputs.logits, capacity=capacity, key=key,
+                       causal=config.causal_routing, chunk=config.causal_chunk,
+                       balance_fn=balance_fn)
+
+
+def _span(config, group_size: int) -> int:
+  """Positions one expert buffer serves: a chunk when causal, else S."""
+  if config.causal_routing:
+    return min(group_size, config.causal_chunk)
+  return group_size
+
+
+def _capacity(config, group_size: int, cf: float) -> int:
+  """Zhou et al.: C = S·c/E, one pick per expert, so not scaled by K; the
+  causal variant's buffers are per chunk of Q positions."""
+  span = _span(config, group_size)
+  if config.fixed_capacity is not None:
+    return min(config.fixed_capacity, span)
+  return capacity_lib.expert_capacity(span, config.num_experts, 1, cf,
+                                      config.min_capacity)
+
+
+def _passes_per_token(config, group_size: int) -> float:
+  """E·C slots filled per group (chunk, when causal) of S tokens: E·C/S."""
+  return (config.num_experts * config.capacity(group_size, train=True) /
+          _span(config, group_size))
+
+
+def _check(config) -> None:
+  if not DISPATCHERS[config.dispatcher].needs_capacity:
+    raise UserInputError(
+        f"router='expert_choice' fills fixed-size expert buffers; "
+        f"dispatcher={config.dispatcher!r} has none: use 'index', 'fused' "
+        "or 'einsum'.")
+
+
+SPEC = registry.register(registry.RouterSpec(
+    name='expert_choice', route=_route, group_wide=True, check=_check,
+    capacity=_capacity, passes_per_token=_passes_per_token))

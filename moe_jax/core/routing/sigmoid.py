@@ -18,6 +18,7 @@ sequence; set balance_loss_scope='sequence' and a small load_balance_weight
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -25,7 +26,30 @@ import jax.numpy as jnp
 
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
-from moe_jax.core.routers import build_plan, top_k_experts
+from moe_jax.core.routing import registry
+from moe_jax.core.routing.common import build_plan, top_k_experts
+from moe_jax.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """moe.router_options.sigmoid.
+
+  Attributes:
+    bias_update_rate: γ of aux-loss-free balancing (DeepSeek used 1e-3).
+      > 0 gives each MoE layer a selection bias held in the training state
+      and moved by ±γ after each step; 0: no bias.
+  """
+
+  bias_update_rate: float = 0.0
+
+  def __post_init__(self):
+    value = self.bias_update_rate
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or
+        not value >= 0):
+      raise UserInputError(
+          f'router_options.sigmoid.bias_update_rate={value!r} must be >= 0 '
+          '(e.g. 1e-3; 0 turns loss-free balancing off).')
 
 
 def sigmoid_top_k(logits: jax.Array, *, capacity: int | None, k: int,
@@ -76,3 +100,30 @@ def update_bias(bias: jax.Array, load: jax.Array, rate: float) -> jax.Array:
   """
   load = jax.lax.stop_gradient(load.astype(jnp.float32))
   return bias + rate * jnp.sign(jnp.mean(load) - load)
+
+
+def _route(inputs, config, *, train, capacity, key, balance_fn):
+  del train
+  return sigmoid_top_k(inputs.logits, capacity=capacity, k=config.top_k,
+                       key=key, bias=inputs.params.get('router_bias'),
+                       balance_fn=balance_fn)
+
+
+# The selection bias b [E]: state, not a parameter (no gradient, no weight
+# decay, no Adam moments), starting at 0.
+ROUTER_BIAS = registry.ExtraParam(
+    'router_bias', lambda config, d: (config.num_experts,),
+    jax.nn.initializers.zeros, (None,), trainable=False)
+
+
+def _update_state(state, aux, options):
+  return {'router_bias': update_bias(state['router_bias'], aux['expert_load'],
+                                     options.bias_update_rate)}
+
+
+SPEC = registry.register(registry.RouterSpec(
+    name='sigmoid', route=_route, options=Options,
+    extra_params=lambda config: (
+        (ROUTER_BIAS,) if config.router_options.bias_update_rate > 0 else ()),
+    update_state=_update_state,
+    legacy_fields=(('bias_update_rate', 'bias_update_rate'),)))

@@ -28,9 +28,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from moe_jax.core import manual_axes
-from moe_jax.core.blocked_mlp import (Tiles, block_schedule, expert_weights,
-                                     put_rows, row_slice)
+from moe_jax.core.experts import manual_axes
+from moe_jax.core.experts.blocked_mlp import (Tiles, block_schedule,
+                                              expert_weights, put_rows,
+                                              row_slice)
 from moe_jax.core.dispatch.base import ExpertInputs
 
 _Pre = Callable[[dict[str, jax.Array], jax.Array], object]

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moe_jax.core import manual_axes
+from moe_jax.core.experts import manual_axes
 from moe_jax.core.dispatch.base import ExpertInputs
 from moe_jax.core.plan import segment_of
 
