@@ -7,6 +7,9 @@ Checked, without importing anything heavy:
   a `<placeholder>` are skipped;
 - Python module names: `python -m X`, `import X` and `from X import a, b` in
   code blocks, and backticked dotted names like `moe_jax.train.evaluate`;
+- config fields: backticked `moe.top_k`-style names (also `--config.x.y=v`
+  and `config.x.y`) and `--config.x.y=` flags in code blocks must be fields
+  of the default config;
 - the README stays a front page (<= 200 lines), and every docs page starts,
   after its title, with a code block (a runnable example).
 
@@ -34,11 +37,15 @@ PACKAGES = ('moe_jax', 'experiments', 'benchmarks')
 _LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)\)')
 _INLINE_CODE = re.compile(r'`([^`\n]+)`')
 _PATH = re.compile(r'(?<![\w./-])((?:%s)/[\w./*<>{}:-]*)' % '|'.join(TOP))
-_FILE_SUFFIX = re.compile(r'\.(py|ipynb|md|sh|png|json|csv|txt|toml)$')
+_FILE_SUFFIX = re.compile(r'\.(py|ipynb|md|sh|png|json|csv|txt|toml|bin|npy)$')
 _RUN_MODULE = re.compile(r'python3? -m ([\w.]+)')
 _IMPORT = re.compile(r'^\s*import ([\w.]+)', re.M)
 _FROM_IMPORT = re.compile(r'^\s*from ([\w.]+) import ([\w, ()]+)', re.M)
 _DOTTED = re.compile(r'^(%s)(\.\w+)+$' % '|'.join(PACKAGES))
+SECTIONS = ('moe', 'model', 'train', 'data', 'lora', 'mesh', 'optim')
+_FIELD = re.compile(r'^(?:--config\.|config\.)?((?:%s)(?:\.\w+)+)(?:=.*)?$'
+                    % '|'.join(SECTIONS))
+_FIELD_FLAG = re.compile(r'--config\.([\w.]+)=')
 
 
 def _blocks(text: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
@@ -110,6 +117,24 @@ def _name_exists(dotted: str) -> bool:
   return module is not None and attr in _defined_names(module)
 
 
+@functools.cache
+def _default_config():
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(ROOT))
+  # Light: ml_collections only, no JAX.
+  from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
+  return get_default_config()
+
+
+def _field_exists(dotted: str) -> bool:
+  node = _default_config()
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
 def _problems(page: pathlib.Path) -> list[str]:
   text = page.read_text()
   prose, code = _blocks(text)
@@ -132,6 +157,11 @@ def _problems(page: pathlib.Path) -> list[str]:
           out.append(f'{where(i)}: missing path `{rel}`')
       if _DOTTED.match(span) and not _name_exists(span):
         out.append(f'{where(i)}: missing module or name `{span}`')
+      field = _FIELD.match(span)
+      if (field and not _FILE_SUFFIX.search(span)
+          and not _field_exists(field.group(1))):
+        out.append(f'{where(i)}: `{span}`: the config has no field '
+                   f'{field.group(1)}')
     for name in _RUN_MODULE.findall(line):
       if name.startswith(PACKAGES) and not _module_file(name):
         out.append(f'{where(i)}: `python -m {name}`: no such module')
@@ -146,6 +176,10 @@ def _problems(page: pathlib.Path) -> list[str]:
     for name in _RUN_MODULE.findall(line):
       if name.startswith(PACKAGES) and not _module_file(name):
         out.append(f'{where(i)}: `python -m {name}`: no such module')
+    for field in _FIELD_FLAG.findall(line):
+      if not _field_exists(field):
+        out.append(f'{where(i)}: --config.{field}: the config has no such '
+                   'field')
     for name in _IMPORT.findall(line):
       if name.startswith(PACKAGES) and not _module_file(name):
         out.append(f'{where(i)}: `import {name}`: no such module')
