@@ -114,7 +114,7 @@ def test_sharded_checkpoint_round_trips(tmp_path):
 
 
 def test_capacity_counterfactual_on_imported_weights(tmp_path):
-  # The README's recipe: the same weights with capacity, through the
+  # The recipe in docs/architectures.md: the same weights with capacity, through the
   # routing-trace API the notebooks use.
   config = mixtral_like()
   hf_moe.export_checkpoint(config, _params(config), tmp_path)

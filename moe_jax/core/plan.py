@@ -5,7 +5,7 @@ dispatcher only reads them. Keeping this contract small is what lets a new
 router (expert choice, Soft-MoE-style, loss-free balancing) arrive without
 touching dispatcher or expert code.
 
-Shape letters (see README): G groups, S tokens per group, K choices per token,
+Shape letters (docs/core.md): G groups, S tokens per group, K choices per token,
 E experts, C expert capacity.
 """
 
