@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pathlib
 
-from experiments import records, report, run
+from experiments import judge, report, run, run_store
 
 README = pathlib.Path(__file__).parent / 'README.md'
 BEGIN = '<!-- verdicts: begin (python -m experiments.overview) -->'
@@ -28,9 +28,9 @@ ARCHIVE = pathlib.Path(__file__).parent / 'results_2026-11'
 def _before(name: str, ab, claim: str) -> str:
   """The claim's difference and verdict on the runs made before 2026-12
   (experiments/results_2026-11), by today's rule; '–' if it had none."""
-  store = records.RunStore(ARCHIVE / name)
+  store = run_store.RunStore(ARCHIVE / name)
   rows = store.rows()
-  for j in report.verdicts(ab, rows, store.curves()) if rows else ():
+  for j in judge.verdicts(ab, rows, store.curves()) if rows else ():
     if j.comparison.claim == claim and (j.better and j.worse):
       return f'{j.verdict.difference:+.4f} {j.verdict.verdict}'
   return '–'
@@ -42,11 +42,11 @@ def table() -> list[str]:
            'seeds for 0.01 | before 2026-12 |', '|---' * 11 + '|']
   for name in run.available():
     ab = run.load_ablation(name)
-    store = records.RunStore(run.RESULTS / name)
+    store = run_store.RunStore(run.RESULTS / name)
     rows = store.rows()
     if not rows or not ab.comparisons:
       continue
-    for j in report.verdicts(ab, rows, store.curves()):
+    for j in judge.verdicts(ab, rows, store.curves()):
       comp = j.comparison
       note = f'; {j.note}' if j.note else ''
       lines.append(

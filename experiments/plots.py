@@ -9,7 +9,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments.report import plot_curves, time_column, values
+from experiments.judge import time_column
+from experiments.report import plot_curves, values
 
 
 def _save(fig, out, name: str) -> list[str]:

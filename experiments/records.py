@@ -1,4 +1,4 @@
-"""One run's record: train it, read its metrics, and keep runs.csv/curves.csv.
+"""One run's record: train it (or reuse an identical finished run) and read its metrics.
 
 runs.csv has one row per (variant, seed); curves.csv the validation loss and
 routing metrics over steps. Both are rewritten atomically after each run, so
@@ -7,9 +7,6 @@ an interrupted ablation keeps every finished run.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import math
 import os
@@ -17,10 +14,9 @@ import pathlib
 import time
 
 import numpy as np
-from flax import traverse_util
 
-from moe_jax.errors import UserInputError
-from moe_jax.files import atomic_write
+from experiments.run_hash import config_hash, defaults_hash, legacy_config_hash
+from experiments.run_store import read_csv
 
 # Eval metrics copied into runs.csv as eval_<name> (see train/step.py).
 EVAL_FIELDS = ('loss', 'bits_per_byte', 'dropped_fraction',
@@ -29,60 +25,6 @@ EVAL_FIELDS = ('loss', 'bits_per_byte', 'dropped_fraction',
 # Training-log metrics (means over MoE layers) kept as curves.
 CURVE_TRAIN_METRICS = ('max_violation', 'router_logit_max', 'router_logsumexp',
                        'dropped_fraction')
-
-
-def _flat(tree: dict) -> dict:
-  """{'moe.top_k': 1, ...}: a config dict's fields by dotted name."""
-  return traverse_util.flatten_dict(tree, sep='.')
-
-
-def _digest(value) -> str:
-  text = json.dumps(value, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _legacy_flat(config) -> dict:
-  """The config's flat fields under the names they had when runs.csv began
-  (router options were flat moe.* fields; moe_jax/config/renames.py), so
-  every recorded run keeps its hash."""
-  from moe_jax.config import renames  # pylint: disable=g-import-not-at-top
-  return renames.to_legacy(_flat(config.to_dict()))
-
-
-def _nested(flat: dict) -> dict:
-  out = {}
-  for key, value in flat.items():
-    *path, name = key.split('.')
-    node = out
-    for part in path:
-      node = node.setdefault(part, {})
-    node[name] = value
-  return out
-
-
-def config_hash(config) -> str:
-  """Identifies a run by the fields it sets away from moe_jax's defaults.
-
-  So a new config field (added with a default that keeps old behaviour)
-  leaves every finished run valid. Changing a default's value changes what
-  the ablations compute: runs.csv records defaults_hash, and the runner warns
-  when it differs from today's.
-  """
-  from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
-  defaults = _legacy_flat(get_default_config())
-  changed = {k: v for k, v in _legacy_flat(config).items()
-             if k not in defaults or defaults[k] != v}
-  return _digest(changed)
-
-
-def legacy_config_hash(config) -> str:
-  """The hash of the whole config, which runs.csv held before 2026-11-28."""
-  return _digest(_nested(_legacy_flat(config)))
-
-
-def defaults_hash() -> str:
-  from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
-  return _digest(_nested(_legacy_flat(get_default_config())))
 
 
 def _read_jsonl(workdir: pathlib.Path) -> list[dict]:
@@ -181,9 +123,9 @@ def find_finished(results_root: pathlib.Path, config,
   for csv_path in sorted(pathlib.Path(results_root).glob('*/runs.csv')):
     if csv_path.parent.resolve() == pathlib.Path(exclude).resolve():
       continue
-    for r in _read_csv(csv_path):
+    for r in read_csv(csv_path):
       if r.get('config_hash') in hashes and r.get('status') == 'ok':
-        curves = [c for c in _read_csv(csv_path.parent / 'curves.csv')
+        curves = [c for c in read_csv(csv_path.parent / 'curves.csv')
                   if c['variant'] == r['variant'] and c['seed'] == r['seed']]
         workdir = (csv_path.parent / 'workdirs' / r['variant'] /
                    f'seed{r["seed"]}')
@@ -232,104 +174,3 @@ def read_curves(workdir: pathlib.Path, variant: str, seed: int) -> list[dict]:
           rows.append(dict(variant=variant, seed=seed, step=step,
                            metric=name, value=value))
   return rows
-
-
-class RunStore:
-  """runs.csv and curves.csv of one ablation's results folder."""
-
-  def __init__(self, out: pathlib.Path):
-    self.out = pathlib.Path(out)
-    self.csv_path = self.out / 'runs.csv'
-    self.curves_path = self.out / 'curves.csv'
-    self._rows = _read_csv(self.csv_path)
-    self._curves = _read_csv(self.curves_path)
-
-  def rows(self) -> list[dict]:
-    return list(self._rows)
-
-  def curves(self) -> list[dict]:
-    return list(self._curves)
-
-  def _find(self, variant: str, seed: int) -> dict | None:
-    for r in self._rows:
-      if r['variant'] == variant and int(r['seed']) == seed:
-        return r
-    return None
-
-  def has(self, variant: str, seed: int) -> bool:
-    return self._find(variant, seed) is not None
-
-  def check_same_config(self, variant: str, seed: int, config) -> None:
-    """Raises unless the recorded run (if any) had this config.
-
-    A row recorded with the legacy whole-config hash is relabelled with
-    today's hash when it matches (saved with the next add()).
-    """
-    row = self._find(variant, seed)
-    if row is None or row['config_hash'] == config_hash(config):
-      return
-    if row['config_hash'] == legacy_config_hash(config):
-      row['config_hash'] = config_hash(config)
-      return
-    raise UserInputError(
-        f'{self.csv_path} already holds {variant} seed {seed} from another '
-        'config (other steps or overrides); pass a new --out, or delete '
-        'that folder to start over.')
-
-  def stale_defaults(self) -> bool:
-    """Whether a recorded run used other moe_jax defaults than today's."""
-    now = defaults_hash()
-    return any(r.get('defaults_hash') not in (None, '', now) and
-               isinstance(r.get('defaults_hash'), str) for r in self._rows)
-
-  def save(self) -> None:
-    if self._rows:
-      self.out.mkdir(parents=True, exist_ok=True)
-      _write_csv(self.csv_path, self._rows)
-
-  def add(self, row: dict, curves: list[dict]) -> None:
-    self._rows = [r for r in self._rows if not (
-        r['variant'] == row['variant'] and int(r['seed']) == row['seed'])]
-    self._rows.append(row)
-    self._curves = [c for c in self._curves if not (
-        c['variant'] == row['variant'] and int(c['seed']) == row['seed'])]
-    self._curves.extend(curves)
-    self.out.mkdir(parents=True, exist_ok=True)
-    _write_csv(self.csv_path, self._rows)
-    _write_csv(self.curves_path, self._curves)
-
-
-def _read_csv(path: pathlib.Path) -> list[dict]:
-  if not path.exists():
-    return []
-  with path.open(newline='') as f:
-    return [{k: v if k in _TEXT_COLUMNS else _parse(v) for k, v in r.items()}
-            for r in csv.DictReader(f)]
-
-
-# Columns kept as text even when they look like numbers (a hash of digits).
-_TEXT_COLUMNS = ('variant', 'status', 'config_hash', 'defaults_hash',
-                 'expert_fraction', 'metric', 'reused_from', 'command',
-                 'data', 'held_out', 'xla_flags')
-
-
-def _parse(value: str):
-  if value == '':
-    return math.nan
-  for kind in (int, float):
-    try:
-      return kind(value)
-    except ValueError:
-      pass
-  return value
-
-
-def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-  fields = []
-  for r in rows:
-    fields.extend(k for k in r if k not in fields)
-  text = io.StringIO()
-  writer = csv.DictWriter(text, fieldnames=fields, restval='')
-  writer.writeheader()
-  writer.writerows(rows)
-  atomic_write(path, text.getvalue().encode())

@@ -30,7 +30,7 @@ import time
 
 from absl import logging
 
-from experiments import records, report, scheduler
+from experiments import records, report, run_store, scheduler
 from experiments.ablation import Ablation
 from experiments.scheduler import RunSpec, Seeds
 from moe_jax import cli
@@ -119,7 +119,7 @@ def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
   """Trains what runs.csv lacks (of `only`'s variants, if given); returns all
   rows. Rebuilds the report. With reuse, a run that another ablation's
   results already hold (same config hash) is copied, not retrained."""
-  store = records.RunStore(out)
+  store = run_store.RunStore(out)
   plan = plan_runs(ab, seeds=seeds, steps=steps, out=out, overrides=overrides)
   configs = {(r.variant, r.seed): r.config(ab) for r in plan}
   for (name, s), c in configs.items():
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
       overrides = {'train.eval_batches': 4,
                    'train.eval_every': max(1, steps // 2), **overrides}
     if args.report_only:
-      store = records.RunStore(out)
+      store = run_store.RunStore(out)
       report.write(ab, store.rows(), store.curves(), out)
       print(f'summary: {out / "summary.md"}')
       return 0

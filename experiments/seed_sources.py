@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments import records, report, run, verdict
+from experiments import judge, report, run, run_store, verdict
 
 SOURCES = (('init and data order', 'regime'),
            ('initialisation only', 'seed_sources_init'),
@@ -25,7 +25,7 @@ PAIR = ('switch_top1', 'dense')
 
 
 def rows_of(folder: str) -> list[dict]:
-  return records.RunStore(run.RESULTS / folder).rows()
+  return run_store.RunStore(run.RESULTS / folder).rows()
 
 
 def table() -> list[str]:
@@ -33,7 +33,7 @@ def table() -> list[str]:
            'mean ± std | detectable at n (80% power) |', '|---|---|---|---|---|---|']
   for label, folder in SOURCES:
     rows = rows_of(folder)
-    a, b = (report.by_seed(rows, v, 'eval_loss') for v in PAIR)
+    a, b = (judge.by_seed(rows, v, 'eval_loss') for v in PAIR)
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
       lines.append(f'| {label} | {len(seeds)} | – | – | – | – |')

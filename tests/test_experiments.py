@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs import switch_top1
-from experiments import records, report, run, scheduler, verdict
+from experiments import (judge, records, run, run_hash, run_store, scheduler,
+                         verdict)
 from experiments.ablation import Ablation, Comparison, Variant, apply_overrides
 from experiments.scheduler import Seeds
 from moe_jax.train import setup
@@ -58,11 +59,11 @@ def test_verdicts_pair_runs_by_seed():
                 comparisons=(Comparison('a < b', ('a', 'eval_loss'),
                                         ('b', 'eval_loss'), 'equal steps'),),
                 steps=1, quick_steps=1)
-  (j,) = report.verdicts(ab, rows)
+  (j,) = judge.verdicts(ab, rows)
   assert j.verdict.verdict == 'agrees' and j.seeds == [0, 1, 2]
   assert not j.note and 0 < j.mde < 0.01
   # A seed on one side only is left out, and the rest stay paired.
-  (j,) = report.verdicts(ab, [r for r in rows if not (
+  (j,) = judge.verdicts(ab, [r for r in rows if not (
       r['variant'] == 'a' and r['seed'] == 2)])
   assert j.verdict.verdict == 'agrees' and j.seeds == [0, 1]
   assert j.note == 'seeds without a pair left out: 2'
@@ -70,7 +71,7 @@ def test_verdicts_pair_runs_by_seed():
   # which cannot see a 0.01 shift under a 0.3 spread.
   diverged = [dict(r, status='diverged: nan', eval_loss=float('nan'))
               if (r['variant'], r['seed']) == ('a', 2) else r for r in rows]
-  (j,) = report.verdicts(ab, diverged)
+  (j,) = judge.verdicts(ab, diverged)
   assert j.verdict.verdict == 'inconclusive'
   assert j.note == "a seed 2 diverged; Welch's test on all finite values"
 
@@ -102,7 +103,7 @@ def test_verdict_needs_two_seeds_a_side():
 def test_config_hash_ignores_new_default_fields_but_not_changes(monkeypatch):
   from moe_jax.config import default_config
   c = switch_top1.get_config('tiny')
-  before = records.config_hash(c)
+  before = run_hash.config_hash(c)
   real = default_config.get_default_config
 
   def with_new_field():
@@ -111,23 +112,23 @@ def test_config_hash_ignores_new_default_fields_but_not_changes(monkeypatch):
     return d
   monkeypatch.setattr(default_config, 'get_default_config', with_new_field)
   c2 = switch_top1.get_config('tiny')
-  assert records.config_hash(c2) == before
+  assert run_hash.config_hash(c2) == before
   c2.moe.new_option = 1
-  assert records.config_hash(c2) != before
+  assert run_hash.config_hash(c2) != before
   c.model.d_model = 64
-  assert records.config_hash(c) != before
+  assert run_hash.config_hash(c) != before
 
 
 def test_legacy_hash_rows_are_accepted_and_relabelled(tmp_path):
   c = switch_top1.get_config('tiny')
-  store = records.RunStore(tmp_path)
+  store = run_store.RunStore(tmp_path)
   store.add({'variant': 'a', 'seed': 0, 'status': 'ok', 'eval_loss': 1.0,
-             'config_hash': records.legacy_config_hash(c)}, [])
-  store = records.RunStore(tmp_path)
+             'config_hash': run_hash.legacy_config_hash(c)}, [])
+  store = run_store.RunStore(tmp_path)
   store.check_same_config('a', 0, c)
   store.save()
-  assert records.RunStore(tmp_path).rows()[0]['config_hash'] == (
-      records.config_hash(c))
+  assert run_store.RunStore(tmp_path).rows()[0]['config_hash'] == (
+      run_hash.config_hash(c))
   c.model.d_model = 64
   with pytest.raises(run.UserInputError, match='another config'):
     store.check_same_config('a', 0, c)

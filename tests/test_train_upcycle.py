@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import records, run, upcycling
+from experiments import records, run, run_hash, upcycling
 from experiments.ablation import apply_overrides
 from experiments.scheduler import RunSpec, Seeds
 from moe_jax.errors import UserInputError
@@ -168,7 +168,7 @@ def test_runner_trains_the_dense_start_then_upcycled_and_continued_runs(
   config = ab.base(3)
   apply_overrides(config, {**ab.variant('upcycled').overrides, 'seed': 0,
                            'train.init_from': 'workdirs/dense_start/seed0'})
-  assert rows['upcycled']['config_hash'] == records.config_hash(config)
+  assert rows['upcycled']['config_hash'] == run_hash.config_hash(config)
   # Resuming reads its own checkpoint, not the source: with the dense start
   # moved away, the finished upcycled run restores and evaluates the same.
   spec = RunSpec(ab.name, 'upcycled', 0, 3, {}, Seeds(1), str(out))

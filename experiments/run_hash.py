@@ -1,0 +1,62 @@
+"""A run's identity in runs.csv: a hash of the config fields it sets away from the defaults."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from flax import traverse_util
+
+
+def _flat(tree: dict) -> dict:
+  """{'moe.top_k': 1, ...}: a config dict's fields by dotted name."""
+  return traverse_util.flatten_dict(tree, sep='.')
+
+
+def _digest(value) -> str:
+  text = json.dumps(value, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _legacy_flat(config) -> dict:
+  """The config's flat fields under the names they had when runs.csv began
+  (router options were flat moe.* fields; moe_jax/config/renames.py), so
+  every recorded run keeps its hash."""
+  from moe_jax.config import renames  # pylint: disable=g-import-not-at-top
+  return renames.to_legacy(_flat(config.to_dict()))
+
+
+def _nested(flat: dict) -> dict:
+  out = {}
+  for key, value in flat.items():
+    *path, name = key.split('.')
+    node = out
+    for part in path:
+      node = node.setdefault(part, {})
+    node[name] = value
+  return out
+
+
+def config_hash(config) -> str:
+  """Identifies a run by the fields it sets away from moe_jax's defaults.
+
+  So a new config field (added with a default that keeps old behaviour)
+  leaves every finished run valid. Changing a default's value changes what
+  the ablations compute: runs.csv records defaults_hash, and the runner warns
+  when it differs from today's.
+  """
+  from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
+  defaults = _legacy_flat(get_default_config())
+  changed = {k: v for k, v in _legacy_flat(config).items()
+             if k not in defaults or defaults[k] != v}
+  return _digest(changed)
+
+
+def legacy_config_hash(config) -> str:
+  """The hash of the whole config, which runs.csv held before 2026-11-28."""
+  return _digest(_nested(_legacy_flat(config)))
+
+
+def defaults_hash() -> str:
+  from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
+  return _digest(_nested(_legacy_flat(get_default_config())))

@@ -1,0 +1,117 @@
+"""runs.csv and curves.csv of an ablation: read, appended to, rewritten atomically.
+
+An interrupted ablation keeps every finished run: each write replaces the
+whole file in one rename (moe_jax.files.atomic_write).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import pathlib
+
+from experiments.run_hash import config_hash, defaults_hash, legacy_config_hash
+from moe_jax.errors import UserInputError
+from moe_jax.files import atomic_write
+
+
+class RunStore:
+  """runs.csv and curves.csv of one ablation's results folder."""
+
+  def __init__(self, out: pathlib.Path):
+    self.out = pathlib.Path(out)
+    self.csv_path = self.out / 'runs.csv'
+    self.curves_path = self.out / 'curves.csv'
+    self._rows = read_csv(self.csv_path)
+    self._curves = read_csv(self.curves_path)
+
+  def rows(self) -> list[dict]:
+    return list(self._rows)
+
+  def curves(self) -> list[dict]:
+    return list(self._curves)
+
+  def _find(self, variant: str, seed: int) -> dict | None:
+    for r in self._rows:
+      if r['variant'] == variant and int(r['seed']) == seed:
+        return r
+    return None
+
+  def has(self, variant: str, seed: int) -> bool:
+    return self._find(variant, seed) is not None
+
+  def check_same_config(self, variant: str, seed: int, config) -> None:
+    """Raises unless the recorded run (if any) had this config.
+
+    A row recorded with the legacy whole-config hash is relabelled with
+    today's hash when it matches (saved with the next add()).
+    """
+    row = self._find(variant, seed)
+    if row is None or row['config_hash'] == config_hash(config):
+      return
+    if row['config_hash'] == legacy_config_hash(config):
+      row['config_hash'] = config_hash(config)
+      return
+    raise UserInputError(
+        f'{self.csv_path} already holds {variant} seed {seed} from another '
+        'config (other steps or overrides); pass a new --out, or delete '
+        'that folder to start over.')
+
+  def stale_defaults(self) -> bool:
+    """Whether a recorded run used other moe_jax defaults than today's."""
+    now = defaults_hash()
+    return any(r.get('defaults_hash') not in (None, '', now) and
+               isinstance(r.get('defaults_hash'), str) for r in self._rows)
+
+  def save(self) -> None:
+    if self._rows:
+      self.out.mkdir(parents=True, exist_ok=True)
+      _write_csv(self.csv_path, self._rows)
+
+  def add(self, row: dict, curves: list[dict]) -> None:
+    self._rows = [r for r in self._rows if not (
+        r['variant'] == row['variant'] and int(r['seed']) == row['seed'])]
+    self._rows.append(row)
+    self._curves = [c for c in self._curves if not (
+        c['variant'] == row['variant'] and int(c['seed']) == row['seed'])]
+    self._curves.extend(curves)
+    self.out.mkdir(parents=True, exist_ok=True)
+    _write_csv(self.csv_path, self._rows)
+    _write_csv(self.curves_path, self._curves)
+
+
+def read_csv(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  with path.open(newline='') as f:
+    return [{k: v if k in _TEXT_COLUMNS else _parse(v) for k, v in r.items()}
+            for r in csv.DictReader(f)]
+
+
+# Columns kept as text even when they look like numbers (a hash of digits).
+_TEXT_COLUMNS = ('variant', 'status', 'config_hash', 'defaults_hash',
+                 'expert_fraction', 'metric', 'reused_from', 'command',
+                 'data', 'held_out', 'xla_flags')
+
+
+def _parse(value: str):
+  if value == '':
+    return math.nan
+  for kind in (int, float):
+    try:
+      return kind(value)
+    except ValueError:
+      pass
+  return value
+
+
+def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+  fields = []
+  for r in rows:
+    fields.extend(k for k in r if k not in fields)
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=fields, restval='')
+  writer.writeheader()
+  writer.writerows(rows)
+  atomic_write(path, text.getvalue().encode())
