@@ -26,17 +26,6 @@ def _legacy_flat(config) -> dict:
   return renames.to_legacy(_flat(config.to_dict()))
 
 
-def _nested(flat: dict) -> dict:
-  out = {}
-  for key, value in flat.items():
-    *path, name = key.split('.')
-    node = out
-    for part in path:
-      node = node.setdefault(part, {})
-    node[name] = value
-  return out
-
-
 def config_hash(config) -> str:
   """Identifies a run by the fields it sets away from moe_jax's defaults.
 
@@ -54,9 +43,10 @@ def config_hash(config) -> str:
 
 def legacy_config_hash(config) -> str:
   """The hash of the whole config, which runs.csv held before 2026-11-28."""
-  return _digest(_nested(_legacy_flat(config)))
+  return _digest(traverse_util.unflatten_dict(_legacy_flat(config), sep='.'))
 
 
 def defaults_hash() -> str:
   from moe_jax.config.default_config import get_default_config  # pylint: disable=g-import-not-at-top
-  return _digest(_nested(_legacy_flat(get_default_config())))
+  return _digest(traverse_util.unflatten_dict(
+      _legacy_flat(get_default_config()), sep='.'))

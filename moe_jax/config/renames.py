@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import ml_collections
+from flax import traverse_util
 
 from moe_jax.core import routing
 from moe_jax.errors import UserInputError
@@ -80,24 +81,8 @@ def to_legacy(flat: dict[str, Any]) -> dict[str, Any]:
 
 def translate_nested(config: dict[str, Any]) -> dict[str, Any]:
   """translate for a nested config dict (a checkpoint's saved config)."""
-  flat = {}
-
-  def walk(node, prefix):
-    for k, v in node.items():
-      if isinstance(v, dict) and v:
-        walk(v, f'{prefix}{k}.')
-      else:
-        flat[prefix + k] = v
-
-  walk(config, '')
-  out: dict[str, Any] = {}
-  for key, value in translate(flat).items():
-    *path, name = key.split('.')
-    node = out
-    for part in path:
-      node = node.setdefault(part, {})
-    node[name] = value
-  return out
+  flat = traverse_util.flatten_dict(config, keep_empty_nodes=True, sep='.')
+  return traverse_util.unflatten_dict(translate(flat), sep='.')
 
 
 class MovedFieldGuard(ml_collections.ConfigDict):

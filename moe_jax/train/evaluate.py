@@ -103,11 +103,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       raise UserInputError(
           f'{field} changes what a checkpoint holds; only {EVAL_ONLY_FIELDS} '
           'can differ at evaluation.')
-    *path, name = field.split('.')  # Router options sit deeper.
-    node = config
-    for part in path:
-      node = node[part]
-    node[name] = value
+    config.update_from_flattened_dict({field: value})  # Any depth.
   mcfg = setup.model_config(config)
   data = setup.load_data(config)
   mesh = setup.make_mesh(config, mcfg)
