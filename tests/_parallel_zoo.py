@@ -45,6 +45,10 @@ CASES = {
         router_options={'noisy_topk': {'importance_weight': 0.1,
                                        'load_cv_weight': 0.1}}, **_COMMON),
     'bpr': MoEConfig(router='bpr', top_k=1, **_COMMON),
+    'deepseek': MoEConfig(
+        router='deepseek', top_k=2, router_options={'deepseek': {
+            'n_group': 4, 'topk_group': 2, 'routed_scaling_factor': 2.5,
+            'bias_update_rate': 1e-3}}, **_COMMON),
     'shared': MoEConfig(router='topk', top_k=2, num_shared_experts=1,
                         **_COMMON),
     # E·P = Q = 8 slot logits: the same router_kernel shape as the others.

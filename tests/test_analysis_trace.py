@@ -116,12 +116,17 @@ def test_load_refuses_another_format(tmp_path):
     trace_lib.load_trace(path)
 
 
-def test_trace_follows_the_loss_free_bias():
+@pytest.mark.parametrize('router, options', [
+    ('sigmoid', {}),
+    # Group-limited: expert 3's group (2, 3) is always kept, by its bias.
+    ('deepseek', {'n_group': 2, 'topk_group': 1,
+                  'routed_scaling_factor': 2.5})])
+def test_trace_follows_the_loss_free_bias(router, options):
   # A large bias on expert 3 (selection only) makes it every token's first
   # choice; the trace must record the biased choices, from the model and
   # from its (graphdef, params, router_state) split alike.
-  model = _model(router='sigmoid', top_k=2,
-                 router_options={'sigmoid': {'bias_update_rate': 1e-3}})
+  model = _model(router=router, top_k=2, router_options={
+      router: {'bias_update_rate': 1e-3, **options}})
   for layer in (1, 3):
     model.blocks[layer].ffn.router_bias[...] = jnp.array([0., 0., 0., 50.])
   batches = _batches(1)
@@ -129,5 +134,7 @@ def test_trace_follows_the_loss_free_bias():
   graphdef, params, bias = nnx.split(model, nnx.Param, ...)
   from_split = trace_lib.record_trace((graphdef, params, bias), batches)
   np.testing.assert_array_equal(from_model.expert[..., 0], 3)
+  if router == 'deepseek':  # The second choice stays in the kept group.
+    np.testing.assert_array_equal(from_model.expert[..., 1], 2)
   np.testing.assert_array_equal(from_split.expert, from_model.expert)
   np.testing.assert_array_equal(from_split.gate, from_model.gate)
