@@ -17,19 +17,23 @@ run regime --variants dense,switch_top1 --seeds 5 --data-seed 0 \
   --out experiments/results/seed_sources_init
 run regime --variants dense,switch_top1 --seeds 5 --init-seed 0 \
   --out experiments/results/seed_sources_data
-run regime_long --seeds 6
 # The other-text check (issue 24): the short regime's claims on a corpus that
 # is not code. Tests and this check may read ../shared; nothing else needs it.
 run regime --seeds 5 --config.data.kind=text \
   --config.data.path=../shared/data/tinyshakespeare.txt \
   --out experiments/results/regime_shakespeare
-# The long top-1 vs top-2 runs in the order their claims need them: cf 1.25
-# and the FLOP-matched pair first, then cf 1.0 and 2.0 (and dense, which the
-# runner copies from regime_long when it finds it there).
+# The short top-1 vs top-2 ablation next: its claims were 0.05 apart in the
+# pilot, so it can decide them in about 1.5 core-hours. Then the long
+# regime, and the long top-1 vs top-2 runs (cf 1.25 and the FLOP-matched
+# pair first, then cf 1.0 and 2.0; dense is copied from regime_long when the
+# runner finds it there).
+run top1_vs_top2
+# The long regime (about 8 core-hours): it resumes from its checkpoints.
+run regime_long --seeds 6
 run top1_vs_top2_long --seeds 6 \
   --variants top1_cf1.25,top2_cf1.25,top2_halfwidth_cf1.25
-for ablation in top1_vs_top2 capacity aux_weight z_loss num_experts \
-    routing_schemes upcycling; do
+for ablation in capacity aux_weight z_loss num_experts routing_schemes \
+    upcycling; do
   run "$ablation"
 done
 run top1_vs_top2_long --seeds 6
