@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from experiments.run_hash import config_hash, defaults_hash, legacy_config_hash
+from experiments.run_hash import (config_hash, legacy_config_hash,
+                                  record_defaults)
 from experiments.run_store import read_csv
 
 # Eval metrics copied into runs.csv as eval_<name> (see train/step.py).
@@ -66,7 +67,7 @@ def train_run(ab, variant: str, seed: int, config,
   row = {
       'variant': variant, 'seed': seed, 'steps': config.train.num_steps,
       'status': 'ok', 'config_hash': config_hash(config),
-      'defaults_hash': defaults_hash(),
+      'defaults_hash': record_defaults(),
       **{f'eval_{k}': final[f'eval/{k}'] for k in EVAL_FIELDS},
       'tokens_per_sec': tps,
       'train_s': config.train.num_steps * tokens_per_step / tps,

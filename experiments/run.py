@@ -129,10 +129,12 @@ def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
     ab.variant(name)  # An unknown name raises KeyError: one error line.
   todo = [r for r in plan if not store.has(r.variant, r.seed)
           and (not only or r.variant in only)]
-  if store.stale_defaults():
+  stale = store.stale_defaults()
+  if stale:
     print(f'warning: some runs in {store.csv_path} used other defaults of '
-          "moe_jax/config/default_config.py than today's; their numbers may "
-          'not match a rerun.', flush=True)
+          "moe_jax/config/default_config.py than today's ("
+          + '; '.join(stale) + '); their numbers may not match a rerun.',
+          flush=True)
   finished = sum(store.has(r.variant, r.seed) for r in plan)
   print(f'[{ab.name}] {len(plan)} runs ({len(ab.variants)} variants x '
         f'{seeds.count} seeds, {steps} steps); {finished} already in '

@@ -11,7 +11,8 @@ import io
 import math
 import pathlib
 
-from experiments.run_hash import config_hash, defaults_hash, legacy_config_hash
+from experiments.run_hash import (changed_defaults, config_hash, defaults_hash,
+                                  legacy_config_hash)
 from moe_jax.errors import UserInputError
 from moe_jax.files import atomic_write
 
@@ -58,11 +59,21 @@ class RunStore:
         'config (other steps or overrides); pass a new --out, or delete '
         'that folder to start over.')
 
-  def stale_defaults(self) -> bool:
-    """Whether a recorded run used other moe_jax defaults than today's."""
+  def stale_defaults(self) -> list[str]:
+    """What differs between the defaults of the recorded runs and today's:
+    for each older defaults_hash, the fields whose default value changed
+    (run_hash.changed_defaults), or that it is unknown; empty when none."""
     now = defaults_hash()
-    return any(r.get('defaults_hash') not in (None, '', now) and
-               isinstance(r.get('defaults_hash'), str) for r in self._rows)
+    old = {r.get('defaults_hash') for r in self._rows} - {None, '', now}
+    notes = []
+    for digest in sorted(h for h in old if isinstance(h, str)):
+      changed = changed_defaults(digest)
+      if changed is None:
+        notes.append(f'{digest}: unknown (no snapshot in '
+                     'experiments/results/defaults/)')
+      elif changed:
+        notes.append(f'{digest}: ' + ', '.join(changed))
+    return notes
 
   def save(self) -> None:
     if self._rows:

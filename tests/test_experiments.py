@@ -119,6 +119,35 @@ def test_config_hash_ignores_new_default_fields_but_not_changes(monkeypatch):
   assert run_hash.config_hash(c) != before
 
 
+
+def test_stale_defaults_names_changed_values_not_new_fields(tmp_path,
+                                                            monkeypatch):
+  from moe_jax.config import default_config
+  monkeypatch.setattr(run_hash, 'DEFAULTS_DIR', tmp_path / 'defaults')
+  old = run_hash.record_defaults()
+  store = run_store.RunStore(tmp_path / 'ab')
+  store.add({'variant': 'a', 'seed': 0, 'defaults_hash': old}, [])
+  real = default_config.get_default_config
+
+  def patched(new_field=False, changed=False):
+    def get():
+      d = real()
+      if new_field:
+        d.moe.new_option = 0  # A field added later, off by default.
+      if changed:
+        d.moe.z_loss_weight = 0.5
+      return d
+    return get
+
+  monkeypatch.setattr(default_config, 'get_default_config', patched(True))
+  assert run_hash.defaults_hash() != old
+  assert store.stale_defaults() == []
+  monkeypatch.setattr(default_config, 'get_default_config',
+                      patched(True, True))
+  assert store.stale_defaults() == [f'{old}: moe.z_loss_weight']
+  (tmp_path / 'defaults' / f'{old}.json').unlink()
+  assert 'unknown' in store.stale_defaults()[0]
+
 def test_legacy_hash_rows_are_accepted_and_relabelled(tmp_path):
   c = switch_top1.get_config('tiny')
   store = run_store.RunStore(tmp_path)
