@@ -25,8 +25,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MESH_FLAGS = '--xla_force_host_platform_device_count=8'
-# Fields that measure the machine, not the model.
-TIMING = ('tokens_per_sec', 'seconds', 'time')  # Also cpu_seconds_per_step.
+# Fields that measure the machine, not the model (matched as substrings,
+# so 'seconds' also covers cpu_seconds_per_step).
+TIMING = ('tokens_per_sec', 'seconds', 'time', 'flops_per_sec', 'mfu')
 
 
 def cases(workdirs: pathlib.Path) -> list[tuple[str, list[str], str]]:

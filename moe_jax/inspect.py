@@ -6,7 +6,8 @@
 Prints total and active (per-token) parameters, weight memory in fp32 /
 bf16 / int8, what one device of the mesh holds (fp32 weights and Adam's two
 fp32 moments, sharded by moe_jax/parallel/rules.py), and training FLOPs per
-token (6 × active). `--markdown` prints one table row per config file given
+token (moe_jax/models/flops.py: 6 × active matmul parameters plus attention
+at the config's seq_len, the count the trainer's MFU uses). `--markdown` prints one table row per config file given
 as an argument (`path.py` or `path.py:arg`), for the README.
 """
 
@@ -58,7 +59,8 @@ def describe(name: str, cost) -> str:
       f'{_gib(cost.device_adam_bytes)} = '
       f'{_gib(cost.device_weight_bytes + cost.device_adam_bytes)}',
       f'  train FLOPs     {cost.train_flops_per_token:.3e} per token '
-      '(6 × active; attention over the sequence not included)',
+      '(6 × active matmul params + attention over the sequence; '
+      'moe_jax/models/flops.py)',
   ])
 
 
@@ -97,13 +99,16 @@ def main(argv) -> None:
                  'configs/presets/*.py.')
       print(f'Mesh {_MESH.value}.\n\n{_HEADER}')
       for spec in argv[1:]:
-        cost = accounting.model_cost(model_config(load_config_file(spec)), mesh)
+        config = load_config_file(spec)
+        cost = accounting.model_cost(model_config(config), mesh,
+                                     config.seq_len)
         print(markdown_row(pathlib.Path(spec).stem, cost), flush=True)
       return
     if _CONFIG.value is None or len(argv) > 1:
       cli.fail('pass one --config=configs/presets/<name>.py (or --markdown '
                'with config files as arguments).')
-    cost = accounting.model_cost(model_config(_CONFIG.value), mesh)
+    cost = accounting.model_cost(model_config(_CONFIG.value), mesh,
+                                 _CONFIG.value.seq_len)
     print(describe(flags.FLAGS['config'].config_filename, cost))
   except UserInputError as e:
     cli.fail(str(e))

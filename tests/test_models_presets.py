@@ -127,7 +127,10 @@ def test_accounting_on_a_hand_computed_model():
                 dense // 2 + experts // 4 + router)
   assert cost.device_params == per_device == 584
   assert cost.device_adam_bytes == 2 * 4 * per_device
-  assert cost.train_flops_per_token == 6 * cost.active
+  # 6 × the active params less the input embedding (a lookup), plus
+  # attention at L = max_len = 8: 12 · 2 layers · 4 heads · 2 · 8.
+  assert cost.train_flops_per_token == (6 * (cost.active - embed) +
+                                       12 * 2 * 4 * 2 * 8)
   assert cost.weight_bytes('bf16') == 2 * total
   assert cost.weight_bytes('int8') == total
 

@@ -169,6 +169,8 @@ FRESH_CASES = {
                         ['capacity_factor=-0.5']),
     'group_size': (['--config.moe.group_size=7'],
                    ['moe.group_size=7', 'divide the 128 tokens']),
+    'peak_flops': (['--config.train.peak_flops_per_device=-1.0'],
+                   ['train.peak_flops_per_device=-1.0', '>= 0']),
     'lora_target': (['--config.lora.rank=2', '--config.train.init_from={base}',
                      "--config.lora.targets=('shared_experts',)"],
                     ['select no parameter']),

@@ -25,6 +25,7 @@ import pytest
 from flax import nnx
 
 from moe_jax.core.routing import switch as switch_lib
+from moe_jax.models import flops as flops_lib
 from moe_jax.models.param_count import count_params
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.train import evaluate, optim, setup, trainer
@@ -136,7 +137,9 @@ def _moe_layers(config):
 @pytest.fixture(scope='module')
 def switch_run(tmp_path_factory):
   """One tiny Switch run logging every step, shared by several tests."""
-  config = _tiny('switch_top1', train__log_every=1)
+  # A made-up peak (1 GFLOP/s) so the CPU run logs an MFU.
+  config = _tiny('switch_top1', train__log_every=1,
+                 train__peak_flops_per_device=1e9)
   workdir = tmp_path_factory.mktemp('switch_run')
   result, stdout = _train(config, workdir)
   return config, workdir, result, stdout
@@ -274,10 +277,14 @@ def test_bfloat16_trains_with_float32_router_and_params(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_metrics_jsonl_and_tensorboard(switch_run):
-  config, workdir, _, _ = switch_run
+  config, workdir, _, stdout = switch_run
   num_experts, top_k = config.moe.num_experts, config.moe.top_k
   layers = _moe_layers(config)
   assert layers == [1]
+  mcfg = setup.model_config(config)
+  header = re.search(r'active/token ([\d,]+)', stdout).group(1)
+  flops_per_token = flops_lib.for_model(mcfg, int(header.replace(',', '')),
+                                        config.seq_len)
   train = _train_records(workdir)
   for r in train:
     for key in ('loss', 'cross_entropy', 'aux_loss', 'learning_rate'):
@@ -287,6 +294,10 @@ def test_metrics_jsonl_and_tensorboard(switch_run):
     assert 0 <= r['learning_rate'] <= config.optim.learning_rate * (1 + 1e-6)
     if r['step'] > 1:  # The first step's time is mostly compilation.
       assert r['tokens_per_sec'] > 0
+      # Achieved FLOP/s per device and MFU (moe_jax/models/flops.py).
+      flops = r['tokens_per_sec'] * flops_per_token / jax.device_count()
+      assert r['flops_per_sec_per_device'] == pytest.approx(flops, rel=1e-6)
+      assert r['mfu'] == pytest.approx(flops / 1e9, rel=1e-6)
     for i in layers:
       p = f'moe_{i}/'
       assert r[p + 'load_balance_loss'] > 0

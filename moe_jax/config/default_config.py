@@ -177,6 +177,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.train.final_eval_batches = config_dict.placeholder(int)
   c.train.checkpoint_every = 200  # Steps between checkpoints (and at end).
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
+  # Peak FLOP/s of one device for the MFU in the log; 0: the table in
+  # moe_jax/models/flops.py by device kind (TPUs, A100/H100/H200/B200; a CPU
+  # has none, so the log shows FLOP/s without an MFU).
+  c.train.peak_flops_per_device = 0.0
   # Workdir of a finished run whose latest parameters start this one (step 0,
   # fresh optimizer state); a resumed run ignores it. See train/init_from.py.
   c.train.init_from = config_dict.placeholder(str)

@@ -24,6 +24,11 @@ def check_train_config(config) -> None:
   for name in ('num_steps', 'log_every', 'eval_every', 'eval_batches',
                'checkpoint_every', 'keep_checkpoints'):
     check_positive(f'train.{name}', t[name], fix=_fix(f'train.{name}'))
+  value = t.peak_flops_per_device
+  require(_is_number(value) and math.isfinite(value) and value >= 0,
+          'train.peak_flops_per_device', value,
+          'be a finite number >= 0 (0: from the device table)',
+          _fix('train.peak_flops_per_device'))
   if t.upcycle and not t.init_from:
     raise UserInputError('train.upcycle=True needs the dense run to start '
                          'from; set --config.train.init_from=<its workdir>.')

@@ -17,6 +17,7 @@ import jax
 from flax import nnx
 
 from moe_jax.errors import UserInputError
+from moe_jax.models import flops as flops_lib
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_leaves, shapes_and_axes
 from moe_jax.models.transformer import Block, TransformerLM
@@ -110,6 +111,7 @@ class Cost:
   active: int
   device_params: int
   mesh: MeshShape
+  train_flops_per_token: int  # moe_jax/models/flops.py, as the trainer logs.
 
   def weight_bytes(self, dtype: str) -> int:
     return self.total * BYTES[dtype]
@@ -122,17 +124,12 @@ class Cost:
   def device_adam_bytes(self) -> int:
     return ADAM_MOMENTS * self.device_params * BYTES['fp32']
 
-  @property
-  def train_flops_per_token(self) -> int:
-    """6·N_active: 2 (multiply-add) × 3 (forward + two backward matmuls).
 
-    Leaves out attention's own O(L·D) term per token, as the 6N rule does.
-    """
-    return 6 * self.active
+def model_cost(config: ModelConfig, mesh: MeshShape,
+               seq_len: int | None = None) -> Cost:
+  """Counts, per-device memory and training FLOPs of `config` on `mesh`.
 
-
-def model_cost(config: ModelConfig, mesh: MeshShape) -> Cost:
-  """Counts and per-device memory of `config` on `mesh`.
+  seq_len: L of the attention FLOPs; default the model's max_len.
 
   Raises UserInputError when the mesh cannot split the model the way the
   trainer would (experts over 'expert', heads and FFN width over 'model').
@@ -144,4 +141,5 @@ def model_cost(config: ModelConfig, mesh: MeshShape) -> Cost:
   leaves = param_shapes(config)
   total, active = count_leaves(leaves, config.moe.top_k,
                                config.moe.num_experts)
-  return Cost(total, active, per_device_params(leaves, mesh), mesh)
+  flops = flops_lib.for_model(config, active, seq_len or config.max_len)
+  return Cost(total, active, per_device_params(leaves, mesh), mesh, flops)

@@ -17,6 +17,7 @@ import numpy as np
 
 from moe_jax.config import validate
 from moe_jax.data import fingerprint
+from moe_jax.models import flops as flops_lib
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_params
 from moe_jax.parallel import placement
@@ -33,7 +34,8 @@ class NonFiniteLossError(RuntimeError):
 
 # The metrics that measure the machine, not the model: a resumed or repeated
 # run reproduces every other field bit for bit.
-TIMING_FIELDS = ('tokens_per_sec', 'cpu_seconds_per_step')
+TIMING_FIELDS = ('tokens_per_sec', 'cpu_seconds_per_step',
+                 'flops_per_sec_per_device', 'mfu')
 
 def _host(metrics: dict[str, Any]) -> dict[str, Any]:
   return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
@@ -89,7 +91,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   graphdef, state, shardings, tx = setup.init_state(mcfg, config, mesh,
                                                     trains.trained)
-  described = _describe(mcfg, trains.model_params(state), config.seq_len)
+  described, active = _describe(mcfg, trains.model_params(state),
+                                 config.seq_len)
+  flops_per_token = flops_lib.for_model(mcfg, active, config.seq_len)
+  peak = flops_lib.peak_flops_per_device(config.train.peak_flops_per_device)
   say(f'model: {described};'
       f' data {corpus.name} ({len(corpus):,} {corpus.unit}); validation: '
       f'{data.held_out}, {len(data.final_batches)} batches at the end')
@@ -163,10 +168,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                 now - clock)
             host['cpu_seconds_per_step'] = (cpu_now - cpu_clock) / (
                 done - clock_step)
+            host.update(_utilisation(host['tokens_per_sec'], flops_per_token,
+                                     peak))
             clock, cpu_clock, clock_step = now, cpu_now, done
           host['learning_rate'] = float(lr_at(done - 1))
           writer.write(done, host)
-          progress.update(done, loss=float(host['loss']))
+          progress.update(done, loss=float(host['loss']),
+                          **_utilisation_fields(host))
         else:
           progress.update(done)
         if run_eval:
@@ -208,8 +216,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return eval_metrics
 
 
-def _describe(mcfg: ModelConfig, params, seq_len: int) -> str:
-  """'4 layers (2 MoE, E=8, K=1), params total ... active/token ...'.
+def _utilisation(tokens_per_sec: float, flops_per_token: int,
+                 peak: float | None) -> dict[str, float]:
+  """Achieved training FLOP/s per device, and MFU when the peak is known
+  (moe_jax/models/flops.py has the count and the peaks)."""
+  achieved = tokens_per_sec * flops_per_token / jax.device_count()
+  out = {'flops_per_sec_per_device': achieved}
+  if peak:
+    out['mfu'] = achieved / peak
+  return out
+
+
+def _utilisation_fields(host: dict[str, Any]) -> dict[str, str]:
+  """The progress line's 'TFLOP/s/dev 1.23 MFU 41.0%' (when measured)."""
+  fields = {}
+  if 'flops_per_sec_per_device' in host:
+    fields['TFLOP/s/dev'] = f'{host["flops_per_sec_per_device"] / 1e12:.3g}'
+  if 'mfu' in host:
+    fields['MFU'] = f'{100 * host["mfu"]:.1f}%'
+  return fields
+
+
+def _describe(mcfg: ModelConfig, params, seq_len: int) -> tuple[str, int]:
+  """('4 layers (2 MoE, E=8, K=1), params total ... active/token ...',
+  the active count).
 
   K is the expert passes per token: top_k, or for expert choice and Soft
   MoE their average (MoEConfig.expert_passes_per_token).
@@ -219,7 +249,7 @@ def _describe(mcfg: ModelConfig, params, seq_len: int) -> str:
   kind = (f'{mcfg.num_moe_layers} MoE, E={mcfg.moe.num_experts}, '
           f'K={k:g}' if mcfg.num_moe_layers else 'dense')
   return (f'{mcfg.num_layers} layers ({kind}), params total {total:,} '
-          f'active/token {active:,}')
+          f'active/token {active:,}'), active
 
 
 class _Silent:
