@@ -13,7 +13,6 @@ import dataclasses
 import math
 from typing import Mapping
 
-import jax
 from flax import nnx
 
 from moe_jax.errors import UserInputError
