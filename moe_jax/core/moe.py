@@ -55,7 +55,8 @@ def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
 def route(params: dict[str, jax.Array], logits: jax.Array,
           router_in: jax.Array, config: MoEConfig, *, train: bool,
           key: jax.Array | None = None,
-          token_ids: jax.Array | None = None):
+          token_ids: jax.Array | None = None,
+          replay: jax.Array | None = None):
   """The config's router on one batch of groups: (plan, aux).
 
   Args:
@@ -66,18 +67,37 @@ def route(params: dict[str, jax.Array], logits: jax.Array,
     train: selects the train capacity factor and the router's train mode.
     key: PRNG key for routers that draw noise or sample.
     token_ids: int32 [G, S] vocabulary ids, for routers that read them.
+    replay: int [G, S, K] choices that replace the router's own (router
+      replay: moe_jax/analysis/replay.py), for replayable routers.
   """
+  if replay is not None:
+    _check_replay(replay, config)
   capacity = config.capacity(logits.shape[1], train)
   extras = {p.name: params[p.name] for p in config.extra_params}
-  return config.route(RouterInputs(logits, router_in, extras, token_ids),
-                      train=train, capacity=capacity, key=key)
+  return config.route(
+      RouterInputs(logits, router_in, extras, token_ids, replay),
+      train=train, capacity=capacity, key=key)
+
+
+def _check_replay(replay: jax.Array, config: MoEConfig) -> None:
+  if not config.spec.replayable:
+    raise UserInputError(
+        f'router={config.router!r} cannot replay recorded choices (it does '
+        'not pick K experts per token); replay works with the token-choice '
+        'routers (switch, gshard, topk, sigmoid, deepseek, noisy_topk, bpr).')
+  if replay.shape[-1] != config.top_k:
+    raise UserInputError(
+        f'the replayed choices have K={replay.shape[-1]} per token but the '
+        f'layer routes top_k={config.top_k}; replay a trace of a model with '
+        'the same top_k.')
 
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               train: bool = False, key: jax.Array | None = None,
               dtype=None, return_routing: bool = False,
               run_experts: RunExperts = run_local,
-              token_ids: jax.Array | None = None
+              token_ids: jax.Array | None = None,
+              replay: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
@@ -105,6 +125,10 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     token_ids: int [..., L] the tokens' vocabulary ids (shaped like x
       without D), for routers that read them (e.g. hash routing); None:
       routers see activations only.
+    replay: int [..., L, K] expert choices to take instead of the router's
+      (router replay: the router still scores, so gates, losses and
+      metrics are its own and take gradients; capacity still applies);
+      None: the router chooses.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
@@ -129,8 +153,10 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     token_ids = group_tokens(token_ids[..., None],
                              config.group_size)[..., 0]  # [G, S]
 
+  if replay is not None:
+    replay = group_tokens(replay, config.group_size)  # [G, S, K]
   plan, aux = route(params, logits, router_in, config, train=train,
-                    key=route_key, token_ids=token_ids)
+                    key=route_key, token_ids=token_ids, replay=replay)
   expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
   # A router with its own plan type brings the dispatcher that moves it.
   dispatcher = config.spec.dispatcher or DISPATCHERS[config.dispatcher]

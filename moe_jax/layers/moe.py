@@ -87,11 +87,12 @@ class MoELayer(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                key: jax.Array | None = None, return_routing: bool = False,
-               token_ids: jax.Array | None = None):
+               token_ids: jax.Array | None = None,
+               replay: jax.Array | None = None):
     return parallel_moe_apply(self.params(), x, self.config, train=train,
                               key=key, dtype=self.dtype,
                               return_routing=return_routing,
-                              token_ids=token_ids)
+                              token_ids=token_ids, replay=replay)
 
   def update_router_bias(self, aux: dict[str, jax.Array]) -> None:
     """Moves the router state (e.g. the bias by ±γ) from this layer's aux of

@@ -8,6 +8,7 @@ from flax import nnx
 
 from moe_jax.core.dispatch import ExpertInputs
 from moe_jax.core.experts import EXPERT_FNS
+from moe_jax.errors import UserInputError
 from moe_jax.layers.moe import MoELayer
 from moe_jax.layers.params import param, scaled_init
 from moe_jax.models.attention import CausalSelfAttention
@@ -70,14 +71,15 @@ class Block(nnx.Module):
                           rngs=rngs, dtype=dt)
 
   def __call__(self, x, *, train: bool, key, return_routing: bool = False,
-               token_ids=None):
+               token_ids=None, replay=None):
     x = x + self.attn(self.attn_norm(x)).astype(x.dtype)
     h = self.ffn_norm(x)
     aux = {}
     if self.is_moe:
       # token_ids: for routers that read the vocabulary id (hash routing).
+      # replay: [B, L, K] recorded choices (router replay), or None.
       h, aux = self.ffn(h, train=train, key=key, return_routing=return_routing,
-                        token_ids=token_ids)
+                        token_ids=token_ids, replay=replay)
     else:
       h = self.ffn(h)
     return x + h.astype(x.dtype), aux
@@ -115,8 +117,13 @@ class TransformerLM(nnx.Module):
             {k[len(prefix):]: v for k, v in aux.items() if k.startswith(prefix)})
 
   def __call__(self, tokens: jax.Array, *, train: bool = False,
-               key: jax.Array | None = None, return_routing: bool = False):
+               key: jax.Array | None = None, return_routing: bool = False,
+               replay: dict[int, jax.Array] | None = None):
     """Returns (logits float32 [B, L, V], aux).
+
+    replay: {MoE block index: int [B, L, K] expert choices} to take instead
+    of those layers' routers' own (router replay; moe_jax/analysis/replay.py
+    builds it from a routing trace); other MoE layers route as usual.
 
     aux['aux_loss'] is the weighted router loss summed over MoE layers (add
     it to the task loss); aux['moe_<i>/<metric>'] are layer i's metrics.
@@ -132,10 +139,19 @@ class TransformerLM(nnx.Module):
     x = x.astype(dt)
     aux = {'aux_loss': jnp.zeros((), jnp.float32)}
     routing = {}
+    replay = replay or {}
+    moe_blocks = [i for i, b in enumerate(self.blocks) if b.is_moe]
+    unknown = sorted(set(replay) - set(moe_blocks))
+    if unknown:
+      raise UserInputError(
+          f'replay names block(s) {unknown}, which are not MoE layers of this '
+          f'model (its MoE blocks: {moe_blocks}); replay a trace of a model '
+          'with the same layers.')
     for i, block in enumerate(self.blocks):
       block_key = None if key is None else jax.random.fold_in(key, i)
       x, block_aux = block(x, train=train, key=block_key,
-                           return_routing=return_routing, token_ids=tokens)
+                           return_routing=return_routing, token_ids=tokens,
+                           replay=replay.get(i))
       if 'routing' in block_aux:
         routing[i] = block_aux.pop('routing')
       if block_aux:

@@ -22,7 +22,7 @@ from moe_jax.core import capacity as capacity_lib
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.core.routing import registry
-from moe_jax.core.routing.common import build_plan, top_k_experts
+from moe_jax.core.routing.common import build_plan, choose
 
 
 def prioritised_slots(expert_index: jax.Array, routed: jax.Array,
@@ -44,7 +44,8 @@ def prioritised_slots(expert_index: jax.Array, routed: jax.Array,
 
 def bpr_top_k(logits: jax.Array, *, capacity: int | None, k: int,
               key: jax.Array | None = None,
-              balance_fn: Callable = losses.load_balance_loss
+              balance_fn: Callable = losses.load_balance_loss,
+              replay: jax.Array | None = None
               ) -> tuple[RoutingPlan, dict]:
   """Top-k with batch-prioritised capacity (V-MoE).
 
@@ -54,7 +55,7 @@ def bpr_top_k(logits: jax.Array, *, capacity: int | None, k: int,
   del key
   logits = logits.astype(jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
-  gates, expert_index = top_k_experts(probs, k)
+  gates, expert_index = choose(probs, k, replay)
   routed = jnp.ones(gates.shape, bool)
   slot = prioritised_slots(expert_index.astype(jnp.int32), routed,
                            gates[..., 0], logits.shape[-1], capacity)
@@ -65,7 +66,8 @@ def bpr_top_k(logits: jax.Array, *, capacity: int | None, k: int,
 def _route(inputs, config, *, train, capacity, key, balance_fn):
   del train
   return bpr_top_k(inputs.logits, capacity=capacity, k=config.top_k, key=key,
-                   balance_fn=balance_fn)
+                   balance_fn=balance_fn, replay=inputs.replay)
 
 
-SPEC = registry.register(registry.RouterSpec(name='bpr', route=_route))
+SPEC = registry.register(registry.RouterSpec(name='bpr', route=_route,
+                                             replayable=True))

@@ -61,6 +61,21 @@ def top_k_experts(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   return jnp.concatenate(values, -1), jnp.concatenate(indices, -1)
 
 
+def choose(scores: jax.Array, k: int, forced: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array]:
+  """A router's selection: top_k_experts(scores, k), or under router replay
+  the `forced` choices int [G, S, K] with their scores.
+
+  Replay fixes which experts a token goes to and nothing else: the router
+  still computes its scores, so gates, losses and metrics are its own, and
+  the gates take gradients (moe_jax/analysis/replay.py).
+  """
+  if forced is None:
+    return top_k_experts(scores, k)
+  forced = forced.astype(jnp.int32)
+  return jnp.take_along_axis(scores, forced, axis=-1), forced
+
+
 def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
                gates: jax.Array, routed: jax.Array,
                capacity: int | None,

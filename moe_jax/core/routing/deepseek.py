@@ -37,7 +37,7 @@ from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.core.routing import registry
 from moe_jax.core.routing import sigmoid as sigmoid_lib
-from moe_jax.core.routing.common import build_plan, top_k_experts
+from moe_jax.core.routing.common import build_plan, choose, top_k_experts
 from moe_jax.errors import UserInputError, check_bool, check_choice, require
 
 SCORES = ('sigmoid', 'softmax')
@@ -109,7 +109,8 @@ def deepseek_top_k(logits: jax.Array, *, capacity: int | None, k: int,
                    options: Options = Options(),
                    key: jax.Array | None = None,
                    bias: jax.Array | None = None,
-                   balance_fn: Callable = losses.load_balance_loss
+                   balance_fn: Callable = losses.load_balance_loss,
+                   replay: jax.Array | None = None
                    ) -> tuple[RoutingPlan, dict]:
   """Group-limited top-k on sigmoid or softmax affinities (module docstring).
 
@@ -139,7 +140,7 @@ def deepseek_top_k(logits: jax.Array, *, capacity: int | None, k: int,
     kept = _group_mask(select, options.n_group, options.topk_group,
                        options.group_score)
     select = jnp.where(kept, select, -jnp.inf)
-  _, expert_index = top_k_experts(select, k)  # [G, S, K]
+  _, expert_index = choose(select, k, replay)  # [G, S, K]
   gates = jnp.take_along_axis(scores, expert_index, axis=-1)
   if options.renormalize:
     gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
@@ -158,7 +159,7 @@ def _route(inputs, config, *, train, capacity, key, balance_fn):
   return deepseek_top_k(inputs.logits, capacity=capacity, k=config.top_k,
                         options=config.router_options, key=key,
                         bias=inputs.params.get('router_bias'),
-                        balance_fn=balance_fn)
+                        balance_fn=balance_fn, replay=inputs.replay)
 
 
 def _check(config) -> None:
@@ -189,6 +190,7 @@ def _update_state(state, aux, options):
 
 SPEC = registry.register(registry.RouterSpec(
     name='deepseek', route=_route, options=Options, check=_check,
+    replayable=True,
     extra_params=lambda config: (
         (sigmoid_lib.ROUTER_BIAS,)
         if config.router_options.bias_update_rate > 0 else ()),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.core.routing import registry
-from moe_jax.core.routing.common import build_plan, top_k_experts
+from moe_jax.core.routing.common import build_plan, choose
 from moe_jax.errors import UserInputError, check_choice
 
 SECOND_POLICIES = ('all', 'random', 'sampling')
@@ -40,7 +40,8 @@ class Options:
 def gshard_top2(logits: jax.Array, *, capacity: int | None,
                 key: jax.Array | None = None,
                 second_policy: str = 'random',
-                balance_fn: Callable = losses.load_balance_loss
+                balance_fn: Callable = losses.load_balance_loss,
+                replay: jax.Array | None = None
                 ) -> tuple[RoutingPlan, dict]:
   """GShard top-2 routing (Lepikhin et al. 2020, Algorithm 1).
 
@@ -60,7 +61,7 @@ def gshard_top2(logits: jax.Array, *, capacity: int | None,
         "use second_policy='all' (the deterministic eval policy).")
   logits = logits.astype(jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
-  top_p, top_e = top_k_experts(probs, 2)
+  top_p, top_e = choose(probs, 2, replay)
   e1, p1 = top_e[..., 0], top_p[..., 0]
   if second_policy == 'sampling':
     without_e1 = jnp.where(
@@ -85,11 +86,12 @@ def _route(inputs, config, *, train, capacity, key, balance_fn):
   options = config.router_options
   policy = options.second_policy if train else options.second_policy_eval
   return gshard_top2(inputs.logits, capacity=capacity, key=key,
-                     second_policy=policy, balance_fn=balance_fn)
+                     second_policy=policy, balance_fn=balance_fn,
+                     replay=inputs.replay)
 
 
 SPEC = registry.register(registry.RouterSpec(
-    name='gshard', route=_route, options=Options, fixed_k=2,
+    name='gshard', route=_route, options=Options, fixed_k=2, replayable=True,
     any_k_router='topk', eval_only=('second_policy_eval',),
     legacy_fields=(('second_policy', 'second_policy'),
                    ('second_policy_eval', 'second_policy_eval'))))

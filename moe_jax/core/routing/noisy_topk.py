@@ -24,7 +24,7 @@ from jax.scipy.stats import norm
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.core.routing import registry
-from moe_jax.core.routing.common import build_plan, top_k_experts
+from moe_jax.core.routing.common import build_plan, choose, top_k_experts
 from moe_jax.errors import UserInputError
 
 
@@ -76,7 +76,8 @@ def smooth_load(clean: jax.Array, noisy: jax.Array, noise_std: jax.Array,
 
 def noisy_top_k(logits: jax.Array, *, capacity: int | None, k: int,
                 noise_logits: jax.Array, key: jax.Array | None = None,
-                balance_fn: Callable = losses.load_balance_loss
+                balance_fn: Callable = losses.load_balance_loss,
+                replay: jax.Array | None = None
                 ) -> tuple[RoutingPlan, dict]:
   """Noisy top-k routing.
 
@@ -97,7 +98,7 @@ def noisy_top_k(logits: jax.Array, *, capacity: int | None, k: int,
   noisy = logits
   if key is not None:
     noisy = logits + jax.random.normal(key, logits.shape) * noise_std
-  top_h, expert_index = top_k_experts(noisy, k)
+  top_h, expert_index = choose(noisy, k, replay)
   gates = jax.nn.softmax(top_h, axis=-1)  # softmax(KeepTopK(H, k))
   e = logits.shape[-1]
   routed = jnp.ones(gates.shape, bool)
@@ -115,7 +116,8 @@ def _route(inputs, config, *, train, capacity, key, balance_fn):
   noise_logits = inputs.router_in @ inputs.params['noise_kernel'].astype(
       jnp.float32)
   return noisy_top_k(inputs.logits, capacity=capacity, k=config.top_k,
-                     noise_logits=noise_logits, key=key, balance_fn=balance_fn)
+                     noise_logits=noise_logits, key=key, balance_fn=balance_fn,
+                     replay=inputs.replay)
 
 
 def _check(config) -> None:
@@ -133,6 +135,7 @@ NOISE_KERNEL = registry.ExtraParam(
 
 SPEC = registry.register(registry.RouterSpec(
     name='noisy_topk', route=_route, options=Options, check=_check,
+    replayable=True,
     extra_params=lambda config: (NOISE_KERNEL,),
     aux_terms=(('importance_weight', 'importance_loss'),
                ('load_cv_weight', 'load_loss')),

@@ -59,12 +59,16 @@ class RouterInputs(NamedTuple):
     params: the spec's extra parameters and state, by name.
     token_ids: int32 [G, S] the tokens' vocabulary ids, or None when the
       caller has none (a bare moe_apply on activations).
+    replay: int32 [G, S, K] choices to take instead of the router's own
+      (router replay; common.choose), or None. Only specs with
+      replayable=True receive it.
   """
 
   logits: jax.Array
   router_in: jax.Array
   params: dict[str, jax.Array]
   token_ids: jax.Array | None = None
+  replay: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +110,9 @@ class RouterSpec:
       that were MoEConfig fields before the registry: old configs get a
       one-line error naming the new place, old checkpoints are translated
       (moe_jax/config/renames.py). A new router has none.
+    replayable: the router selects K experts per token through
+      common.choose, so router replay can force its choices
+      (RouterInputs.replay); others refuse replay with one line.
   """
 
   name: str
@@ -124,6 +131,7 @@ class RouterSpec:
   dispatcher: Any = None
   eval_only: tuple[str, ...] = ()
   legacy_fields: tuple[tuple[str, str], ...] = ()
+  replayable: bool = False
 
   @property
   def discrete(self) -> bool:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.core.routing import registry
-from moe_jax.core.routing.common import build_plan, top_k_experts
+from moe_jax.core.routing.common import build_plan, choose
 from moe_jax.errors import UserInputError
 
 
@@ -54,7 +54,8 @@ class Options:
 
 def sigmoid_top_k(logits: jax.Array, *, capacity: int | None, k: int,
                   key: jax.Array | None = None, bias: jax.Array | None = None,
-                  balance_fn: Callable = losses.load_balance_loss
+                  balance_fn: Callable = losses.load_balance_loss,
+                  replay: jax.Array | None = None
                   ) -> tuple[RoutingPlan, dict]:
   """Top-k on sigmoid affinities plus a selection-only bias.
 
@@ -75,7 +76,7 @@ def sigmoid_top_k(logits: jax.Array, *, capacity: int | None, k: int,
   scores = jax.nn.sigmoid(logits)  # [G, S, E]
   select = scores if bias is None else scores + jax.lax.stop_gradient(
       bias.astype(jnp.float32))
-  _, expert_index = top_k_experts(select, k)  # [G, S, K]
+  _, expert_index = choose(select, k, replay)  # [G, S, K]
   chosen = jnp.take_along_axis(scores, expert_index, axis=-1)
   gates = chosen / jnp.sum(chosen, axis=-1, keepdims=True)
   # Normalised affinities: the distribution the balance loss and the
@@ -106,7 +107,7 @@ def _route(inputs, config, *, train, capacity, key, balance_fn):
   del train
   return sigmoid_top_k(inputs.logits, capacity=capacity, k=config.top_k,
                        key=key, bias=inputs.params.get('router_bias'),
-                       balance_fn=balance_fn)
+                       balance_fn=balance_fn, replay=inputs.replay)
 
 
 # The selection bias b [E]: state, not a parameter (no gradient, no weight
@@ -122,7 +123,7 @@ def _update_state(state, aux, options):
 
 
 SPEC = registry.register(registry.RouterSpec(
-    name='sigmoid', route=_route, options=Options,
+    name='sigmoid', route=_route, options=Options, replayable=True,
     extra_params=lambda config: (
         (ROUTER_BIAS,) if config.router_options.bias_update_rate > 0 else ()),
     update_state=_update_state,

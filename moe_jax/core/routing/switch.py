@@ -15,7 +15,8 @@ from moe_jax.core.routing.common import build_plan
 
 def switch_top1(logits: jax.Array, *, capacity: int | None,
                 key: jax.Array | None = None,
-                balance_fn: Callable = losses.load_balance_loss
+                balance_fn: Callable = losses.load_balance_loss,
+                replay: jax.Array | None = None
                 ) -> tuple[RoutingPlan, dict]:
   """Switch Transformer top-1 routing (Fedus et al. 2021).
 
@@ -26,7 +27,10 @@ def switch_top1(logits: jax.Array, *, capacity: int | None,
   del key  # Deterministic given the logits.
   logits = logits.astype(jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
-  expert_index = jnp.argmax(probs, axis=-1)[..., None]  # [G, S, 1]
+  if replay is None:
+    expert_index = jnp.argmax(probs, axis=-1)[..., None]  # [G, S, 1]
+  else:  # Router replay (common.choose): the recorded choice.
+    expert_index = replay.astype(jnp.int32)
   gates = jnp.take_along_axis(probs, expert_index, axis=-1)
   routed = jnp.ones(gates.shape, bool)
   return build_plan(logits, probs, expert_index, gates, routed, capacity,
@@ -36,8 +40,9 @@ def switch_top1(logits: jax.Array, *, capacity: int | None,
 def _route(inputs, config, *, train, capacity, key, balance_fn):
   del config, train
   return switch_top1(inputs.logits, capacity=capacity, key=key,
-                     balance_fn=balance_fn)
+                     balance_fn=balance_fn, replay=inputs.replay)
 
 
 SPEC = registry.register(registry.RouterSpec(
-    name='switch', route=_route, fixed_k=1, any_k_router='topk'))
+    name='switch', route=_route, fixed_k=1, any_k_router='topk',
+    replayable=True))

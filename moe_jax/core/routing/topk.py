@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.core.routing import registry
-from moe_jax.core.routing.common import build_plan, top_k_experts
+from moe_jax.core.routing.common import build_plan, choose
 from moe_jax.errors import check_bool
 
 
@@ -35,7 +35,8 @@ class Options:
 def top_k(logits: jax.Array, *, capacity: int | None, k: int,
           key: jax.Array | None = None,
           balance_fn: Callable = losses.load_balance_loss,
-          renormalize: bool = True) -> tuple[RoutingPlan, dict]:
+          renormalize: bool = True,
+          replay: jax.Array | None = None) -> tuple[RoutingPlan, dict]:
   """Mixtral-style top-k: softmax over the k largest logits (Jiang et al. 2024).
 
   Equal to the full softmax renormalised over the top k. With k=1 the gate is
@@ -48,7 +49,7 @@ def top_k(logits: jax.Array, *, capacity: int | None, k: int,
   """
   del key
   logits = logits.astype(jnp.float32)
-  top_logits, expert_index = top_k_experts(logits, k)
+  top_logits, expert_index = choose(logits, k, replay)
   probs = jax.nn.softmax(logits, axis=-1)
   if renormalize:
     gates = jax.nn.softmax(top_logits, axis=-1)
@@ -63,9 +64,10 @@ def _route(inputs, config, *, train, capacity, key, balance_fn):
   del train
   return top_k(inputs.logits, capacity=capacity, k=config.top_k, key=key,
                balance_fn=balance_fn,
-               renormalize=config.router_options.renormalize)
+               renormalize=config.router_options.renormalize,
+               replay=inputs.replay)
 
 
 SPEC = registry.register(registry.RouterSpec(
-    name='topk', route=_route, options=Options,
+    name='topk', route=_route, options=Options, replayable=True,
     legacy_fields=(('renormalize_top_k', 'renormalize'),)))
