@@ -16,8 +16,9 @@ from testlib import REPO, multi_device_env, run_device_script
 pytestmark = pytest.mark.slow
 
 ZOO_CONFIGS = ('expert_choice', 'sigmoid_loss_free', 'noisy_topk', 'bpr_top1',
-               'fine_grained_shared', 'soft_moe')
-CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft')
+               'fine_grained_shared', 'soft_moe', 'relu_router')
+CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft',
+         'relu')
 
 
 def _cli(config, workdir, *flags, cache_dir=None):

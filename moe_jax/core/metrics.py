@@ -60,3 +60,25 @@ def routing_metrics(probs: jax.Array, expert_index: jax.Array,
       'max_violation': jnp.max(load) / (total / num_experts) - 1.0,
       'dead_expert_fraction': jnp.mean(load == 0),
   }
+
+
+def experts_per_token(routed: jax.Array) -> dict[str, jax.Array]:
+  """How many experts each token was routed to, for routers where it varies.
+
+  Args:
+    routed: bool [G, S, K] the router sent the choice to a real expert
+      (before capacity: the router's decision, not what capacity let through;
+      drops are in dropped_fraction).
+
+  Returns:
+    experts_per_token: [K+1] share of tokens routed to 0, 1, ..., K experts
+      (the name and layout expert choice uses, there with K = E).
+    experts_per_token_mean: the mean of that histogram.
+  """
+  count = jnp.sum(jax.lax.stop_gradient(routed), axis=-1).reshape(-1)
+  k = routed.shape[-1]
+  return {
+      'experts_per_token': jnp.mean(
+          jax.nn.one_hot(count, k + 1, dtype=jnp.float32), axis=0),
+      'experts_per_token_mean': jnp.mean(count.astype(jnp.float32)),
+  }
