@@ -18,7 +18,8 @@ def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def routing_metrics(probs: jax.Array, expert_index: jax.Array,
-                    routed: jax.Array, kept: jax.Array) -> dict[str, jax.Array]:
+                    routed: jax.Array, kept: jax.Array,
+                    num_experts: int | None = None) -> dict[str, jax.Array]:
   """Load, drop and confidence statistics of one routing decision.
 
   Args:
@@ -28,6 +29,8 @@ def routing_metrics(probs: jax.Array, expert_index: jax.Array,
       second choice a random policy skipped).
     kept: bool [G, S, K] the choice was dispatched (routed and within
       capacity).
+    num_experts: E, the experts the load is counted over; default the last
+      axis of probs (smaller when probs also spans null experts).
 
   Returns:
     expert_fraction: [E] share of routed choices per expert (sums to 1).
@@ -43,7 +46,7 @@ def routing_metrics(probs: jax.Array, expert_index: jax.Array,
   """
   probs, expert_index, routed, kept = jax.lax.stop_gradient(
       (probs.astype(jnp.float32), expert_index, routed, kept))
-  num_experts = probs.shape[-1]
+  num_experts = num_experts or probs.shape[-1]
   top_k = expert_index.shape[-1]
   routed_f = routed.astype(jnp.float32)
   rows = expert_index.shape[0] if expert_index.ndim > 1 else 1
