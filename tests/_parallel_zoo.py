@@ -53,13 +53,22 @@ CASES = {
                         **_COMMON),
     # E·P = Q = 8 slot logits: the same router_kernel shape as the others.
     'soft': MoEConfig(router='soft', causal_chunk=8, num_experts=E, d_ff=F),
+    'relu': MoEConfig(router='relu', top_k=2, **_COMMON),
+    'null_experts': MoEConfig(router='topk', top_k=3, num_null_experts=4,
+                              **_COMMON),
 }
 
 
 def _params(config):
   p = moe_params(0, D, F, E)
   rng = np.random.default_rng(3)
-  if config.has_router_bias:
+  if config.num_null_experts:  # E + N router outputs.
+    p['router_kernel'] = jnp.asarray(
+        rng.normal(size=(D, config.num_router_outputs)) / np.sqrt(D),
+        jnp.float32)
+  if config.router == 'relu':  # λ large enough to matter in the loss.
+    p['relu_l1_weight'] = jnp.full((1,), 0.05, jnp.float32)
+  elif config.has_router_bias:
     p['router_bias'] = jnp.asarray(rng.normal(size=(E,)) * 0.1, jnp.float32)
   if config.router == 'noisy_topk':
     p['noise_kernel'] = jnp.asarray(rng.normal(size=(D, E)) * 0.1,
@@ -74,7 +83,8 @@ def _params(config):
 _AXES = {'router_kernel': ('embed', None), 'noise_kernel': ('embed', None),
          'router_bias': (None,), 'wi': ('expert', 'embed', 'mlp'),
          'wo': ('expert', 'mlp', 'embed'), 'shared_wi': ('embed', 'mlp'),
-         'shared_wo': ('mlp', 'embed')}
+         'shared_wo': ('mlp', 'embed'),
+         'relu_l1_weight': (None,)}
 
 
 def _fn(config):

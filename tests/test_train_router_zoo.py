@@ -16,9 +16,10 @@ from testlib import REPO, multi_device_env, run_device_script
 pytestmark = pytest.mark.slow
 
 ZOO_CONFIGS = ('expert_choice', 'sigmoid_loss_free', 'noisy_topk', 'bpr_top1',
-               'fine_grained_shared', 'soft_moe', 'deepseek_v3_routing')
+               'fine_grained_shared', 'soft_moe', 'deepseek_v3_routing',
+               'relu_router', 'null_experts')
 CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft',
-         'deepseek')
+         'deepseek', 'relu', 'null_experts')
 
 
 def _cli(config, workdir, *flags, cache_dir=None):

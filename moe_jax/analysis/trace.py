@@ -65,7 +65,10 @@ class RoutingTrace:
     probs: float32 [M, N, E] the router probabilities of all experts.
     dropped: bool [M, N, K] the choice was not dispatched. Traces are taken at
       eval with deterministic routing, where every choice is sent, so this is
-      "over capacity".
+      "over capacity". Not for null-expert choices (expert >= the real E,
+      probs then spans E + N). For router='relu' (K = E columns, one per
+      expert) a column whose gate was 0 also reads as dropped: the plan
+      does not tell unrouted from dropped there (gate 0 either way).
     meta: JSON-serialisable facts about the run (see the module docstring).
   """
 
@@ -118,7 +121,9 @@ def _forward(states, tokens, targets, *, graphdef):
         'gate': plan.combine_weights,
         'prob': jnp.take_along_axis(probs, plan.expert_index, axis=-1),
         'probs': probs,
-        'dropped': ~plan.kept,
+        # A null-expert choice (index >= the plan's E) was never meant to
+        # be dispatched, so it is not a drop.
+        'dropped': ~plan.kept & (plan.expert_index < plan.num_experts),
     }
   return loss, routing
 

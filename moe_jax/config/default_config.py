@@ -142,6 +142,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.balance_loss_scope = 'global'
   c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
   c.moe.shared_expert_gate = False  # Sigmoid gate on shared experts (Qwen).
+  # N zero-compute null experts in the routing (AdaMoE); topk/gshard/switch.
+  c.moe.num_null_experts = 0
 
   # LoRA (Hu et al. 2021) over the frozen parameters of train.init_from;
   # only the adapters train and are saved. See moe_jax/train/lora/.

@@ -77,6 +77,16 @@ class MoEConfig:
       routed experts; 0: none. See config/fine_grained.py for the split helper.
     shared_expert_gate: scale the shared experts' output per token by
       sigmoid(x·w_s), w_s [D] (Qwen1.5-MoE / Qwen2-MoE); False: gate 1.
+    num_null_experts: N zero-compute null experts (AdaMoE, Zeng et al.
+      2024; MoE++, Jin et al. 2024) that join the routing: the router kernel
+      has E + N outputs, top-k picks among all of them, and a choice of a
+      null expert adds nothing and is not dispatched (no capacity slot, no
+      dropless row), so a token uses 0..K real experts. Gates are
+      renormalised over the real choices only (AdaMoE). Capacity and the
+      balance loss count the E + N outputs, and parameter counts assume the
+      balanced share K·E/(E+N) real passes per token (the measured one is
+      the 'experts_per_token_mean' metric). Only routers whose spec says
+      null_experts (topk, gshard, switch) take them; 0: none.
     router_options: the router's own options: None (its defaults), its
       spec's Options instance, or a mapping {router name: {field: value}}
       as a ConfigDict's `moe.router_options` holds it. Entries for other
@@ -106,6 +116,7 @@ class MoEConfig:
   balance_loss_scope: str = 'global'
   num_shared_experts: int = 0
   shared_expert_gate: bool = False
+  num_null_experts: int = 0
   router_options: Any = None
 
   def __post_init__(self):
@@ -117,10 +128,13 @@ class MoEConfig:
     object.__setattr__(self, 'router_options', self._resolve_options(spec))
     check_choice('dispatcher', self.dispatcher, tuple(DISPATCHERS))
     check_choice('expert_type', self.expert_type, EXPERT_TYPES)
-    if self.top_k > self.num_experts:
+    self._check_null_experts(spec)
+    if self.top_k > self.num_experts + self.num_null_experts:
       raise UserInputError(
-          f'top_k={self.top_k} must be <= num_experts={self.num_experts}; '
-          'lower top_k or add experts.')
+          f'top_k={self.top_k} must be <= num_experts={self.num_experts}'
+          + (f' + num_null_experts={self.num_null_experts}'
+             if self.num_null_experts else '') +
+          '; lower top_k or add experts.')
     if spec.fixed_k is not None and self.top_k != spec.fixed_k:
       hint = (f" or use router={spec.any_k_router!r}" if spec.any_k_router
               else '')
@@ -187,6 +201,19 @@ class MoEConfig:
               f'{getattr(default, field.name)!r}.')
     return chosen
 
+  def _check_null_experts(self, spec: routing.RouterSpec) -> None:
+    n = self.num_null_experts
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+      raise UserInputError(
+          f'num_null_experts={n!r} must be an int >= 0 (0: no null experts).')
+    if n and not spec.null_experts:
+      able = [name for name in routing.names()
+              if routing.get(name).null_experts]
+      raise UserInputError(
+          f'num_null_experts={n} needs a router that can route to null '
+          f'experts, but router={self.router!r} cannot use them; use one of '
+          f'{", ".join(map(repr, able))} or set num_null_experts=0.')
+
   def _check_shared_fields(self, spec: routing.RouterSpec) -> None:
     """Checks of the later shared fields (all off by default)."""
     if self.fixed_capacity is not None:
@@ -231,9 +258,11 @@ class MoEConfig:
       return spec.capacity(self, group_size, cf)
     if self.fixed_capacity is not None:
       return min(self.fixed_capacity, group_size)
+    # Null experts count as experts here: at balance each of the E + N
+    # outputs gets K·S/(E + N) choices, which is a real expert's load.
     return capacity_lib.expert_capacity(
-        group_size, self.num_experts, self.top_k, cf, self.min_capacity,
-        self.capacity_scales_with_k)
+        group_size, self.num_experts + self.num_null_experts, self.top_k, cf,
+        self.min_capacity, self.capacity_scales_with_k)
 
   def expert_passes_per_token(self, group_size: int) -> float:
     """Expert MLP passes per token, on average: the K of parameter counts.
@@ -244,7 +273,11 @@ class MoEConfig:
     spec = self.spec
     if spec.passes_per_token is not None:
       return spec.passes_per_token(self, group_size)
-    return self.top_k
+    # With null experts, the balanced share of choices that are real (what
+    # the balance loss over E + N outputs steers toward); the measured mean
+    # is the 'experts_per_token_mean' metric.
+    e, n = self.num_experts, self.num_null_experts
+    return self.top_k * e / (e + n) if n else self.top_k
 
   @property
   def num_router_outputs(self) -> int:
@@ -253,7 +286,7 @@ class MoEConfig:
     spec = self.spec
     if spec.router_outputs is not None:
       return spec.router_outputs(self)
-    return self.num_experts
+    return self.num_experts + self.num_null_experts
 
   @property
   def extra_params(self) -> tuple[routing.ExtraParam, ...]:

@@ -18,7 +18,8 @@ def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def routing_metrics(probs: jax.Array, expert_index: jax.Array,
-                    routed: jax.Array, kept: jax.Array) -> dict[str, jax.Array]:
+                    routed: jax.Array, kept: jax.Array,
+                    num_experts: int | None = None) -> dict[str, jax.Array]:
   """Load, drop and confidence statistics of one routing decision.
 
   Args:
@@ -28,6 +29,8 @@ def routing_metrics(probs: jax.Array, expert_index: jax.Array,
       second choice a random policy skipped).
     kept: bool [G, S, K] the choice was dispatched (routed and within
       capacity).
+    num_experts: E, the experts the load is counted over; default the last
+      axis of probs (smaller when probs also spans null experts).
 
   Returns:
     expert_fraction: [E] share of routed choices per expert (sums to 1).
@@ -43,7 +46,7 @@ def routing_metrics(probs: jax.Array, expert_index: jax.Array,
   """
   probs, expert_index, routed, kept = jax.lax.stop_gradient(
       (probs.astype(jnp.float32), expert_index, routed, kept))
-  num_experts = probs.shape[-1]
+  num_experts = num_experts or probs.shape[-1]
   top_k = expert_index.shape[-1]
   routed_f = routed.astype(jnp.float32)
   rows = expert_index.shape[0] if expert_index.ndim > 1 else 1
@@ -59,4 +62,26 @@ def routing_metrics(probs: jax.Array, expert_index: jax.Array,
       'top_gate': jnp.mean(jnp.max(probs, axis=-1)),
       'max_violation': jnp.max(load) / (total / num_experts) - 1.0,
       'dead_expert_fraction': jnp.mean(load == 0),
+  }
+
+
+def experts_per_token(routed: jax.Array) -> dict[str, jax.Array]:
+  """How many experts each token was routed to, for routers where it varies.
+
+  Args:
+    routed: bool [G, S, K] the router sent the choice to a real expert
+      (before capacity: the router's decision, not what capacity let through;
+      drops are in dropped_fraction).
+
+  Returns:
+    experts_per_token: [K+1] share of tokens routed to 0, 1, ..., K experts
+      (the name and layout expert choice uses, there with K = E).
+    experts_per_token_mean: the mean of that histogram.
+  """
+  count = jnp.sum(jax.lax.stop_gradient(routed), axis=-1).reshape(-1)
+  k = routed.shape[-1]
+  return {
+      'experts_per_token': jnp.mean(
+          jax.nn.one_hot(count, k + 1, dtype=jnp.float32), axis=0),
+      'experts_per_token_mean': jnp.mean(count.astype(jnp.float32)),
   }

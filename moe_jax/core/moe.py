@@ -177,6 +177,9 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
     weight = getattr(config.router_options, weight_field)
     if weight > 0:
       aux['aux_loss'] += weight * aux[loss]
+  # A loss the router weighted itself, by its state (ReMoE's adaptive λ).
+  if 'router_loss' in aux:
+    aux['aux_loss'] += aux['router_loss']
   if return_routing:
     aux['routing'] = {
         'plan': plan if isinstance(plan, RoutingPlan) else None,

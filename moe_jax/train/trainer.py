@@ -242,12 +242,17 @@ def _describe(mcfg: ModelConfig, params, seq_len: int) -> tuple[str, int]:
   the active count).
 
   K is the expert passes per token: top_k, or for expert choice and Soft
-  MoE their average (MoEConfig.expert_passes_per_token).
+  MoE their average (MoEConfig.expert_passes_per_token); with N null
+  experts the balanced share of real choices, top_k·E/(E+N) (an assumption:
+  the measured value is the experts_per_token_mean metric), shown as
+  'K=2 (top-4, 8 null)'.
   """
   k = mcfg.moe.expert_passes_per_token(mcfg.moe.group_size or seq_len)
   total, active = count_params(params, k, mcfg.moe.num_experts)
+  null = (f' (top-{mcfg.moe.top_k}, {mcfg.moe.num_null_experts} null)'
+          if mcfg.moe.num_null_experts else '')
   kind = (f'{mcfg.num_moe_layers} MoE, E={mcfg.moe.num_experts}, '
-          f'K={k:g}' if mcfg.num_moe_layers else 'dense')
+          f'K={k:g}{null}' if mcfg.num_moe_layers else 'dense')
   return (f'{mcfg.num_layers} layers ({kind}), params total {total:,} '
           f'active/token {active:,}'), active
 

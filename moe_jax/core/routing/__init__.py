@@ -20,6 +20,7 @@ from moe_jax.core.routing import noisy_topk
 from moe_jax.core.routing import bpr
 from moe_jax.core.routing import soft
 from moe_jax.core.routing import deepseek
+from moe_jax.core.routing import relu
 
 # MoEConfig's router when none is named: Switch top-1 (Fedus et al. 2021).
 DEFAULT = switch.SPEC.name

@@ -80,7 +80,8 @@ def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
                gates: jax.Array, routed: jax.Array,
                capacity: int | None,
                balance_fn: Callable = losses.load_balance_loss,
-               slot: jax.Array | None = None) -> tuple[RoutingPlan, dict]:
+               slot: jax.Array | None = None,
+               num_null: int = 0) -> tuple[RoutingPlan, dict]:
   """Applies capacity to a router's choices and computes losses and metrics.
 
   Args:
@@ -94,11 +95,19 @@ def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
       pools f and P over all groups (see losses.scoped_load_balance_loss).
     slot: int32 [G, S, K] slots from another priority rule; default: the
       rank-major, position-ordered capacity.assign_slots.
+    num_null: N null experts, the last N of the E + N router outputs
+      (AdaMoE, MoE++). A choice of one is not sent: it takes no capacity
+      slot and no dropless row, and the plan's num_experts is the real E.
+      Its expert_index (>= E) stays in the plan as the record of the choice.
+      The balance loss spans all E + N outputs, as AdaMoE's does, so at
+      balance a null expert gets a real expert's share.
   """
-  num_experts = logits.shape[-1]
+  num_experts = logits.shape[-1] - num_null
   expert_index = expert_index.astype(jnp.int32)
+  real = expert_index < num_experts
+  sent = routed & real
   if slot is None:
-    slot = capacity_lib.assign_slots(expert_index, routed, num_experts,
+    slot = capacity_lib.assign_slots(expert_index, sent, num_experts,
                                      capacity)
   kept = slot >= 0
   plan = RoutingPlan(
@@ -108,6 +117,32 @@ def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
   aux = {
       'load_balance_loss': balance_fn(probs, expert_index),
       'z_loss': losses.z_loss(logits),
-      **metrics_lib.routing_metrics(probs, expert_index, routed, kept),
+      **metrics_lib.routing_metrics(
+          probs, jnp.where(real, expert_index, 0), sent, kept,
+          num_experts=num_experts),
   }
+  if num_null:
+    chose = jax.lax.stop_gradient(routed)
+    aux['null_fraction'] = (jnp.sum(chose & ~real) /
+                            jnp.maximum(jnp.sum(chose), 1)).astype(jnp.float32)
+    aux.update(metrics_lib.experts_per_token(sent))
   return plan, aux
+
+
+def without_null_choices(expert_index: jax.Array, gates: jax.Array,
+                         num_experts: int, renormalize: bool) -> jax.Array:
+  """Gates with null-expert choices zeroed (AdaMoE, Zeng et al. 2024).
+
+  Args:
+    expert_index: int [G, S, K] over E + N router outputs (>= E: null).
+    gates: float [G, S, K] the router's gates over all K choices.
+    num_experts: E.
+    renormalize: True: divide by the sum over the token's real choices, so
+      they sum to 1 whenever there is one (AdaMoE's Mixtral code renormalises
+      over the true experts only); False: keep the gates as they are.
+  """
+  gates = jnp.where(expert_index < num_experts, gates, 0.0)
+  if not renormalize:
+    return gates
+  total = jnp.sum(gates, axis=-1, keepdims=True)
+  return gates / jnp.where(total > 0, total, 1.0)

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
 from moe_jax.core.routing import registry
-from moe_jax.core.routing.common import build_plan, choose
+from moe_jax.core.routing.common import (build_plan, choose,
+                                         without_null_choices)
 from moe_jax.errors import UserInputError, check_choice
 
 SECOND_POLICIES = ('all', 'random', 'sampling')
@@ -41,8 +42,8 @@ def gshard_top2(logits: jax.Array, *, capacity: int | None,
                 key: jax.Array | None = None,
                 second_policy: str = 'random',
                 balance_fn: Callable = losses.load_balance_loss,
-                replay: jax.Array | None = None
-                ) -> tuple[RoutingPlan, dict]:
+                replay: jax.Array | None = None,
+                num_null: int = 0) -> tuple[RoutingPlan, dict]:
   """GShard top-2 routing (Lepikhin et al. 2020, Algorithm 1).
 
   Gates are renormalised over the pair: g_i / (g1 + g2). The second choice
@@ -51,6 +52,8 @@ def gshard_top2(logits: jax.Array, *, capacity: int | None,
     'random': routed only if 2·g2 > U(0, 1), so weak second choices rarely
       take capacity;
     'sampling': e2 is sampled ∝ p over the experts other than e1, and routed.
+  num_null: the last N logits are null experts (AdaMoE): a null choice is
+  not sent and the other gate is renormalised alone (to 1).
   """
   if second_policy not in SECOND_POLICIES:
     raise UserInputError(
@@ -78,8 +81,11 @@ def gshard_top2(logits: jax.Array, *, capacity: int | None,
     routed_2 = 2.0 * gates[..., 1] > jax.random.uniform(key, e1.shape)
   routed = jnp.stack([jnp.ones_like(routed_2), routed_2], axis=-1)
   expert_index = jnp.stack([e1, e2], axis=-1)
+  if num_null:
+    gates = without_null_choices(expert_index, gates,
+                                 probs.shape[-1] - num_null, True)
   return build_plan(logits, probs, expert_index, gates, routed, capacity,
-                    balance_fn)
+                    balance_fn, num_null=num_null)
 
 
 def _route(inputs, config, *, train, capacity, key, balance_fn):
@@ -87,11 +93,12 @@ def _route(inputs, config, *, train, capacity, key, balance_fn):
   policy = options.second_policy if train else options.second_policy_eval
   return gshard_top2(inputs.logits, capacity=capacity, key=key,
                      second_policy=policy, balance_fn=balance_fn,
-                     replay=inputs.replay)
+                     replay=inputs.replay, num_null=config.num_null_experts)
 
 
 SPEC = registry.register(registry.RouterSpec(
     name='gshard', route=_route, options=Options, fixed_k=2, replayable=True,
     any_k_router='topk', eval_only=('second_policy_eval',),
     legacy_fields=(('second_policy', 'second_policy'),
-                   ('second_policy_eval', 'second_policy_eval'))))
+                   ('second_policy_eval', 'second_policy_eval')),
+    null_experts=True))

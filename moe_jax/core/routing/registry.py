@@ -106,6 +106,9 @@ class RouterSpec:
       arrays must lead with G, so expert parallelism can split them).
     eval_only: options fields that change how a checkpoint is evaluated but
       not what it holds (moe_jax/train/evaluate.py lets them differ).
+    null_experts: its route honours `moe.num_null_experts` (router logits
+      over E + N outputs, null choices passed to build_plan as num_null);
+      MoEConfig refuses null experts for the others.
     legacy_fields: {old flat `moe.<field>`: its options field}, for options
       that were MoEConfig fields before the registry: old configs get a
       one-line error naming the new place, old checkpoints are translated
@@ -132,6 +135,7 @@ class RouterSpec:
   eval_only: tuple[str, ...] = ()
   legacy_fields: tuple[tuple[str, str], ...] = ()
   replayable: bool = False
+  null_experts: bool = False
 
   @property
   def discrete(self) -> bool:
