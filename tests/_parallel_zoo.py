@@ -40,6 +40,10 @@ CASES = {
     'sigmoid': MoEConfig(
         router='sigmoid', top_k=2, balance_loss_scope='sequence',
         router_options={'sigmoid': {'bias_update_rate': 1e-3}}, **_COMMON),
+    # Quantile balancing: the solved bias must be the global batch's.
+    'sigmoid_quantile': MoEConfig(
+        router='sigmoid', top_k=2, router_options={'sigmoid': {
+            'bias_update': 'quantile', 'quantile_weight': 0.5}}, **_COMMON),
     'noisy_topk': MoEConfig(
         router='noisy_topk', top_k=2,
         router_options={'noisy_topk': {'importance_weight': 0.1,
@@ -77,15 +81,20 @@ def _fn(config):
   def loss(params, x, r):
     y, aux = parallel_moe_apply(params, x, config, train=True,
                                 key=jax.random.key(7))
-    return jnp.sum(y * r) + aux['aux_loss'], y
+    # Router state after the step (bias updates read the global batch).
+    names = [p.name for p in config.extra_params if not p.trainable]
+    state = (config.update_state({n: params[n] for n in names}, aux)
+             if names else {})
+    return jnp.sum(y * r) + aux['aux_loss'], (y, state)
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
                  compiler_options={'xla_backend_optimization_level': 0})
 
 
 def _flat(result):
-  (loss, y), (gp, gx) = result
+  (loss, (y, state)), (gp, gx) = result
   out = {'loss': loss, 'y': y, 'grad_x': gx}
   out.update({f'grad_{k}': v for k, v in gp.items()})
+  out.update({f'state_{k}': v for k, v in state.items()})
   return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -1,8 +1,10 @@
-"""The loss-free balancing bias in training: state, not parameter; saved,
-restored and resumed bit for bit."""
+"""Router state in training: the loss-free balancing bias (sign rule and
+quantile balancing) is state, not parameter; saved, restored and resumed
+bit for bit."""
 
 import contextlib
 import io
+import json
 import shutil
 
 import jax
@@ -22,9 +24,9 @@ def _cache(compilation_cache_on):
   del compilation_cache_on
 
 
-def _config():
+def _config(config_file='configs/sigmoid_loss_free.py'):
   # Checkpoints at steps 3 and 6 (num_steps = 6).
-  return testlib.tiny_config('configs/sigmoid_loss_free.py', {
+  return testlib.tiny_config(config_file, {
       'train.checkpoint_every': 3, 'train.eval_every': 6})
 
 
@@ -38,10 +40,8 @@ def _final_state(config, workdir):
   return testlib.restore_latest(workdir, config, mesh)[0]
 
 
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-  """(config, uninterrupted final state, resumed final state)."""
-  config = _config()
+def _full_and_resumed(config, tmp_path_factory):
+  """(config, uninterrupted final state, resumed final state, workdir)."""
   full = tmp_path_factory.mktemp('full')
   _train(config, full)
   # The same run killed after its step-3 checkpoint, then resumed.
@@ -49,11 +49,25 @@ def runs(tmp_path_factory):
   shutil.copytree(full, resumed)
   shutil.rmtree(resumed / 'checkpoints' / '6')
   _train(config, resumed)
-  return config, _final_state(config, full), _final_state(config, resumed)
+  return (config, _final_state(config, full), _final_state(config, resumed),
+          full)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """The sign rule: (config, uninterrupted and resumed final states, dir)."""
+  return _full_and_resumed(_config(), tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def quantile_runs(tmp_path_factory):
+  """Quantile balancing, the same way."""
+  return _full_and_resumed(_config('configs/sigmoid_quantile.py'),
+                           tmp_path_factory)
 
 
 def test_bias_is_training_state_moved_by_gamma(runs):
-  config, state, _ = runs
+  config, state, _, _ = runs
   assert isinstance(state, RoutedTrainState)
   biases = jax.tree.leaves(state.router_state)
   assert len(biases) == setup.model_config(config).num_moe_layers
@@ -70,8 +84,30 @@ def test_bias_is_training_state_moved_by_gamma(runs):
   assert paths and not any('router_bias' in p for p in paths)
 
 
-def test_interrupted_and_resumed_run_is_bitwise_identical(runs):
-  _, full, resumed = runs
+def test_quantile_bias_is_centred_state_and_logged(quantile_runs):
+  config, state, _, workdir = quantile_runs
+  assert isinstance(state, RoutedTrainState)
+  biases = [np.asarray(b) for b in jax.tree.leaves(state.router_state)]
+  assert len(biases) == setup.model_config(config).num_moe_layers
+  for b in biases:
+    assert b.shape == (config.moe.num_experts,) and np.any(b != 0)
+    # Not a multiple of a step: solved. Centred: adding a constant to every
+    # expert's bias changes no choice, so the update removes the mean.
+    assert abs(float(np.mean(b))) < 1e-6
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree.leaves_with_path((state.params, state.opt_state))]
+  assert paths and not any('router_bias' in p for p in paths)
+  # The metrics report the bias each step was routed with, per layer.
+  records = [json.loads(line) for line in
+             (workdir / 'metrics.jsonl').read_text().splitlines()]
+  logged = [v for r in records if 'loss' in r
+            for k, v in r.items() if k.endswith('/router_bias')]
+  assert logged and len(logged[-1]) == config.moe.num_experts
+
+
+@pytest.mark.parametrize('name', ['runs', 'quantile_runs'])
+def test_interrupted_and_resumed_run_is_bitwise_identical(name, request):
+  _, full, resumed, _ = request.getfixturevalue(name)
   for (path, a), b in zip(jax.tree.leaves_with_path(full),
                           jax.tree.leaves(resumed)):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), (

@@ -5,7 +5,6 @@ suite itself runs on one); the assertions are here.
 """
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -17,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 ZOO_CONFIGS = ('expert_choice', 'sigmoid_loss_free', 'noisy_topk', 'bpr_top1',
                'fine_grained_shared', 'soft_moe')
-CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft')
+CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft',
+         'sigmoid_quantile')
 
 
 def _cli(config, workdir, *flags, cache_dir=None):

@@ -266,6 +266,12 @@ class MoEConfig:
     does not train, e.g. a loss-free balancing bias)."""
     return any(not p.trainable for p in self.extra_params)
 
+  def update_state(self, state: dict[str, Any],
+                   aux: dict[str, Any]) -> dict[str, Any]:
+    """The router state after a training step (e.g. a moved selection
+    bias), from the state {name: array} and the step's aux of this layer."""
+    return self.spec.update_state(state, aux, self.router_options)
+
   @property
   def balance_fn(self):
     """(probs, expert_index) -> the load-balance loss, pooled as

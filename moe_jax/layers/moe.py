@@ -101,8 +101,7 @@ class MoELayer(nnx.Module):
     the step selected with the old state, the next one with the new.
     """
     names = [p.name for p in self.config.extra_params if not p.trainable]
-    new = self.config.spec.update_state(
-        {n: getattr(self, n)[...] for n in names}, aux,
-        self.config.router_options)
+    new = self.config.update_state(
+        {n: getattr(self, n)[...] for n in names}, aux)
     for name in names:
       getattr(self, name)[...] = new[name]
