@@ -51,6 +51,7 @@ CASES = {
     'bpr': MoEConfig(router='bpr', top_k=1, **_COMMON),
     'shared': MoEConfig(router='topk', top_k=2, num_shared_experts=1,
                         **_COMMON),
+    'uniform': MoEConfig(router='uniform', top_k=2, **_COMMON),
     # E·P = Q = 8 slot logits: the same router_kernel shape as the others.
     'soft': MoEConfig(router='soft', causal_chunk=8, num_experts=E, d_ff=F),
 }

@@ -15,9 +15,10 @@ from testlib import REPO, multi_device_env, run_device_script
 pytestmark = pytest.mark.slow
 
 ZOO_CONFIGS = ('expert_choice', 'sigmoid_loss_free', 'noisy_topk', 'bpr_top1',
-               'fine_grained_shared', 'soft_moe')
+               'fine_grained_shared', 'soft_moe', 'sigmoid_quantile',
+               'uniform_top2')
 CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft',
-         'sigmoid_quantile')
+         'sigmoid_quantile', 'uniform')
 
 
 def _cli(config, workdir, *flags, cache_dir=None):

@@ -113,7 +113,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
   # A registered router (moe_jax/core/routing/): 'switch' | 'gshard' |
-  # 'topk' | 'expert_choice' | 'sigmoid' | 'noisy_topk' | 'bpr' | 'soft'.
+  # 'topk' | 'expert_choice' | 'sigmoid' | 'noisy_topk' | 'bpr' | 'soft' |
+  # 'uniform'.
   c.moe.router = 'switch'
   # Each router's own options, e.g. router_options.gshard.second_policy;
   # only the chosen router's may leave their defaults (router_options()).
