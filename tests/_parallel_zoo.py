@@ -52,6 +52,10 @@ CASES = {
     'shared': MoEConfig(router='topk', top_k=2, num_shared_experts=1,
                         **_COMMON),
     'uniform': MoEConfig(router='uniform', top_k=2, **_COMMON),
+    # axlearn's adaptive weight: the over-capacity ratio is the global one.
+    'adaptive_balance': MoEConfig(
+        router='topk', top_k=2, adaptive_balance={
+            'log_step': 0.1, 'max_over_capacity': 0.05}, **_COMMON),
     # E·P = Q = 8 slot logits: the same router_kernel shape as the others.
     'soft': MoEConfig(router='soft', causal_chunk=8, num_experts=E, d_ff=F),
 }
@@ -60,8 +64,11 @@ CASES = {
 def _params(config):
   p = moe_params(0, D, F, E)
   rng = np.random.default_rng(3)
-  if config.has_router_bias:
-    p['router_bias'] = jnp.asarray(rng.normal(size=(E,)) * 0.1, jnp.float32)
+  for extra in config.extra_params:
+    if extra.name == 'router_bias':
+      p['router_bias'] = jnp.asarray(rng.normal(size=(E,)) * 0.1, jnp.float32)
+    elif not extra.trainable:  # Other state (the adaptive weight's): mid-run.
+      p[extra.name] = jnp.asarray(rng.uniform(0.1, 3.0), jnp.float32)
   if config.router == 'noisy_topk':
     p['noise_kernel'] = jnp.asarray(rng.normal(size=(D, E)) * 0.1,
                                     jnp.float32)
@@ -75,7 +82,8 @@ def _params(config):
 _AXES = {'router_kernel': ('embed', None), 'noise_kernel': ('embed', None),
          'router_bias': (None,), 'wi': ('expert', 'embed', 'mlp'),
          'wo': ('expert', 'mlp', 'embed'), 'shared_wi': ('embed', 'mlp'),
-         'shared_wo': ('mlp', 'embed')}
+         'shared_wo': ('mlp', 'embed'), 'balance_log_scale': (),
+         'over_capacity_average': (), 'over_capacity_count': ()}
 
 
 def _fn(config):

@@ -1,6 +1,6 @@
 """Router state in training: the loss-free balancing bias (sign rule and
-quantile balancing) is state, not parameter; saved, restored and resumed
-bit for bit."""
+quantile balancing) and the adaptive balance weight are state, not
+parameters; saved, restored and resumed bit for bit."""
 
 import contextlib
 import io
@@ -66,6 +66,13 @@ def quantile_runs(tmp_path_factory):
                            tmp_path_factory)
 
 
+@pytest.fixture(scope='module')
+def adaptive_runs(tmp_path_factory):
+  """axlearn's adaptive balance weight, the same way."""
+  return _full_and_resumed(_config('configs/gshard_adaptive_balance.py'),
+                           tmp_path_factory)
+
+
 def test_bias_is_training_state_moved_by_gamma(runs):
   config, state, _, _ = runs
   assert isinstance(state, RoutedTrainState)
@@ -105,7 +112,34 @@ def test_quantile_bias_is_centred_state_and_logged(quantile_runs):
   assert logged and len(logged[-1]) == config.moe.num_experts
 
 
-@pytest.mark.parametrize('name', ['runs', 'quantile_runs'])
+def test_adaptive_weight_is_state_and_logged(adaptive_runs):
+  config, state, _, workdir = adaptive_runs
+  assert isinstance(state, RoutedTrainState)
+  leaves = {jax.tree_util.keystr(p): np.asarray(v)
+            for p, v in jax.tree.leaves_with_path(state.router_state)}
+  layers = setup.model_config(config).num_moe_layers
+  for name in ('balance_log_scale', 'over_capacity_average',
+               'over_capacity_count'):
+    values = [v for k, v in leaves.items() if name in k]
+    assert len(values) == layers and all(v.shape == () for v in values)
+  counts = [v for k, v in leaves.items() if 'over_capacity_count' in k]
+  assert all(float(c) == config.train.num_steps for c in counts)
+  # Each step moves ℓ by −ε, 0 or +ε.
+  for k, v in leaves.items():
+    if 'balance_log_scale' in k:
+      steps = float(v) / config.moe.adaptive_balance.log_step
+      assert abs(steps - round(steps)) < 1e-3 and abs(steps) <= 6
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree.leaves_with_path((state.params, state.opt_state))]
+  assert paths and not any('balance_log_scale' in p for p in paths)
+  records = [json.loads(line) for line in
+             (workdir / 'metrics.jsonl').read_text().splitlines()]
+  logged = [v for r in records if 'loss' in r
+            for k, v in r.items() if k.endswith('/balance_weight')]
+  assert logged and all(np.isfinite(logged))
+
+
+@pytest.mark.parametrize('name', ['runs', 'quantile_runs', 'adaptive_runs'])
 def test_interrupted_and_resumed_run_is_bitwise_identical(name, request):
   _, full, resumed, _ = request.getfixturevalue(name)
   for (path, a), b in zip(jax.tree.leaves_with_path(full),

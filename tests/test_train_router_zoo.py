@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 
 ZOO_CONFIGS = ('expert_choice', 'sigmoid_loss_free', 'noisy_topk', 'bpr_top1',
                'fine_grained_shared', 'soft_moe', 'sigmoid_quantile',
-               'uniform_top2')
+               'uniform_top2', 'gshard_adaptive_balance')
 CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft',
-         'sigmoid_quantile', 'uniform')
+         'sigmoid_quantile', 'uniform', 'adaptive_balance')
 
 
 def _cli(config, workdir, *flags, cache_dir=None):

@@ -144,6 +144,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.balance_loss_scope = 'global'
   c.moe.num_shared_experts = 0  # K_s always-on experts (DeepSeekMoE).
   c.moe.shared_expert_gate = False  # Sigmoid gate on shared experts (Qwen).
+  # axlearn's adaptive balance weight: α·exp(ℓ), ℓ ± log_step per step while
+  # the averaged over-capacity ratio is above max / below min_over_capacity.
+  c.moe.adaptive_balance = ml_collections.ConfigDict({
+      'log_step': 0.0,  # ε; 0: off (axlearn uses 0.01).
+      'max_over_capacity': 0.01,  # Raise α above this averaged drop share.
+      'min_over_capacity': 1e-3,  # Lower α below it (axlearn's default).
+      'average_min_weight': 0.01,  # Moving-average horizon ~1/this steps.
+  })
 
   # LoRA (Hu et al. 2021) over the frozen parameters of train.init_from;
   # only the adapters train and are saved. See moe_jax/train/lora/.
