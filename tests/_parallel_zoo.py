@@ -40,6 +40,10 @@ CASES = {
     'sigmoid': MoEConfig(
         router='sigmoid', top_k=2, balance_loss_scope='sequence',
         router_options={'sigmoid': {'bias_update_rate': 1e-3}}, **_COMMON),
+    # Quantile balancing: the solved bias must be the global batch's.
+    'sigmoid_quantile': MoEConfig(
+        router='sigmoid', top_k=2, router_options={'sigmoid': {
+            'bias_update': 'quantile', 'quantile_weight': 0.5}}, **_COMMON),
     'noisy_topk': MoEConfig(
         router='noisy_topk', top_k=2,
         router_options={'noisy_topk': {'importance_weight': 0.1,
@@ -51,6 +55,11 @@ CASES = {
             'bias_update_rate': 1e-3}}, **_COMMON),
     'shared': MoEConfig(router='topk', top_k=2, num_shared_experts=1,
                         **_COMMON),
+    'uniform': MoEConfig(router='uniform', top_k=2, **_COMMON),
+    # axlearn's adaptive weight: the over-capacity ratio is the global one.
+    'adaptive_balance': MoEConfig(
+        router='topk', top_k=2, adaptive_balance={
+            'log_step': 0.1, 'max_over_capacity': 0.05}, **_COMMON),
     # E·P = Q = 8 slot logits: the same router_kernel shape as the others.
     'soft': MoEConfig(router='soft', causal_chunk=8, num_experts=E, d_ff=F),
     'relu': MoEConfig(router='relu', top_k=2, **_COMMON),
@@ -66,10 +75,13 @@ def _params(config):
     p['router_kernel'] = jnp.asarray(
         rng.normal(size=(D, config.num_router_outputs)) / np.sqrt(D),
         jnp.float32)
-  if config.router == 'relu':  # λ large enough to matter in the loss.
-    p['relu_l1_weight'] = jnp.full((1,), 0.05, jnp.float32)
-  elif config.has_router_bias:
-    p['router_bias'] = jnp.asarray(rng.normal(size=(E,)) * 0.1, jnp.float32)
+  for extra in config.extra_params:
+    if extra.name == 'router_bias':
+      p['router_bias'] = jnp.asarray(rng.normal(size=(E,)) * 0.1, jnp.float32)
+    elif extra.name == 'relu_l1_weight':  # λ large enough to matter.
+      p['relu_l1_weight'] = jnp.full((1,), 0.05, jnp.float32)
+    elif not extra.trainable:  # Other state (the adaptive weight's): mid-run.
+      p[extra.name] = jnp.asarray(rng.uniform(0.1, 3.0), jnp.float32)
   if config.router == 'noisy_topk':
     p['noise_kernel'] = jnp.asarray(rng.normal(size=(D, E)) * 0.1,
                                     jnp.float32)
@@ -84,22 +96,28 @@ _AXES = {'router_kernel': ('embed', None), 'noise_kernel': ('embed', None),
          'router_bias': (None,), 'wi': ('expert', 'embed', 'mlp'),
          'wo': ('expert', 'mlp', 'embed'), 'shared_wi': ('embed', 'mlp'),
          'shared_wo': ('mlp', 'embed'),
-         'relu_l1_weight': (None,)}
+         'relu_l1_weight': (None,), 'balance_log_scale': (),
+         'over_capacity_average': (), 'over_capacity_count': ()}
 
 
 def _fn(config):
   def loss(params, x, r):
     y, aux = parallel_moe_apply(params, x, config, train=True,
                                 key=jax.random.key(7))
-    return jnp.sum(y * r) + aux['aux_loss'], y
+    # Router state after the step (bias updates read the global batch).
+    names = [p.name for p in config.extra_params if not p.trainable]
+    state = (config.update_state({n: params[n] for n in names}, aux)
+             if names else {})
+    return jnp.sum(y * r) + aux['aux_loss'], (y, state)
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
                  compiler_options={'xla_backend_optimization_level': 0})
 
 
 def _flat(result):
-  (loss, y), (gp, gx) = result
+  (loss, (y, state)), (gp, gx) = result
   out = {'loss': loss, 'y': y, 'grad_x': gx}
   out.update({f'grad_{k}': v for k, v in gp.items()})
+  out.update({f'state_{k}': v for k, v in state.items()})
   return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -5,7 +5,6 @@ suite itself runs on one); the assertions are here.
 """
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -17,9 +16,11 @@ pytestmark = pytest.mark.slow
 
 ZOO_CONFIGS = ('expert_choice', 'sigmoid_loss_free', 'noisy_topk', 'bpr_top1',
                'fine_grained_shared', 'soft_moe', 'deepseek_v3_routing',
-               'relu_router', 'null_experts')
+               'relu_router', 'null_experts', 'sigmoid_quantile',
+               'uniform_top2', 'gshard_adaptive_balance')
 CASES = ('expert_choice', 'sigmoid', 'noisy_topk', 'bpr', 'shared', 'soft',
-         'deepseek', 'relu', 'null_experts')
+         'deepseek', 'relu', 'null_experts', 'sigmoid_quantile', 'uniform',
+         'adaptive_balance')
 
 
 def _cli(config, workdir, *flags, cache_dir=None):

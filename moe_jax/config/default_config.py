@@ -34,7 +34,8 @@ def router_options() -> ml_collections.ConfigDict:
 
     gshard.second_policy ('random'), gshard.second_policy_eval ('all'),
     topk.renormalize (True), sigmoid.bias_update_rate (0.0; DeepSeek-V3:
-    1e-3), noisy_topk.importance_weight and .load_cv_weight (0.0; Shazeer
+    1e-3), sigmoid.bias_update ('sign'; 'quantile': quantile balancing),
+    sigmoid.quantile_weight (1.0), noisy_topk.importance_weight and .load_cv_weight (0.0; Shazeer
     et al.: 0.1), soft.slots_per_expert (1).
 
   Built from the registry, so a router registered before the config is
@@ -112,7 +113,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.num_experts = 8  # E.
   c.moe.top_k = 1  # K.
   # A registered router (moe_jax/core/routing/): 'switch' | 'gshard' |
-  # 'topk' | 'expert_choice' | 'sigmoid' | 'noisy_topk' | 'bpr' | 'soft'.
+  # 'topk' | 'expert_choice' | 'sigmoid' | 'noisy_topk' | 'bpr' | 'soft' |
+  # 'uniform'.
   c.moe.router = 'switch'
   # Each router's own options, e.g. router_options.gshard.second_policy;
   # only the chosen router's may leave their defaults (router_options()).
@@ -144,6 +146,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.shared_expert_gate = False  # Sigmoid gate on shared experts (Qwen).
   # N zero-compute null experts in the routing (AdaMoE); topk/gshard/switch.
   c.moe.num_null_experts = 0
+  # axlearn's adaptive balance weight: α·exp(ℓ), ℓ ± log_step per step while
+  # the averaged over-capacity ratio is above max / below min_over_capacity.
+  c.moe.adaptive_balance = ml_collections.ConfigDict({
+      'log_step': 0.0,  # ε; 0: off (axlearn uses 0.01).
+      'max_over_capacity': 0.01,  # Raise α above this averaged drop share.
+      'min_over_capacity': 1e-3,  # Lower α below it (axlearn's default).
+      'average_min_weight': 0.01,  # Moving-average horizon ~1/this steps.
+  })
 
   # LoRA (Hu et al. 2021) over the frozen parameters of train.init_from;
   # only the adapters train and are saved. See moe_jax/train/lora/.

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 from typing import Any
 
+from moe_jax.core import adaptive_balance as adaptive_lib
 from moe_jax.core import capacity as capacity_lib
 from moe_jax.core import losses
 from moe_jax.core import routing
@@ -92,6 +93,11 @@ class MoEConfig:
       as a ConfigDict's `moe.router_options` holds it. Entries for other
       routers must be at their defaults (a setting that does nothing is a
       mistake). After construction it is the chosen router's Options.
+    adaptive_balance: axlearn's adaptive balance-loss weight: None (off),
+      an adaptive_balance.AdaptiveBalance, or a mapping of its fields (as
+      the ConfigDict's `moe.adaptive_balance` holds them). With log_step > 0
+      each layer's weight becomes load_balance_weight·exp(ℓ), ℓ moved ±ε
+      per step by its averaged over-capacity ratio (core/adaptive_balance.py).
   """
 
   num_experts: int = 8
@@ -118,6 +124,7 @@ class MoEConfig:
   shared_expert_gate: bool = False
   num_null_experts: int = 0
   router_options: Any = None
+  adaptive_balance: Any = None
 
   def __post_init__(self):
     check_positive('num_experts', self.num_experts)
@@ -126,6 +133,8 @@ class MoEConfig:
     spec = routing.get(self.router)
     # Frozen: the resolved options replace what was given, once.
     object.__setattr__(self, 'router_options', self._resolve_options(spec))
+    object.__setattr__(self, 'adaptive_balance',
+                       adaptive_lib.resolve(self.adaptive_balance))
     check_choice('dispatcher', self.dispatcher, tuple(DISPATCHERS))
     check_choice('expert_type', self.expert_type, EXPERT_TYPES)
     self._check_null_experts(spec)
@@ -159,6 +168,7 @@ class MoEConfig:
     self._check_shared_fields(spec)
     if spec.check is not None:
       spec.check(self)
+    adaptive_lib.check(self)
 
   def _resolve_options(self, spec: routing.RouterSpec):
     """The chosen router's Options from what router_options holds."""
@@ -290,14 +300,29 @@ class MoEConfig:
 
   @property
   def extra_params(self) -> tuple[routing.ExtraParam, ...]:
-    """The router's arrays beside router_kernel, for this config."""
-    return tuple(self.spec.extra_params(self))
+    """The router's arrays beside router_kernel, for this config (with the
+    adaptive balance weight's state when it is on)."""
+    return (tuple(self.spec.extra_params(self)) +
+            adaptive_lib.extra_params(self.adaptive_balance))
 
   @property
   def has_router_bias(self) -> bool:
     """Whether each MoE layer carries router state (arrays the optimizer
     does not train, e.g. a loss-free balancing bias)."""
     return any(not p.trainable for p in self.extra_params)
+
+  def update_state(self, state: dict[str, Any],
+                   aux: dict[str, Any]) -> dict[str, Any]:
+    """The router state after a training step (e.g. a moved selection
+    bias), from the state {name: array} and the step's aux of this layer."""
+    new = {}
+    own = [p.name for p in self.spec.extra_params(self) if not p.trainable]
+    if own:
+      new.update(self.spec.update_state({n: state[n] for n in own}, aux,
+                                        self.router_options))
+    if self.adaptive_balance.on:  # moe_apply already stepped it (in aux).
+      new.update({n: aux[n] for n in adaptive_lib.STATE})
+    return new
 
   @property
   def balance_fn(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moe_jax.core import adaptive_balance
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import (DISPATCHERS, ExpertInputs, RunExperts,
                                    run_local)
@@ -171,7 +172,14 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   sg_logits = jax.lax.stop_gradient(logits)
   aux['router_logit_max'] = jnp.max(jnp.abs(sg_logits))
   aux['router_logsumexp'] = jnp.mean(jax.nn.logsumexp(sg_logits, axis=-1))
-  aux['aux_loss'] = (config.load_balance_weight * aux['load_balance_loss'] +
+  balance_weight = config.load_balance_weight
+  if config.adaptive_balance.on:  # axlearn's weight, moved by drops.
+    scale, state = adaptive_balance.layer_scale(
+        params, aux, config.adaptive_balance, train=train)
+    aux.update(state)  # The state after the step, for update_state.
+    balance_weight = balance_weight * scale
+    aux['balance_weight'] = balance_weight
+  aux['aux_loss'] = (balance_weight * aux['load_balance_loss'] +
                      config.z_loss_weight * aux['z_loss'])
   for weight_field, loss in config.spec.aux_terms:  # e.g. noisy top-k's CV².
     weight = getattr(config.router_options, weight_field)

@@ -24,8 +24,9 @@ EXPERT_OUT_AXES = PARAM_AXES['wo']  # wo [E, F, D]
 
 
 class RouterBias(nnx.Variable):
-  """Router state: an extra array a router spec marks not trainable (the
-  loss-free balancing bias [E] is the one built in).
+  """Router state: an extra array marked not trainable (the loss-free
+  balancing bias [E] of a router spec, or the adaptive balance weight's
+  scalars, core/adaptive_balance.py).
 
   Being no nnx.Param, it is outside the optimizer's tree (no gradient, no
   weight decay, no Adam moments); the train step carries it in
@@ -96,14 +97,13 @@ class MoELayer(nnx.Module):
 
   def update_router_bias(self, aux: dict[str, jax.Array]) -> None:
     """Moves the router state (e.g. the bias by ±γ) from this layer's aux of
-    one training step, by the spec's update_state.
+    one training step, by MoEConfig.update_state.
 
     Called by the train step after the forward pass, outside the gradient:
     the step selected with the old state, the next one with the new.
     """
     names = [p.name for p in self.config.extra_params if not p.trainable]
-    new = self.config.spec.update_state(
-        {n: getattr(self, n)[...] for n in names}, aux,
-        self.config.router_options)
+    new = self.config.update_state(
+        {n: getattr(self, n)[...] for n in names}, aux)
     for name in names:
       getattr(self, name)[...] = new[name]

@@ -74,7 +74,12 @@ def _added_at_default(key: str, old: dict[str, Any], new: dict[str, Any]) -> boo
     return new[key] == MEANT_WHEN_ABSENT[key]
   # Imported here: the default config is only needed for this rare case.
   from moe_jax.config import default_config  # pylint: disable=g-import-not-at-top
-  defaults = config_fingerprint(default_config.get_default_config().to_dict())
+  base = default_config.get_default_config()
+  # The fingerprint keeps only the chosen router's options, so take the
+  # defaults under the run's router: a field added to its options (e.g.
+  # router_options.sigmoid.bias_update) is then found at its default.
+  base.moe.router = new.get('moe.router', base.moe.router)
+  defaults = config_fingerprint(base.to_dict())
   return key in defaults and defaults[key] == new[key]
 
 

@@ -10,7 +10,7 @@ from moe_jax.core.routing import registry
 from moe_jax.core.routing.registry import (ExtraParam, NoOptions, RouterInputs,
                                            RouterSpec, get, names, register)
 # Registration order: switch, gshard, topk, expert_choice, sigmoid,
-# noisy_topk, bpr, soft, deepseek.
+# noisy_topk, bpr, soft, deepseek, relu, uniform.
 from moe_jax.core.routing import switch  # pylint: disable=g-bad-import-order
 from moe_jax.core.routing import gshard
 from moe_jax.core.routing import topk
@@ -21,6 +21,7 @@ from moe_jax.core.routing import bpr
 from moe_jax.core.routing import soft
 from moe_jax.core.routing import deepseek
 from moe_jax.core.routing import relu
+from moe_jax.core.routing import uniform
 
 # MoEConfig's router when none is named: Switch top-1 (Fedus et al. 2021).
 DEFAULT = switch.SPEC.name

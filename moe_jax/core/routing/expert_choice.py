@@ -203,4 +203,5 @@ def _check(config) -> None:
 
 SPEC = registry.register(registry.RouterSpec(
     name='expert_choice', route=_route, group_wide=True, check=_check,
-    capacity=_capacity, passes_per_token=_passes_per_token))
+    capacity=_capacity, passes_per_token=_passes_per_token,
+    balance_loss=False))

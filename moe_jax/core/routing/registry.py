@@ -104,6 +104,9 @@ class RouterSpec:
     dispatcher: None: the plan is a RoutingPlan, moved by `moe.dispatcher`;
       else the dispatcher that moves this router's own plan type (the plan's
       arrays must lead with G, so expert parallelism can split them).
+    balance_loss: whether aux['load_balance_loss'] can steer the routing
+      (False where it is 0 or constant: expert choice, Soft MoE, uniform);
+      a balance-loss weight that adapts to drops refuses a router without.
     eval_only: options fields that change how a checkpoint is evaluated but
       not what it holds (moe_jax/train/evaluate.py lets them differ).
     null_experts: its route honours `moe.num_null_experts` (router logits
@@ -132,6 +135,7 @@ class RouterSpec:
   update_state: Callable[..., dict[str, jax.Array]] | None = None
   aux_terms: tuple[tuple[str, str], ...] = ()
   dispatcher: Any = None
+  balance_loss: bool = True
   eval_only: tuple[str, ...] = ()
   legacy_fields: tuple[tuple[str, str], ...] = ()
   replayable: bool = False

@@ -221,5 +221,5 @@ SPEC = registry.register(registry.RouterSpec(
     passes_per_token=_passes_per_token,
     router_outputs=lambda config: (
         config.num_experts * config.router_options.slots_per_expert),
-    dispatcher=SOFT_DISPATCH,
+    dispatcher=SOFT_DISPATCH, balance_loss=False,
     legacy_fields=(('slots_per_expert', 'slots_per_expert'),)))
