@@ -151,6 +151,8 @@ def deepseek_top_k(logits: jax.Array, *, capacity: int | None, k: int,
                          balance_fn)
   aux['expert_load'] = jnp.sum(
       jax.nn.one_hot(expert_index, scores.shape[-1]), axis=(0, 1, 2))
+  if bias is not None:  # Logged like the sigmoid router's bias.
+    aux['router_bias'] = jax.lax.stop_gradient(bias.astype(jnp.float32))
   return plan, aux
 
 
