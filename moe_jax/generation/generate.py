@@ -13,7 +13,7 @@ from flax import nnx
 from moe_jax.errors import UserInputError, check_positive, require
 from moe_jax.generation.decode import (decode_moe_config, decode_step,
                                        pad_prompts, prefill)
-from moe_jax.generation.sampling import GREEDY, Sampling, sample
+from moe_jax.generation.sampling import GREEDY, Sampling, sample_filtered
 from moe_jax.models.kv_cache import KVCache
 
 
@@ -75,30 +75,37 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
   if isinstance(key, (int, np.integer)):
     key = jax.random.key(int(key))
   graphdef, state = nnx.split(model)
-  out, count = _generate(state, jnp.asarray(tokens), jnp.asarray(lengths), key,
-                         graphdef=graphdef, max_new_tokens=max_new_tokens,
-                         sampling=sampling,
-                         stop_token=None if stop_token is None
-                         else int(stop_token), moe=moe)
+  # Only greedy-or-not and the shapes are static: the sampling knobs and the
+  # stop token (-1: none) are traced, so changing them does not recompile.
+  out, count = _generate(
+      state, jnp.asarray(tokens), jnp.asarray(lengths), key,
+      sampling.arrays(), jnp.int32(-1 if stop_token is None else stop_token),
+      graphdef=graphdef, max_new_tokens=max_new_tokens,
+      greedy=sampling.greedy, moe=moe)
   return Generated(np.asarray(out), np.asarray(count))
 
 
 @functools.partial(jax.jit, static_argnames=(
-    'graphdef', 'max_new_tokens', 'sampling', 'stop_token', 'moe'))
-def _generate(state, tokens, lengths, key, *, graphdef, max_new_tokens,
-              sampling, stop_token, moe):
+    'graphdef', 'max_new_tokens', 'greedy', 'moe'))
+def _generate(state, tokens, lengths, key, sampling, stop_token, *, graphdef,
+              max_new_tokens, greedy, moe):
   """(tokens int32 [B, N], counts int32 [B]); see generate."""
   model = nnx.merge(graphdef, state)
   moe_config = decode_moe_config(model.config, moe)
   b, p = tokens.shape
   n = max_new_tokens
+
+  def sample(logits, step):
+    if greedy:
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return sample_filtered(logits, jax.random.fold_in(key, step), *sampling)
+
   # The last new token is only output, never fed back: P + N - 1 slots.
   cache = KVCache.zeros(model.config, b, p + n - 1)
   logits, cache = prefill(model, tokens, lengths, cache, moe_config)
-  first = sample(logits, jax.random.fold_in(key, 0), sampling)
+  first = sample(logits, 0)
   out = jnp.zeros((b, n), jnp.int32).at[:, 0].set(first)
-  stopped = lambda t: (jnp.zeros(t.shape, bool) if stop_token is None
-                       else t == stop_token)
+  stopped = lambda t: t == stop_token  # Never, for -1.
   init = (jnp.int32(1), first, out, stopped(first),
           jnp.ones((b,), jnp.int32), cache)
 
@@ -111,7 +118,7 @@ def _generate(state, tokens, lengths, key, *, graphdef, max_new_tokens,
     # `token` is new token step-1 of each row, at position n_b + step - 1.
     logits, cache = decode_step(model, token, lengths + step - 1, cache,
                                 moe_config)
-    nxt = sample(logits, jax.random.fold_in(key, step), sampling)
+    nxt = sample(logits, step)
     nxt = jnp.where(done, 0, nxt)  # Finished rows decode on, unseen.
     out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, step))
     return (step + 1, nxt, out, done | stopped(nxt), count + ~done, cache)

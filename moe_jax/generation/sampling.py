@@ -58,31 +58,47 @@ class Sampling:
     return self.temperature == 0
 
 
+  def arrays(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(temperature, top_k, top_p) as arrays, top_k 0 for none: traced
+    values, so one compiled decode loop serves every setting."""
+    return (jnp.float32(self.temperature or 1.0),
+            jnp.int32(self.top_k or 0), jnp.float32(self.top_p))
+
+
 GREEDY = Sampling(temperature=0.0)
 
 
-def filter_logits(logits: jax.Array, sampling: Sampling) -> jax.Array:
-  """float32 [B, V] logits -> tempered logits, -inf outside top-k / top-p."""
+def filter_logits(logits: jax.Array, temperature, top_k, top_p) -> jax.Array:
+  """float32 [B, V] logits -> tempered logits, -inf outside top-k and top-p.
+
+  temperature > 0, top_k (0: none) and top_p in (0, 1] may be traced
+  scalars (see Sampling.arrays).
+  """
   logits = logits.astype(jnp.float32)
   # Shifted so the maximum is 0: x / T then never overflows to inf - inf.
-  logits = (logits - jnp.max(logits, -1, keepdims=True)) / sampling.temperature
-  if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]  # [B, 1]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if sampling.top_p < 1:
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # Descending.
-    probs = jax.nn.softmax(ordered, axis=-1)
-    # Keep a token while the mass before it is < top_p: the smallest set
-    # reaching top_p, and always the first.
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
-    cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), -1, keepdims=True)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-  return logits
+  logits = (logits - jnp.max(logits, -1, keepdims=True)) / temperature
+  v = logits.shape[-1]
+  ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # Descending.
+  # One sort serves both filters; k is an index into it, so it may be traced.
+  k = jnp.where((top_k > 0) & (top_k < v), top_k, v)
+  ordered = jnp.where(jnp.arange(v) < k, ordered, -jnp.inf)
+  probs = jax.nn.softmax(ordered, axis=-1)
+  # Keep a token while the mass before it is < top_p: the smallest set
+  # reaching top_p, and always the first.
+  keep = (jnp.cumsum(probs, axis=-1) - probs < top_p) & (jnp.arange(v) < k)
+  cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), -1, keepdims=True)
+  return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
 def sample(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
   """int32 [B] next tokens from float32 [B, V] logits."""
   if sampling.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  filtered = filter_logits(logits, sampling)
+  return sample_filtered(logits, key, *sampling.arrays())
+
+
+def sample_filtered(logits: jax.Array, key: jax.Array, temperature, top_k,
+                    top_p) -> jax.Array:
+  """int32 [B] draws from filter_logits(logits, ...)."""
+  filtered = filter_logits(logits, temperature, top_k, top_p)
   return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
