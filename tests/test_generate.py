@@ -7,7 +7,6 @@ comparison with transformers' own generate in tests/test_generate_hf_torch.py.
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
