@@ -111,3 +111,43 @@ def test_a_prompt_longer_than_the_model_is_refused(loaded):
     sample.sample_text(loaded, 'a' * 40, max_new_tokens=None,
                        sampling=Sampling(), seed=0, num_samples=1)
   assert '\n' not in str(e.value)
+
+
+def test_sample_command_on_an_hf_folder(tmp_path, capsys):
+  """An exported Mixtral-style folder plus a word-level tokenizer.json: the
+  command prints the prompt and the decoded greedy continuation."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  from moe_jax.convert import hf_moe  # pylint: disable=g-import-not-at-top
+  from moe_jax.core.config import MoEConfig  # pylint: disable=g-import-not-at-top
+  from moe_jax.models import ModelConfig, TransformerLM  # pylint: disable=g-import-not-at-top
+
+  config = ModelConfig(
+      vocab_size=40, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
+      d_ff=12, max_len=64, moe_every=1, norm_eps=1e-5,
+      moe=MoEConfig(num_experts=4, top_k=2, d_ff=12, router='topk',
+                    expert_type='swiglu', dispatcher='dropless',
+                    z_loss_weight=0.0))
+  shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+      lambda: TransformerLM(config, rngs=nnx.Rngs(0))), nnx.Param))
+  rng = np.random.default_rng(0)
+  hf_moe.export_checkpoint(config, jax.tree.map(
+      lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32), shapes),
+                           tmp_path)
+  tok = Tokenizer(models.WordLevel({f'w{i}': i for i in range(40)},
+                                   unk_token='w0'))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.save(str(tmp_path / 'tokenizer.json'))
+
+  code = sample.main(['--hf', str(tmp_path), '--prompt', 'w5 w17 w3',
+                      '--temperature', '0', '--max-new-tokens', '6'])
+  out = capsys.readouterr().out
+  eos = json.loads((tmp_path / 'config.json').read_text()).get(
+      'eos_token_id')
+  ref = generate(hf_moe.load_model(tmp_path), [[5, 17, 3]], max_new_tokens=6,
+                 stop_token=eos)
+  new = ref.tokens[0, :ref.lengths[0]].tolist()
+  assert code == 0 and len(set(new)) > 1
+  assert out == 'w5 w17 w3' + tok.decode(new) + '\n'
