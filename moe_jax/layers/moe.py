@@ -89,8 +89,12 @@ class MoELayer(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool = False,
                key: jax.Array | None = None, return_routing: bool = False,
                token_ids: jax.Array | None = None,
-               replay: jax.Array | None = None):
-    return parallel_moe_apply(self.params(), x, self.config, train=train,
+               replay: jax.Array | None = None,
+               config: MoEConfig | None = None):
+    """config: another MoEConfig for these same parameters (e.g. another
+    dispatcher or capacity, as decoding uses); None: the layer's own."""
+    return parallel_moe_apply(self.params(), x, config or self.config,
+                              train=train,
                               key=key, dtype=self.dtype,
                               return_routing=return_routing,
                               token_ids=token_ids, replay=replay)

@@ -13,6 +13,10 @@ from moe_jax.layers.params import param
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0):
   """Rotary position embedding (Su et al. 2021) on x [B, L, H, Dh].
 
+  positions: [L] (every sequence at the same positions, as in training) or
+  [B, L] (each sequence its own: cached decoding, where rows of a batch
+  stand at different lengths).
+
   Rotates pairs (x_i, x_{i+Dh/2}) by angle position·base^(-2i/Dh), so the
   query-key dot product depends only on the relative position. This is the
   "rotate half" layout of Hugging Face's Llama/Mixtral code, not the
@@ -21,9 +25,10 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0):
   """
   half = x.shape[-1] // 2
   freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle = positions[:, None].astype(jnp.float32) * freq  # [L, Dh/2]
-  sin = jnp.sin(angle)[None, :, None, :].astype(x.dtype)
-  cos = jnp.cos(angle)[None, :, None, :].astype(x.dtype)
+  angle = positions[..., None].astype(jnp.float32) * freq  # [(B,) L, Dh/2]
+  # A heads axis, so [L, 1, Dh/2] or [B, L, 1, Dh/2] broadcasts against x.
+  sin = jnp.sin(angle)[..., None, :].astype(x.dtype)
+  cos = jnp.cos(angle)[..., None, :].astype(x.dtype)
   x1, x2 = x[..., :half], x[..., half:]
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
@@ -90,3 +95,51 @@ class CausalSelfAttention(nnx.Module):
     weights = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum('bhlm,bmhk->blhk', weights, v)
     return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
+
+  def cached(self, x: jax.Array, positions: jax.Array, k_cache: jax.Array,
+             v_cache: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Attention of new tokens over a KV cache, for incremental decoding.
+
+    Slot j of a row's cache holds the key and value of that sequence's
+    token at absolute position j. The new tokens' keys and values are
+    written at their positions first, then each new token attends to the
+    slots at positions <= its own. That mask is the causal mask and the
+    padding mask at once when prompts are right-padded: every slot below a
+    real token's position holds an earlier real token of its sequence, and
+    a pad's slot lies above every real position until a generated token
+    overwrites it (moe_jax/generation/decode.py).
+
+    Args:
+      x: [B, L, D] the new tokens (L = prompt length at prefill, 1 after).
+      positions: int [B, L] their absolute positions (< Lmax).
+      k_cache, v_cache: [B, Lmax, Hkv, Dh], the kv heads only (GQA's
+        repeated copies are never stored).
+
+    Returns:
+      (y [B, L, D], k_cache, v_cache) with the new keys and values written.
+    """
+    dt = self.dtype
+    x = x.astype(dt)
+    q, k, v = (self._project(x, n) for n in 'qkv')  # [B, L, H or Hkv, Dh]
+    if self.rope:  # At each token's own position, not its index in x.
+      q = rotary(q, positions, self.rope_theta)
+      k = rotary(k, positions, self.rope_theta)
+    rows = jnp.arange(x.shape[0])[:, None]  # [B, 1]
+    k_cache = k_cache.at[rows, positions].set(k.astype(k_cache.dtype))
+    v_cache = v_cache.at[rows, positions].set(v.astype(v_cache.dtype))
+    b, length, h, dh = q.shape
+    hkv = k_cache.shape[2]
+    # Query head h reads kv head h // R (as repeat_kv does in __call__), so
+    # the R query heads of a kv head are consecutive: g = h // R, r = h % R.
+    qg = q.reshape(b, length, hkv, h // hkv, dh)
+    scores = jnp.einsum('blgrk,bmgk->bgrlm', qg, k_cache.astype(dt)
+                        ) / jnp.sqrt(dh).astype(dt)
+    slots = jnp.arange(k_cache.shape[1])
+    visible = slots[None, None, :] <= positions[:, :, None]  # [B, L, Lmax]
+    scores = jnp.where(visible[:, None, None], scores.astype(jnp.float32),
+                       -1e30)
+    weights = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum('bgrlm,bmgk->blgrk', weights, v_cache.astype(dt))
+    out = out.reshape(b, length, h, dh)
+    y = jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
+    return y, k_cache, v_cache

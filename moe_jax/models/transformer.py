@@ -13,6 +13,7 @@ from moe_jax.layers.moe import MoELayer
 from moe_jax.layers.params import param, scaled_init
 from moe_jax.models.attention import CausalSelfAttention
 from moe_jax.models.config import ModelConfig
+from moe_jax.models.kv_cache import KVCache
 
 
 class RMSNorm(nnx.Module):
@@ -84,6 +85,22 @@ class Block(nnx.Module):
       h = self.ffn(h)
     return x + h.astype(x.dtype), aux
 
+  def cached(self, x, positions, k_cache, v_cache, *, moe_config=None,
+             token_ids=None):
+    """The block on new tokens over its KV cache (see TransformerLM.cached).
+
+    Returns (x [B, L, D], k_cache, v_cache).
+    """
+    a, k_cache, v_cache = self.attn.cached(self.attn_norm(x), positions,
+                                           k_cache, v_cache)
+    x = x + a.astype(x.dtype)
+    h = self.ffn_norm(x)
+    if self.is_moe:
+      h, _ = self.ffn(h, train=False, token_ids=token_ids, config=moe_config)
+    else:
+      h = self.ffn(h)
+    return x + h.astype(x.dtype), k_cache, v_cache
+
 
 class TransformerLM(nnx.Module):
   """Tokens [B, L] -> next-token logits [B, L, V] (float32) and MoE aux."""
@@ -130,13 +147,7 @@ class TransformerLM(nnx.Module):
     With return_routing, aux['routing'][i] is MoE layer i's routing decision
     (see moe_apply); the logits and every other aux entry are unchanged.
     """
-    c = self.config
-    dt = c.compute_dtype
-    length = tokens.shape[-1]
-    x = self.embed[...][tokens]  # [B, L, D]
-    if c.position == 'learned':
-      x = x + self.pos_embed[...][:length]
-    x = x.astype(dt)
+    x = self._embed(tokens)
     aux = {'aux_loss': jnp.zeros((), jnp.float32)}
     routing = {}
     replay = replay or {}
@@ -159,9 +170,64 @@ class TransformerLM(nnx.Module):
         aux.update({f'moe_{i}/{k}': v for k, v in block_aux.items()})
     if return_routing:
       aux['routing'] = routing
+    return self._logits(x), aux
+
+  def _embed(self, tokens, positions=None):
+    """Token (and learned position) embeddings [B, L, D] in compute dtype.
+
+    positions: int [B, L] absolute positions; None: 0..L-1 for every row.
+    """
+    c = self.config
+    x = self.embed[...][tokens]  # [B, L, D]
+    if c.position == 'learned':
+      table = self.pos_embed[...]
+      x = x + (table[:tokens.shape[-1]] if positions is None
+               else table[positions])
+    return x.astype(c.compute_dtype)
+
+  def _logits(self, x):
+    """Final norm and output head: [..., D] -> float32 [..., V]."""
+    c = self.config
+    dt = c.compute_dtype
     x = self.final_norm(x)
     if c.tie_embeddings:
-      logits = jnp.einsum('bld,vd->blv', x, self.embed[...].astype(dt))
+      logits = jnp.einsum('...d,vd->...v', x, self.embed[...].astype(dt))
     else:
-      logits = jnp.einsum('bld,dv->blv', x, self.head[...].astype(dt))
-    return logits.astype(jnp.float32), aux
+      logits = jnp.einsum('...d,dv->...v', x, self.head[...].astype(dt))
+    return logits.astype(jnp.float32)
+
+  def cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, *,
+             moe_config=None, select: jax.Array | None = None
+             ) -> tuple[jax.Array, KVCache]:
+    """Next-token logits of new tokens, reading and extending a KV cache.
+
+    The incremental form of __call__ (inference only: no aux, no noise):
+    prefill runs it on the prompts, then each decode step on one token per
+    sequence. With every earlier position in the cache, its logits equal
+    __call__'s at the same positions (tests/test_generate.py).
+
+    Args:
+      tokens: int [B, L] the new tokens.
+      positions: int [B, L] their absolute positions; each row's earlier
+        positions must already be in the cache (see
+        CausalSelfAttention.cached for why right-padding keeps this true).
+      cache: the KVCache; its length bounds the positions.
+      moe_config: the MoEConfig the MoE layers route with (same parameters,
+        e.g. the dropless dispatcher at decode); None: the model's own.
+      select: optional int [B]: only the logits at index select[b] of each
+        row, [B, V], sparing the head's [B, L, V] on a long prompt.
+
+    Returns:
+      (float32 logits [B, L, V], or [B, V] with select; the updated cache).
+    """
+    x = self._embed(tokens, positions)
+    ks, vs = [], []
+    for block, k_cache, v_cache in zip(self.blocks, cache.k, cache.v):
+      x, k_cache, v_cache = block.cached(x, positions, k_cache, v_cache,
+                                         moe_config=moe_config,
+                                         token_ids=tokens)
+      ks.append(k_cache)
+      vs.append(v_cache)
+    if select is not None:
+      x = jnp.take_along_axis(x, select[:, None, None], axis=1)[:, 0]
+    return self._logits(x), KVCache(tuple(ks), tuple(vs))

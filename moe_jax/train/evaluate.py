@@ -73,7 +73,8 @@ class Restored(NamedTuple):
   shardings: Any  # Of `state`.
   val_batches: list  # The batches of each evaluation during training.
   mesh: Any
-  unit: str = 'byte'  # What one position of the data is: 'byte' or 'token'.
+  # What one position of the data is: 'byte' or 'token' (None: not loaded).
+  unit: str | None = 'byte'
   final_batches: list | None = None  # Those of the final evaluation.
 
   @property
@@ -81,13 +82,16 @@ class Restored(NamedTuple):
     return self.state.params
 
 
-def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                       **eval_overrides):
+def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
+                       load_data: bool = True, **eval_overrides):
   """The latest checkpoint of `workdir`, ready to evaluate at other settings.
 
   Args:
     config: the config the checkpoint was trained with.
     workdir: the run's workdir.
+    load_data: False skips reading the run's data (for tools that need only
+      the parameters, e.g. sampling, and still work once the data is gone):
+      no validation batches, and unit None.
     **eval_overrides: EVAL_ONLY_FIELDS with '.' written as '__', e.g.
       moe__eval_capacity_factor=4.0 or moe__dispatcher='dropless'.
 
@@ -105,7 +109,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
           'can differ at evaluation.')
     config.update_from_flattened_dict({field: value})  # Any depth.
   mcfg = setup.model_config(config)
-  data = setup.load_data(config)
+  data = setup.load_data(config) if load_data else None
   mesh = setup.make_mesh(config, mcfg)
   ckpt = Checkpointer(pathlib.Path(workdir), config.train.keep_checkpoints)
   try:
@@ -132,6 +136,9 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   trains.resumed(meta)
   with jax.set_mesh(mesh):
     state = trains.eval_view(state)
+  if data is None:
+    return Restored(config, graphdef, state, trains.eval_shardings(shardings),
+                    [], mesh, None)
   return Restored(config, graphdef, state, trains.eval_shardings(shardings),
                   data.val_batches, mesh, data.corpus.unit.rstrip('s'),
                   data.final_batches)

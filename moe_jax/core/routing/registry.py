@@ -116,6 +116,9 @@ class RouterSpec:
       that were MoEConfig fields before the registry: old configs get a
       one-line error naming the new place, old checkpoints are translated
       (moe_jax/config/renames.py). A new router has none.
+    routes_by_position: the router's choice for a token depends on the
+      token's position in its group (uniform), so decoding one token at a
+      time (moe_jax/generation) would route it as position 0 and is refused.
     replayable: the router selects K experts per token through
       common.choose, so router replay can force its choices
       (RouterInputs.replay); others refuse replay with one line.
@@ -139,6 +142,7 @@ class RouterSpec:
   eval_only: tuple[str, ...] = ()
   legacy_fields: tuple[tuple[str, str], ...] = ()
   replayable: bool = False
+  routes_by_position: bool = False
   null_experts: bool = False
 
   @property

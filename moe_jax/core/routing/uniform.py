@@ -73,4 +73,5 @@ def _route(inputs, config, *, train, capacity, key, balance_fn):
 
 
 SPEC = registry.register(registry.RouterSpec(
-    name='uniform', route=_route, balance_loss=False))
+    name='uniform', route=_route, balance_loss=False,
+    routes_by_position=True))
