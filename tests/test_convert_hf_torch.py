@@ -33,6 +33,14 @@ def _mixtral():
       **_COMMON))
 
 
+def _mixtral_window():
+  # A sliding window shorter than the 24-token test sequences: it used to be
+  # ignored on import, and the logits then differed from transformers'.
+  return transformers.MixtralForCausalLM(transformers.MixtralConfig(
+      num_hidden_layers=2, intermediate_size=24, num_local_experts=4,
+      sliding_window=8, **_COMMON))
+
+
 def _qwen2_moe():
   # A dense first layer, a gated shared expert 2x the routed width, and
   # gates that are not renormalised.
@@ -54,7 +62,7 @@ def _close(ours, ref):
   assert err < 1e-4, err
 
 
-@pytest.mark.parametrize('make', [_mixtral, _qwen2_moe])
+@pytest.mark.parametrize('make', [_mixtral, _mixtral_window, _qwen2_moe])
 def test_import_and_export_match_transformers(make, tmp_path):
   torch.manual_seed(0)
   hf = make().eval()

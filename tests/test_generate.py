@@ -40,6 +40,10 @@ CONFIGS = {
                            num_heads=2, d_ff=48, max_len=32,
                            position='learned', tie_embeddings=True,
                            moe=_MOE, moe_every=1),
+    # A window shorter than the prompts: the cache must mask old slots.
+    'window': ModelConfig(vocab_size=V, d_model=32, num_layers=2,
+                          num_heads=4, num_kv_heads=2, d_ff=48, max_len=32,
+                          moe=_MOE, moe_every=1, sliding_window=3),
 }
 
 
@@ -75,7 +79,8 @@ _decode_step = nnx.jit(decode_step, static_argnames='moe_config')
 @pytest.mark.parametrize('name,moe', [('dense', 'dropless'),
                                       ('moe', 'dropless'),
                                       ('moe', 'capacity'),
-                                      ('learned', 'dropless')])
+                                      ('learned', 'dropless'),
+                                      ('window', 'dropless')])
 def test_cached_logits_equal_full_forward(models, name, moe):
   """Teacher-forced: prefill each prompt, then feed the true next tokens one
   at a time; every step's logits equal the full forward's at that position."""

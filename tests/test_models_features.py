@@ -48,6 +48,33 @@ def test_grouped_query_attention_equals_mha_with_repeated_kv_heads():
   assert not np.allclose(y, _call(mha, x), atol=1e-3)
 
 
+def test_sliding_window_attends_to_the_last_w_positions():
+  # float64 reference: softmax over j in (i - W, i] of q_i·k_j / sqrt(Dh).
+  attn = _attention(2, sliding_window=3)
+  x = jax.random.normal(jax.random.key(2), (2, 8, 16))
+  y = np.asarray(_call(attn, x), np.float64)
+  q, k, v = (np.asarray(attn._project(x, n), np.float64) for n in 'qkv')
+  from moe_jax.models.attention import rotary  # pylint: disable=g-import-not-at-top
+  pos = jnp.arange(8)
+  q = np.asarray(rotary(jnp.asarray(q, jnp.float32), pos), np.float64)
+  k = np.asarray(rotary(jnp.asarray(k, jnp.float32), pos), np.float64)
+  k, v = np.repeat(k, 2, axis=2), np.repeat(v, 2, axis=2)
+  out = np.zeros(q.shape)
+  for i in range(8):
+    j = np.arange(max(0, i - 2), i + 1)
+    s = np.einsum('bhk,bjhk->bhj', q[:, i], k[:, j]) / 2.0
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    out[:, i] = np.einsum('bhj,bjhk->bhk', w, v[:, j])
+  ref = np.einsum('blhk,hkd->bld', out, np.asarray(attn.wo[...], np.float64))
+  np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+  # A window as long as the sequence is no window, bit for bit.
+  wide = _attention(2, sliding_window=8)
+  full = _attention(2)
+  np.testing.assert_array_equal(_call(wide, x), _call(full, x))
+  assert not np.allclose(y, _call(full, x), atol=1e-3)
+
+
 def test_qkv_bias_shifts_the_projections():
   att = _attention(2, qkv_bias=True)
   assert att.bq.shape == (4, 4) and att.bk.shape == (2, 4)
@@ -157,6 +184,7 @@ def test_moe_layer_creates_and_uses_the_shared_gate():
     ({'rope_theta': -1.0}, 'model.rope_theta=-1.0'),
     ({'first_dense_layers': 3}, 'model.first_dense_layers=3'),
     ({'tie_embeddings': 1}, 'model.tie_embeddings=1'),
+    ({'sliding_window': 0}, 'model.sliding_window=0'),
 ])
 def test_bad_model_fields_name_the_field(field, named):
   with pytest.raises(UserInputError, match=named.replace('.', r'\.')) as e:

@@ -107,6 +107,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.rope_theta = 10000.0  # Rotary base θ.
   c.model.first_dense_layers = 0  # Leading layers kept dense (DeepSeekMoE).
   c.model.qkv_bias = False  # Biases on q, k, v (Qwen2-MoE).
+  # W: attend to the last W positions only (Mixtral); unset: full context.
+  c.model.sliding_window = config_dict.placeholder(int)
 
   # Refuses a field that moved (e.g. moe.slots_per_expert), naming its place.
   c.moe = renames.MovedFieldGuard()

@@ -119,6 +119,9 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
       norm_eps=float(hf.get('rms_norm_eps', 1e-6)), rope_theta=_rope_theta(hf),
       tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
       qkv_bias=bool(hf.get('qkv_bias', True)) if qwen else False,
+      # Mixtral's window applies whenever it is set (Qwen2-MoE's only with
+      # use_sliding_window, refused above).
+      sliding_window=None if qwen else hf.get('sliding_window'),
       moe=MoEConfig(**moe))
 
 
@@ -139,7 +142,9 @@ def family_for(config: ModelConfig) -> Family:
     problems += [(not m.shared_expert_gate, 'moe.shared_expert_gate=False '
                   '(Qwen2-MoE gates its shared expert)'),
                  (not c.qkv_bias, 'model.qkv_bias=False (Qwen2-MoE has '
-                  'q/k/v biases)')]
+                  'q/k/v biases)'),
+                 (c.sliding_window is not None, 'model.sliding_window (its '
+                  "Qwen2-MoE form, use_sliding_window, is not modelled)")]
   else:
     family = MIXTRAL
     problems += [
@@ -173,7 +178,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       'torch_dtype': 'float32',
   }
   if family is MIXTRAL:
-    hf.update(intermediate_size=m.d_ff, sliding_window=None)
+    hf.update(intermediate_size=m.d_ff, sliding_window=c.sliding_window)
   else:
     hf.update(intermediate_size=c.d_ff, moe_intermediate_size=m.d_ff,
               shared_expert_intermediate_size=m.num_shared_experts * m.d_ff,

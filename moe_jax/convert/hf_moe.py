@@ -25,9 +25,9 @@ tests/test_convert_hf_torch.py):
 - RMSNorm ε and RoPE θ come from the config.
 
 Not supported (one-line error): RoPE scaling, another head_dim than D/H,
-activations other than SiLU, non-prefix mlp_only_layers. Mixtral's
-sliding_window is ignored: we attend over the full context, which is the
-same for sequences no longer than the window.
+activations other than SiLU, non-prefix mlp_only_layers, Qwen2-MoE's use_sliding_window. Mixtral's
+sliding_window is model.sliding_window: each position attends to the last W
+positions, as transformers masks it.
 """
 
 from __future__ import annotations

@@ -45,9 +45,12 @@ class CausalSelfAttention(nnx.Module):
   def __init__(self, d_model: int, num_heads: int, *, rope: bool,
                init_scale: float, rngs: nnx.Rngs, dtype=jnp.float32,
                num_kv_heads: int | None = None, rope_theta: float = 10000.0,
-               qkv_bias: bool = False):
+               qkv_bias: bool = False, sliding_window: int | None = None):
     h, dh = num_heads, d_model // num_heads
     hkv = num_kv_heads or num_heads
+    # W: position i attends to j with i - W < j <= i (Mistral/Mixtral's
+    # sliding window, as transformers masks it); None: all j <= i.
+    self.sliding_window = sliding_window
     self.rope = rope
     self.rope_theta = rope_theta
     self.dtype = dtype
@@ -90,6 +93,9 @@ class CausalSelfAttention(nnx.Module):
       k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     scores = jnp.einsum('blhk,bmhk->bhlm', q, k) / jnp.sqrt(q.shape[-1]).astype(dt)
     causal = jnp.tril(jnp.ones((length, length), bool))
+    if self.sliding_window is not None:  # Also j > i - W.
+      causal = causal & jnp.triu(jnp.ones((length, length), bool),
+                                 1 - self.sliding_window)
     # Softmax in float32: bf16 exponentials lose too much for long rows.
     scores = jnp.where(causal, scores.astype(jnp.float32), -1e30)
     weights = jax.nn.softmax(scores, axis=-1).astype(dt)
@@ -136,6 +142,10 @@ class CausalSelfAttention(nnx.Module):
                         ) / jnp.sqrt(dh).astype(dt)
     slots = jnp.arange(k_cache.shape[1])
     visible = slots[None, None, :] <= positions[:, :, None]  # [B, L, Lmax]
+    if self.sliding_window is not None:  # The cache keeps every slot; the
+      # window only masks those older than W positions.
+      visible &= slots[None, None, :] > positions[:, :, None] - (
+          self.sliding_window)
     scores = jnp.where(visible[:, None, None], scores.astype(jnp.float32),
                        -1e30)
     weights = jax.nn.softmax(scores, axis=-1).astype(dt)

@@ -43,6 +43,8 @@ class ModelConfig:
     first_dense_layers: the first this many layers keep a dense FFN even
       where moe_every would make them MoE (DeepSeekMoE's dense layer 0).
     qkv_bias: biases on the q, k and v projections (Qwen2-MoE).
+    sliding_window: W, each position attends only to the last W positions
+      (itself included; Mistral/Mixtral); None: the whole causal context.
   """
 
   vocab_size: int = 256
@@ -62,6 +64,7 @@ class ModelConfig:
   rope_theta: float = 10000.0
   first_dense_layers: int = 0
   qkv_bias: bool = False
+  sliding_window: int | None = None
 
   def __post_init__(self):
     for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
@@ -76,6 +79,9 @@ class ModelConfig:
                            '(d_model / num_heads).')
     check_choice('model.dtype', self.dtype, tuple(DTYPES))
     check_non_negative('model.moe_every', self.moe_every, fix='0 is dense')
+    if self.sliding_window is not None:
+      check_positive('model.sliding_window', self.sliding_window,
+                     fix='or leave it unset for full attention')
     self._check_architecture()
     self._check_causal_routing()
 

@@ -62,7 +62,8 @@ class Block(nnx.Module):
     self.attn = CausalSelfAttention(
         c.d_model, c.num_heads, rope=c.position == 'rope',
         init_scale=c.init_scale, rngs=rngs, dtype=dt,
-        num_kv_heads=c.kv_heads, rope_theta=c.rope_theta, qkv_bias=c.qkv_bias)
+        num_kv_heads=c.kv_heads, rope_theta=c.rope_theta, qkv_bias=c.qkv_bias,
+        sliding_window=c.sliding_window)
     self.ffn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
     self.is_moe = c.is_moe_layer(layer)
     if self.is_moe:
