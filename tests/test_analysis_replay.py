@@ -38,11 +38,16 @@ def _batches(n=2):
   return out
 
 
+@nnx.jit
+def _forward(model, inputs, replay):
+  logits, aux = model(inputs, return_routing=True, replay=replay)
+  return logits, {i: r['plan'].expert_index for i, r in aux['routing'].items()}
+
+
 def _choices(model, inputs, replay=None):
-  logits, aux = model(jnp.asarray(inputs), return_routing=True,
-                      replay=replay)
-  return logits, {i: np.asarray(r['plan'].expert_index)
-                  for i, r in aux['routing'].items()}
+  # Jitted: op-by-op dispatch of the whole model is slower than a compile.
+  logits, choices = _forward(model, jnp.asarray(inputs), replay)
+  return logits, {i: np.asarray(c) for i, c in choices.items()}
 
 
 @pytest.mark.parametrize('router, top_k', [('gshard', 2), ('switch', 1),
@@ -85,7 +90,7 @@ def test_another_model_takes_the_recorded_choices_and_its_gates_learn():
         out, jnp.asarray(batches[0]['targets'])).mean()
     return ce + aux['aux_loss']
 
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   for layer in replay:
     g = np.asarray(grads['blocks'][layer]['ffn']['router_kernel'][...])
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
