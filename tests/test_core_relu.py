@@ -114,9 +114,9 @@ def test_gradients_match_finite_differences(dispatcher):
   check_grads(jax.jit(loss), (params['router_kernel'], params['wi'], x),
               order=1, modes=['rev'], eps=1e-3, atol=2e-2, rtol=2e-2)
   # λ is state: no gradient reaches it.
-  g = jax.grad(lambda lam: moe_apply(dict(params, relu_l1_weight=lam), x,
-                                     config, train=True)[1]['aux_loss'])(
-                                         params['relu_l1_weight'])
+  g = jax.jit(jax.grad(lambda lam: moe_apply(
+      dict(params, relu_l1_weight=lam), x, config, train=True)[1][
+          'aux_loss']))(params['relu_l1_weight'])
   assert not np.any(np.asarray(g))
 
 
