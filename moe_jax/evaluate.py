@@ -13,7 +13,6 @@ routing metrics, one per line. Bad input is one `error:` line and exit 2.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 
 from moe_jax.errors import UserInputError
@@ -39,22 +38,9 @@ def evaluate_workdir(workdir: str, *, eval_capacity_factor: float | None = None,
   """
   # Imported here so `--help` and argument errors stay fast.
   from moe_jax.train import evaluate  # pylint: disable=g-import-not-at-top
-  from moe_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  from moe_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import saved_run  # pylint: disable=g-import-not-at-top
 
-  if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
-    raise UserInputError(f'{workdir} holds no checkpoints folder; pass the '
-                         '--workdir of a training run')
-  ckpt = Checkpointer(workdir, keep=1)
-  try:
-    found = ckpt.latest_meta()
-  finally:
-    ckpt.close()
-  if found is None:
-    raise UserInputError(f'no checkpoint in {workdir} can be read; pass the '
-                         '--workdir of a training run')
-  step, meta = found
-  config = checkpoint.saved_config(meta['config'])
+  step, config = saved_run.latest_config(workdir)
   overrides = {'moe__eval_capacity_factor': eval_capacity_factor,
                'moe__dispatcher': dispatcher,
                'train__eval_batches': eval_batches}

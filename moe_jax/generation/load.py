@@ -56,22 +56,11 @@ def from_workdir(workdir: str) -> Loaded:
   """The latest checkpoint of a training run (LoRA adapters folded in,
   loss-free biases included) on one device, with the run's tokenizer."""
   # Imported here: the training stack is heavy and --hf does not need it.
-  from moe_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import saved_run  # pylint: disable=g-import-not-at-top
   from moe_jax.train.evaluate import restore_checkpoint  # pylint: disable=g-import-not-at-top
   from moe_jax.data.tokenize import load_tokenizer  # pylint: disable=g-import-not-at-top
 
-  if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
-    raise UserInputError(f'{workdir} holds no checkpoints folder; pass the '
-                         '--workdir of a training run')
-  ckpt = checkpoint.Checkpointer(workdir, keep=1)
-  try:
-    found = ckpt.latest_meta()
-  finally:
-    ckpt.close()
-  if found is None:
-    raise UserInputError(f'no checkpoint in {workdir} can be read; pass the '
-                         '--workdir of a training run')
-  config = checkpoint.saved_config(found[1]['config'])
+  _, config = saved_run.latest_config(workdir)
   if config.data.tokenizer:
     codec = TokenizerCodec(load_tokenizer(config.data.tokenizer), False)
   elif config.data.kind == 'tokens':
