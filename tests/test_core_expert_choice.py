@@ -14,7 +14,7 @@ from moe_jax.core.moe import moe_apply
 from moe_jax.core.plan import DROPPED
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
-from testlib import moe_params
+from testlib import moe_params, positions_changed_by_later_tokens
 
 _jit = functools.partial(
     jax.jit, compiler_options={'xla_backend_optimization_level': 0})
@@ -114,17 +114,9 @@ def _layer(causal):
 
 def _earlier_outputs_change(causal) -> list[int]:
   """Positions t whose output changed when only tokens after t changed."""
-  fn = _layer(causal)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(B, L, D)).astype(np.float32)
-  y = np.asarray(fn(x))
-  changed = []
-  for t in range(L - 1):
-    x2 = x.copy()
-    x2[:, t + 1:] = rng.normal(size=(B, L - t - 1, D))
-    if not np.array_equal(np.asarray(fn(x2))[:, :t + 1], y[:, :t + 1]):
-      changed.append(t)
-  return changed
+  return positions_changed_by_later_tokens(_layer(causal), x, rng)
 
 
 def test_causal_expert_choice_does_not_see_the_future():

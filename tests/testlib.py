@@ -54,6 +54,24 @@ def moe_params(seed: int, d: int, f: int, e: int, expert_type: str = 'gelu'):
           for k, s in shapes.items()}
 
 
+def positions_changed_by_later_tokens(fn, x, rng) -> list[int]:
+  """Positions t whose output changed when only the tokens after t did.
+
+  fn: x [B, L, D] -> output [B, L, ...]; rng draws the replacement tokens.
+  Empty for a lookahead-free layer.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  y = np.asarray(fn(x))
+  b, length, d = x.shape
+  changed = []
+  for t in range(length - 1):
+    x2 = x.copy()
+    x2[:, t + 1:] = rng.normal(size=(b, length - t - 1, d))
+    if not np.array_equal(np.asarray(fn(x2))[:, :t + 1], y[:, :t + 1]):
+      changed.append(t)
+  return changed
+
+
 def require_devices(count: int) -> None:
   """Exits a multi-device script with a clear message if JAX has too few."""
   import jax  # pylint: disable=g-import-not-at-top
