@@ -35,6 +35,21 @@ def _train(config, workdir):
     trainer.train_and_evaluate(config, str(workdir))
 
 
+def _optimizer_paths(state) -> list[str]:
+  """Every leaf path the optimizer trains (params and Adam's moments)."""
+  return [jax.tree_util.keystr(p) for p, _ in
+          jax.tree.leaves_with_path((state.params, state.opt_state))]
+
+
+def _logged(workdir, suffix: str) -> list:
+  """The values of every per-layer metric ending in `suffix`, at the
+  training steps logged in metrics.jsonl."""
+  records = [json.loads(line) for line in
+             (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [v for r in records if 'loss' in r
+          for k, v in r.items() if k.endswith(suffix)]
+
+
 def _final_state(config, workdir):
   mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   return testlib.restore_latest(workdir, config, mesh)[0]
@@ -86,8 +101,7 @@ def test_bias_is_training_state_moved_by_gamma(runs):
     assert np.all(np.abs(steps) <= config.train.num_steps + 1e-3)
     assert np.any(b != 0)
   # Not a parameter: the optimizer's trees hold no bias.
-  paths = [jax.tree_util.keystr(p) for p, _ in
-           jax.tree.leaves_with_path((state.params, state.opt_state))]
+  paths = _optimizer_paths(state)
   assert paths and not any('router_bias' in p for p in paths)
 
 
@@ -101,14 +115,10 @@ def test_quantile_bias_is_centred_state_and_logged(quantile_runs):
     # Not a multiple of a step: solved. Centred: adding a constant to every
     # expert's bias changes no choice, so the update removes the mean.
     assert abs(float(np.mean(b))) < 1e-6
-  paths = [jax.tree_util.keystr(p) for p, _ in
-           jax.tree.leaves_with_path((state.params, state.opt_state))]
+  paths = _optimizer_paths(state)
   assert paths and not any('router_bias' in p for p in paths)
   # The metrics report the bias each step was routed with, per layer.
-  records = [json.loads(line) for line in
-             (workdir / 'metrics.jsonl').read_text().splitlines()]
-  logged = [v for r in records if 'loss' in r
-            for k, v in r.items() if k.endswith('/router_bias')]
+  logged = _logged(workdir, '/router_bias')
   assert logged and len(logged[-1]) == config.moe.num_experts
 
 
@@ -129,13 +139,9 @@ def test_adaptive_weight_is_state_and_logged(adaptive_runs):
     if 'balance_log_scale' in k:
       steps = float(v) / config.moe.adaptive_balance.log_step
       assert abs(steps - round(steps)) < 1e-3 and abs(steps) <= 6
-  paths = [jax.tree_util.keystr(p) for p, _ in
-           jax.tree.leaves_with_path((state.params, state.opt_state))]
+  paths = _optimizer_paths(state)
   assert paths and not any('balance_log_scale' in p for p in paths)
-  records = [json.loads(line) for line in
-             (workdir / 'metrics.jsonl').read_text().splitlines()]
-  logged = [v for r in records if 'loss' in r
-            for k, v in r.items() if k.endswith('/balance_weight')]
+  logged = _logged(workdir, '/balance_weight')
   assert logged and all(np.isfinite(logged))
 
 
@@ -170,8 +176,7 @@ def test_relu_l1_weight_is_state_moved_by_alpha(relu_runs):
         options.l1_weight_multiplier)
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
     assert 0 < abs(steps[0]) <= config.train.num_steps + 1e-3
-  paths = [jax.tree_util.keystr(p) for p, _ in
-           jax.tree.leaves_with_path((state.params, state.opt_state))]
+  paths = _optimizer_paths(state)
   assert paths and not any('relu_l1_weight' in p for p in paths)
 
 
