@@ -2,10 +2,12 @@
 
   python -m moe_jax.inspect --config=configs/presets/mixtral_8x7b.py --mesh=data:8,expert:8
   python -m moe_jax.inspect --markdown --mesh=data:8,expert:8 configs/presets/*.py
+  python -m moe_jax.inspect --config=configs/presets/mixtral_8x7b.py --mesh=data:8,expert:8 --fsdp
 
 Prints total and active (per-token) parameters, weight memory in fp32 /
 bf16 / int8, what one device of the mesh holds (fp32 weights and Adam's two
-fp32 moments, sharded by moe_jax/parallel/rules.py), and training FLOPs per
+fp32 moments, sharded by moe_jax/parallel/rules.py; with --fsdp, or a config
+whose mesh.fsdp is True, also split over the data axis), and training FLOPs per
 token (moe_jax/models/flops.py: 6 × active matmul parameters plus attention
 at the config's seq_len, the count the trainer's MFU uses). `--markdown` prints one table row per config file given
 as an argument (`path.py` or `path.py:arg`), for the README.
@@ -27,6 +29,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _MESH = flags.DEFINE_string(
     'mesh', 'data:1', 'Mesh to size one device for, as AXIS:SIZE pairs over '
     'data, expert and model (e.g. data:8,expert:8); unnamed axes are 1.')
+_FSDP = flags.DEFINE_bool(
+    'fsdp', None, 'Size the devices with fully sharded data parallelism '
+    '(weights and Adam moments split over data too); default: each '
+    "config's mesh.fsdp.")
 _MARKDOWN = flags.DEFINE_bool(
     'markdown', False, 'Print a Markdown table row per config file argument.')
 
@@ -53,7 +59,8 @@ def describe(name: str, cost) -> str:
       f'active/token {cost.active:,} ({_billions(cost.active)})',
       '  weights         ' + ', '.join(
           f'{d} {_gib(cost.weight_bytes(d))}' for d in ('fp32', 'bf16', 'int8')),
-      f'  per device      mesh {mesh} ({cost.mesh.num_devices} devices): '
+      f'  per device      mesh {mesh} ({cost.mesh.num_devices} devices'
+      f'{", FSDP over data" if cost.fsdp else ""}): '
       f'{cost.device_params:,} params; weights fp32 '
       f'{_gib(cost.device_weight_bytes)} + Adam moments '
       f'{_gib(cost.device_adam_bytes)} = '
@@ -88,6 +95,11 @@ def load_config_file(spec: str):
     raise UserInputError(f'{path}: {e}') from e
 
 
+def _fsdp(config) -> bool:
+  """--fsdp if given, else the config's own mesh.fsdp."""
+  return config.mesh.fsdp if _FSDP.value is None else _FSDP.value
+
+
 def main(argv) -> None:
   from moe_jax.models import accounting  # pylint: disable=g-import-not-at-top
   from moe_jax.train.setup import model_config  # pylint: disable=g-import-not-at-top
@@ -97,18 +109,19 @@ def main(argv) -> None:
       if len(argv) < 2:
         cli.fail('--markdown needs config files as arguments, e.g. '
                  'configs/presets/*.py.')
-      print(f'Mesh {_MESH.value}.\n\n{_HEADER}')
+      fsdp = ', FSDP over data' if _FSDP.value else ''
+      print(f'Mesh {_MESH.value}{fsdp}.\n\n{_HEADER}')
       for spec in argv[1:]:
         config = load_config_file(spec)
         cost = accounting.model_cost(model_config(config), mesh,
-                                     config.seq_len)
+                                     config.seq_len, _fsdp(config))
         print(markdown_row(pathlib.Path(spec).stem, cost), flush=True)
       return
     if _CONFIG.value is None or len(argv) > 1:
       cli.fail('pass one --config=configs/presets/<name>.py (or --markdown '
                'with config files as arguments).')
     cost = accounting.model_cost(model_config(_CONFIG.value), mesh,
-                                 _CONFIG.value.seq_len)
+                                 _CONFIG.value.seq_len, _fsdp(_CONFIG.value))
     print(describe(flags.FLAGS['config'].config_filename, cost))
   except UserInputError as e:
     cli.fail(str(e))

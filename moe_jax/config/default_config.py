@@ -169,6 +169,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # (data, expert, model) sizes; -1 takes the remaining devices. The expert
   # axis also splits the batch. E.g. (2, 4, 1) on 8 devices.
   c.mesh.shape = (-1, 1, 1)
+  # Fully sharded data parallelism (ZeRO-3): weights and both Adam moments
+  # split over the data axis too, gathered per layer (parallel/rules.py's
+  # FSDP_RULES). Changes no result; checkpoints restore across it.
+  c.mesh.fsdp = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 3e-3  # Peak AdamW learning rate.

@@ -95,11 +95,12 @@ def _shard_size(shape, spec, sizes: Mapping[str, int]) -> int:
   return total
 
 
-def per_device_params(leaves, mesh: MeshShape) -> int:
+def per_device_params(leaves, mesh: MeshShape,
+                      rules=rules_lib.DEFAULT_RULES) -> int:
   """Parameters one device holds: every leaf's (largest) shard under the
-  trainer's sharding rules."""
+  trainer's sharding rules (FSDP_RULES with mesh.fsdp)."""
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-  return sum(_shard_size(shape, rules_lib.logical_to_spec(axes, mesh=mesh),
+  return sum(_shard_size(shape, rules_lib.logical_to_spec(axes, rules, mesh),
                          sizes) for shape, axes in leaves)
 
 
@@ -110,6 +111,7 @@ class Cost:
   active: int
   device_params: int
   mesh: MeshShape
+  fsdp: bool  # Whether device_params are under FSDP_RULES.
   train_flops_per_token: int  # moe_jax/models/flops.py, as the trainer logs.
 
   def weight_bytes(self, dtype: str) -> int:
@@ -125,20 +127,25 @@ class Cost:
 
 
 def model_cost(config: ModelConfig, mesh: MeshShape,
-               seq_len: int | None = None) -> Cost:
+               seq_len: int | None = None, fsdp: bool = False) -> Cost:
   """Counts, per-device memory and training FLOPs of `config` on `mesh`.
 
   seq_len: L of the attention FLOPs; default the model's max_len.
+  fsdp: size the devices as mesh.fsdp=True places the weights and moments.
 
   Raises UserInputError when the mesh cannot split the model the way the
-  trainer would (experts over 'expert', heads and FFN width over 'model').
+  trainer would (experts over 'expert', heads and FFN width over 'model',
+  with fsdp D over 'data').
   """
   mesh_lib.check_fits(mesh, num_experts=config.moe.num_experts,
                       batch_size=mesh_lib.batch_parallelism(mesh),
                       num_heads=config.num_heads, d_ff=config.d_ff,
-                      num_kv_heads=config.kv_heads)
+                      num_kv_heads=config.kv_heads,
+                      fsdp_d_model=config.d_model if fsdp else None)
   leaves = param_shapes(config)
   total, active = count_leaves(leaves, config.moe.top_k,
                                config.moe.num_experts)
   flops = flops_lib.for_model(config, active, seq_len or config.max_len)
-  return Cost(total, active, per_device_params(leaves, mesh), mesh, flops)
+  rules = rules_lib.FSDP_RULES if fsdp else rules_lib.DEFAULT_RULES
+  return Cost(total, active, per_device_params(leaves, mesh, rules), mesh,
+              fsdp, flops)

@@ -14,6 +14,9 @@ from moe_jax.layers.params import param, scaled_init
 from moe_jax.models.attention import CausalSelfAttention
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.kv_cache import KVCache
+from moe_jax.parallel.fsdp import whole_over_data
+
+EMBED_AXES = ('vocab', 'embed')  # The token embedding [V, D].
 
 
 class RMSNorm(nnx.Module):
@@ -114,7 +117,7 @@ class TransformerLM(nnx.Module):
     embed_init = (nnx.initializers.normal(c.init_scale ** 0.5 / c.d_model ** 0.5)
                   if c.tie_embeddings else nnx.initializers.normal(1.0))
     self.embed = param(rngs, embed_init, (c.vocab_size, c.d_model),
-                       ('vocab', 'embed'))
+                       EMBED_AXES)
     if c.position == 'learned':
       self.pos_embed = param(rngs, nnx.initializers.normal(0.02),
                              (c.max_len, c.d_model), (None, 'embed'))
@@ -179,7 +182,8 @@ class TransformerLM(nnx.Module):
     positions: int [B, L] absolute positions; None: 0..L-1 for every row.
     """
     c = self.config
-    x = self.embed[...][tokens]  # [B, L, D]
+    # Under FSDP the table is gathered for the lookup (parallel/fsdp.py).
+    x = whole_over_data(self.embed[...], EMBED_AXES)[tokens]  # [B, L, D]
     if c.position == 'learned':
       table = self.pos_embed[...]
       x = x + (table[:tokens.shape[-1]] if positions is None

@@ -34,7 +34,7 @@ from moe_jax.core import moe as core_moe
 from moe_jax.core.dispatch import Dispatcher, run_local
 from moe_jax.core.experts import PARAM_AXES
 from moe_jax.core.plan import RoutingPlan
-from moe_jax.parallel import dropless_ep
+from moe_jax.parallel import dropless_ep, fsdp
 from moe_jax.parallel import rules as rules_lib
 
 EXPERT_AXIS = 'expert'
@@ -88,11 +88,16 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
   plan_leaves, plan_tree = jax.tree.flatten(plan)
   plan_specs = [rules_lib.logical_to_spec(('batch',) + (None,) * (a.ndim - 1),
                                           mesh=mesh) for a in plan_leaves]
-  weights = {name: rules_lib.logical_to_spec(PARAM_AXES[name], mesh=mesh)
+  # The weights enter as they are stored: under FSDP_RULES with D split
+  # over 'data', gathered below (rules_lib.active() says which rules).
+  weights = {name: rules_lib.logical_to_spec(PARAM_AXES[name],
+                                             rules_lib.active(), mesh)
              for name in params}
 
   def local(x, plan_leaves, params):
     local_plan = jax.tree.unflatten(plan_tree, plan_leaves)
+    params = {name: fsdp.gather_data(w, weights[name])
+              for name, w in params.items()}
     if ep > 1 and not dispatcher.needs_capacity:
       y = dropless_ep.dropless_experts(x, local_plan, params, dispatcher,
                                        expert_fn, EXPERT_AXIS, exchange_impl)

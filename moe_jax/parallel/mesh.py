@@ -67,11 +67,14 @@ def batch_parallelism(mesh) -> int:
 def check_fits(mesh, *, num_experts: int, batch_size: int,
                num_heads: int | None = None, d_ff: int | None = None,
                num_groups: int | None = None,
-               num_kv_heads: int | None = None) -> None:
+               num_kv_heads: int | None = None,
+               fsdp_d_model: int | None = None) -> None:
   """Raises UserInputError for a model or batch that the mesh cannot split.
 
   num_groups: routing groups per batch (G) when moe.group_size sets it;
     expert parallelism splits groups, not sequences, over data × expert.
+  fsdp_d_model: with mesh.fsdp, the model width D, which FSDP_RULES split
+    over 'data' in every weight (rules.py).
   """
   ep = axis_size(mesh, 'expert')
   if num_experts % ep:
@@ -95,3 +98,11 @@ def check_fits(mesh, *, num_experts: int, batch_size: int,
     if value is not None and value % mp:
       raise UserInputError(
           f'{name}={value} is not divisible by the model axis ({mp}).')
+  data = axis_size(mesh, 'data')
+  if fsdp_d_model is not None and fsdp_d_model % data:
+    # An uneven split would pad every weight and moment (XLA allows it);
+    # refusing keeps the per-device memory exactly 1/data.
+    raise UserInputError(
+        f'mesh.fsdp=True splits d_model={fsdp_d_model} over the data axis '
+        f'({data}), which does not divide it; use a data axis that divides '
+        f'{fsdp_d_model} or set --config.mesh.fsdp=False.')

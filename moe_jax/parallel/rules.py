@@ -1,13 +1,16 @@
-"""The one table that maps logical axis names to mesh axes.
+"""The tables that map logical axis names to mesh axes.
 
 Parameters carry logical names ('embed', 'mlp', 'expert', ...) from the
 modules that create them; activations use 'batch'. Nothing else in the code
-names a mesh axis for a parameter.
+names a mesh axis for a parameter. A run uses DEFAULT_RULES, or FSDP_RULES
+with `mesh.fsdp=True` (for_config).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import threading
+from typing import Any, Callable, Sequence
 
 import jax
 from flax import nnx
@@ -24,6 +27,56 @@ DEFAULT_RULES: Rules = (
     ('kv', None),
     ('vocab', None),
 )
+
+# Fully sharded data parallelism (ZeRO-3): DEFAULT_RULES with the model
+# width D split over 'data' too. Every weight matrix (experts' included, on
+# their D dim beside E over 'expert' and F over 'model') has a D dim, so
+# each device keeps 1/data of the weights and, as optax maps over the same
+# tree, of both Adam moments. Under jit the partitioner gathers a weight
+# where a layer uses it and reduces its gradient back onto the shards; the
+# experts' shard_map gathers its own (expert_parallel.run_experts).
+# Activations never use 'embed' (only 'batch'), so tokens stay split over
+# data × expert as before. The few parameters without a D dim (Qwen's
+# attention biases [H, K]) stay replicated; they are tiny.
+FSDP_RULES: Rules = tuple(
+    (name, 'data' if name == 'embed' else target)
+    for name, target in DEFAULT_RULES)
+
+
+def for_config(config) -> Rules:
+  """The rule set of an experiment config: FSDP_RULES when mesh.fsdp."""
+  return FSDP_RULES if config.mesh.fsdp else DEFAULT_RULES
+
+
+# The rule set the parameters of the function being traced are placed by,
+# for code that must know it inside jit, where Auto-axis arrays do not say
+# how they are sharded: the experts' shard_map (expert_parallel.py) gathers
+# data-split weights itself. Getting it wrong costs speed, never results:
+# shard_map reshards whatever arrives to the specs it is given.
+_TRACING = threading.local()
+
+
+def active() -> Rules:
+  """The rule set of the function being traced (see traced_with)."""
+  return getattr(_TRACING, 'rules', DEFAULT_RULES)
+
+
+@contextlib.contextmanager
+def _using(rules: Rules):
+  previous = active()
+  _TRACING.rules = rules
+  try:
+    yield
+  finally:
+    _TRACING.rules = previous
+
+
+def traced_with(rules: Rules, fn: Callable) -> Callable:
+  """`fn`, traced with active() = rules (wrap it before jax.jit)."""
+  def wrapped(*args, **kwargs):
+    with _using(rules):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def logical_to_spec(axes: Sequence[str | None], rules: Rules = DEFAULT_RULES,

@@ -19,11 +19,12 @@ from moe_jax.data.pipeline import BatchIterator, eval_batches
 from moe_jax.data.sources import load_corpus
 from moe_jax.data.split import split_corpus
 from moe_jax.data.tokens import check_token_ids
-from moe_jax.errors import UserInputError
+from moe_jax.errors import UserInputError, check_bool
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
+from moe_jax.parallel import rules as rules_lib
 from moe_jax.train import optim
 from moe_jax.train.step import TrainState
 
@@ -75,6 +76,7 @@ def load_data(config) -> Data:
 
 def make_mesh(config, mcfg: ModelConfig):
   """The config's mesh, checked against the model and batch before compiling."""
+  check_bool('mesh.fsdp', config.mesh.fsdp, fix='set --config.mesh.fsdp')
   mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
   tokens, group_size = config.batch_size * config.seq_len, mcfg.moe.group_size
   if group_size and tokens % group_size:
@@ -88,7 +90,8 @@ def make_mesh(config, mcfg: ModelConfig):
   mesh_lib.check_fits(mesh, num_experts=mcfg.moe.num_experts,
                       batch_size=config.batch_size, num_heads=mcfg.num_heads,
                       d_ff=mcfg.d_ff, num_groups=num_groups,
-                      num_kv_heads=mcfg.kv_heads)
+                      num_kv_heads=mcfg.kv_heads,
+                      fsdp_d_model=mcfg.d_model if config.mesh.fsdp else None)
   return mesh
 
 
@@ -111,5 +114,6 @@ def init_state(mcfg: ModelConfig, config, mesh, trained=None):
                              rng=jax.random.PRNGKey(config.seed))
 
   graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
-  state, shardings = placement.init_sharded(init, mesh)
+  state, shardings = placement.init_sharded(init, mesh,
+                                            rules_lib.for_config(config))
   return graphdef, state, shardings, tx

@@ -22,7 +22,7 @@ import functools
 import jax
 from flax import nnx
 
-from moe_jax.parallel import placement
+from moe_jax.parallel import placement, rules
 from moe_jax.train import init_from, setup
 from moe_jax.train import step as step_lib
 from moe_jax.train.lora import run as lora_run
@@ -84,8 +84,9 @@ class FullModel:
 
   def step_fn(self, graphdef, tx, shardings, batch_sh, mesh):
     """(state, batch) -> (state, metrics): the jitted train step."""
+    step = functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx)
     return jax.jit(
-        functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx),
+        rules.traced_with(rules.for_config(self._config), step),
         in_shardings=(shardings, batch_sh),
         out_shardings=(shardings, placement.replicated(mesh)),
         donate_argnums=0)

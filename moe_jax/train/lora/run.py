@@ -82,13 +82,15 @@ class LoraRun:
     model_fn = setup.new_model(self._mcfg, self._config)
     init_fn = lambda: nnx.state(model_fn(), nnx.Param)
     if 'fresh' in self.source.plan.values():  # Some arrays keep a random init.
-      params, shardings = placement.init_sharded(init_fn, self._mesh)
+      params, shardings = placement.init_sharded(
+          init_fn, self._mesh, rules.for_config(self._config))
       return init_from.apply(self.source, params), shardings
     # Every array comes from the base run: place those directly, with no
     # random model built only to be overwritten.
     with jax.set_mesh(self._mesh):
       abstract = jax.eval_shape(init_fn)
-    shardings = rules.tree_shardings(abstract, self._mesh)
+    shardings = rules.tree_shardings(abstract, self._mesh,
+                                     rules.for_config(self._config))
     return init_from.apply(
         self.source,
         placement.abstract_with_shardings(abstract, shardings)), shardings
@@ -121,9 +123,10 @@ class LoraRun:
   def step_fn(self, graphdef, tx, shardings, batch_sh, mesh):
     """(state, batch) -> (state, metrics): the jitted step on the adapters."""
     frozen, frozen_sh = self._frozen
+    step = functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx,
+                             lora_scale=self.scale)
     fn = jax.jit(
-        functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx,
-                          lora_scale=self.scale),
+        rules.traced_with(rules.for_config(self._config), step),
         in_shardings=(shardings, batch_sh, frozen_sh),
         out_shardings=(shardings, placement.replicated(mesh)),
         donate_argnums=0)
