@@ -11,7 +11,7 @@ from flax import nnx
 
 from moe_jax.core.config import MoEConfig
 from moe_jax.errors import UserInputError
-from moe_jax.inspect import load_config_file, markdown_row
+from moe_jax.inspect import describe, load_config_file, markdown_row
 from moe_jax.models import accounting
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.transformer import TransformerLM
@@ -133,6 +133,38 @@ def test_accounting_on_a_hand_computed_model():
                                        12 * 2 * 4 * 2 * 8)
   assert cost.weight_bytes('bf16') == 2 * total
   assert cost.weight_bytes('int8') == total
+
+
+def test_accounting_with_fsdp_splits_every_weight_over_data():
+  mesh = accounting.parse_mesh('data:2,expert:2,model:2')
+  off = accounting.model_cost(_hand_model(), mesh)
+  on = accounting.model_cost(_hand_model(), mesh, fsdp=True)
+  # Every parameter of the hand model has a D dim (embeddings, norms,
+  # attention, FFNs, experts, router), so each device holds half of the
+  # 584 it holds on expert:2 × model:2 (test above; data does not split
+  # weights without FSDP).
+  assert off.device_params == 584 and on.device_params == 584 // 2
+  assert on.device_adam_bytes == 2 * 4 * (584 // 2)
+  assert on.total == off.total
+  # What moe_jax.inspect prints.
+  assert '(8 devices, FSDP over data): 292 params' in describe('hand', on)
+  assert '(8 devices): 584 params' in describe('hand', off)
+  with pytest.raises(UserInputError, match=r'splits d_model=8 over the data '
+                     r'axis \(3\)'):
+    accounting.model_cost(_hand_model(), accounting.parse_mesh('data:3'),
+                          fsdp=True)
+
+
+def test_inspect_fsdp_flag():
+  proc = subprocess.run(
+      [sys.executable, '-m', 'moe_jax.inspect', '--mesh=data:3', '--fsdp',
+       '--config=configs/presets/olmoe_1b_7b.py'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      'error: mesh.fsdp=True splits d_model=2048 over the data axis (3), '
+      'which does not divide it; use a data axis that divides 2048 or set '
+      '--config.mesh.fsdp=False.']
 
 
 def test_accounting_equals_the_whole_model_traced():

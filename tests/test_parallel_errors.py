@@ -42,6 +42,12 @@ CASES = {
         ['--config.mesh.shape=(2,4,1)', '--config.batch_size=8',
          '--config.moe.group_size=128'],
         ['2 routing groups', 'group_size', 'data × expert axes (8)']),
+    # FSDP splits D over data: 36 over 8 would leave uneven (padded) shards.
+    'fsdp_d_model_not_divisible_by_data': (
+        ['--config.mesh.shape=(8,1,1)', '--config.mesh.fsdp=True',
+         '--config.model.d_model=36', '--config.batch_size=8'],
+        ['mesh.fsdp=True', 'd_model=36', 'data axis (8)',
+         '--config.mesh.fsdp=False']),
 }
 
 

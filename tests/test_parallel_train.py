@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 import pytest
-from testlib import run_device_script
+from testlib import assert_trees_close, run_device_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'tests' / '_parallel_train.py'
@@ -35,24 +35,6 @@ def results(tmp_path_factory):
 def _load(path):
   with np.load(path) as data:
     return dict(data)
-
-
-def _assert_close(have, want, what):
-  assert have.shape == want.shape and have.dtype == want.dtype, what
-  if want.dtype.kind != 'f':  # Step counters and keys: exact.
-    np.testing.assert_array_equal(have, want, err_msg=what)
-    return
-  # Relative to the array's scale: elementwise rtol alone would be
-  # meaningless for entries that are 0 up to rounding.
-  np.testing.assert_allclose(have, want, rtol=RTOL,
-                             atol=RTOL * float(np.max(np.abs(want))),
-                             err_msg=what)
-
-
-def _assert_trees(have, want, what):
-  assert sorted(have) == sorted(want), what
-  for key in want:
-    _assert_close(have[key], want[key], f'{what}: {key}')
 
 
 def _is_expert_weight(key, shape):
@@ -83,7 +65,7 @@ def test_train_step_on_2x4x1_matches_one_device(results):
   assert any(_is_expert_weight(k, one[k].shape) for k in final)
   for key in final:
     assert not np.array_equal(one[key], one['init/' + key[len('final/'):]]), key
-  _assert_trees(ep, one, 'train_step on (2,4,1) vs one device')
+  assert_trees_close(ep, one, RTOL, 'train_step on (2,4,1) vs one device')
 
 
 # ----------------------------------------------------------- checkpoints --
@@ -131,6 +113,6 @@ def test_training_resumes_on_another_mesh(results):
     np.testing.assert_allclose(continued[step]['loss'],
                                reference[step]['loss'], rtol=RTOL,
                                err_msg=f'step {step}')
-  _assert_trees(_load(results / 'resumed_final.npz'),
-                _load(results / 'restored_1x1x1.npz'),
+  assert_trees_close(_load(results / 'resumed_final.npz'),
+                     _load(results / 'restored_1x1x1.npz'), RTOL,
                 'final state resumed on (4,2,1) vs uninterrupted on (2,4,1)')

@@ -38,6 +38,24 @@ def run_device_script(script: pathlib.Path, out_dir, num_devices: int, *,
   assert proc.returncode == 0, proc.stderr[-5000:]
 
 
+def assert_trees_close(have: dict, want: dict, rtol: float, what: str):
+  """Two {name: array} dicts hold the same arrays: floats to `rtol` of
+  each array's scale, everything else (step counters, keys) exactly."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert sorted(have) == sorted(want), what
+  for key, w in want.items():
+    h, where = have[key], f'{what}: {key}'
+    assert h.shape == w.shape and h.dtype == w.dtype, where
+    if w.dtype.kind != 'f':
+      np.testing.assert_array_equal(h, w, err_msg=where)
+      continue
+    # Relative to the array's scale: elementwise rtol alone would be
+    # meaningless for entries that are 0 up to rounding.
+    np.testing.assert_allclose(h, w, rtol=rtol,
+                               atol=rtol * float(np.max(np.abs(w))),
+                               err_msg=where)
+
+
 def moe_params(seed: int, d: int, f: int, e: int, expert_type: str = 'gelu'):
   """Random MoE layer params with fan-in scaling.
 

@@ -100,8 +100,8 @@ def check_fits(mesh, *, num_experts: int, batch_size: int,
           f'{name}={value} is not divisible by the model axis ({mp}).')
   data = axis_size(mesh, 'data')
   if fsdp_d_model is not None and fsdp_d_model % data:
-    # An uneven split would pad every weight and moment (XLA allows it);
-    # refusing keeps the per-device memory exactly 1/data.
+    # JAX refuses uneven shards, but only when the state is first placed,
+    # with a traceback; this says which setting to change, before anything.
     raise UserInputError(
         f'mesh.fsdp=True splits d_model={fsdp_d_model} over the data axis '
         f'({data}), which does not divide it; use a data axis that divides '

@@ -19,7 +19,7 @@ from moe_jax.data.pipeline import BatchIterator, eval_batches
 from moe_jax.data.sources import load_corpus
 from moe_jax.data.split import split_corpus
 from moe_jax.data.tokens import check_token_ids
-from moe_jax.errors import UserInputError, check_bool
+from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.parallel import mesh as mesh_lib
@@ -76,7 +76,6 @@ def load_data(config) -> Data:
 
 def make_mesh(config, mcfg: ModelConfig):
   """The config's mesh, checked against the model and batch before compiling."""
-  check_bool('mesh.fsdp', config.mesh.fsdp, fix='set --config.mesh.fsdp')
   mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
   tokens, group_size = config.batch_size * config.seq_len, mcfg.moe.group_size
   if group_size and tokens % group_size:
