@@ -7,11 +7,11 @@ For each mesh (8,1,1) and (2,4,1), with mesh.fsdp False and True, places
 the config's train state as the trainer does (setup.init_state) and reports
 what one device holds, read from the arrays' shards (the most any device
 holds, arrays of rank >= 1):
-  params_KiB     the weights;
-  adam_KiB       Adam's two moments;
+  params_MiB     the weights;
+  adam_MiB       Adam's two moments;
   vs_off         (params + adam) with the rule off / with this row's rule;
   inspect_ok     whether moe_jax.inspect's accounting predicts both exactly;
-  step_arg_KiB, step_temp_KiB
+  step_arg_MiB, step_temp_MiB
                  XLA's memory analysis of the compiled train step per device:
                  its inputs (state and batch), and the temporaries it needs
                  (activations, gradients, and under FSDP the gathered
@@ -40,7 +40,7 @@ from moe_jax.parallel import placement
 from moe_jax.train import setup, trainable
 
 MESHES = [(8, 1, 1), (2, 4, 1)]
-KIB = 1024
+MIB = 2 ** 20
 
 
 def load_config(path: str, shape, fsdp: bool):
@@ -54,22 +54,12 @@ def load_config(path: str, shape, fsdp: bool):
   return config
 
 
-def device_bytes(tree) -> int:
-  """The most bytes one device holds of `tree`'s arrays of rank >= 1."""
-  per_device = {}
-  for leaf in jax.tree.leaves(tree):
-    if leaf.ndim:
-      for shard in leaf.addressable_shards:
-        per_device[shard.device] = (per_device.get(shard.device, 0) +
-                                    shard.data.nbytes)
-  return max(per_device.values())
-
-
 def measure(config) -> dict:
   mcfg = setup.model_config(config)
   mesh = setup.make_mesh(config, mcfg)
   graphdef, state, shardings, tx = setup.init_state(mcfg, config, mesh)
-  params, adam = device_bytes(state.params), device_bytes(state.opt_state)
+  params = placement.device_bytes(state.params)
+  adam = placement.device_bytes(state.opt_state)
   cost = accounting.model_cost(
       mcfg, accounting.MeshShape(mesh_lib.AXES, tuple(config.mesh.shape)),
       fsdp=config.mesh.fsdp)
@@ -81,11 +71,13 @@ def measure(config) -> dict:
     analysis = step.lower(state, placement.shard_batch(
         batch, batch_sh)).compile().memory_analysis()
   return {'mesh': str(tuple(config.mesh.shape)), 'fsdp': config.mesh.fsdp,
-          'params_KiB': params / KIB, 'adam_KiB': adam / KIB,
+          'state_bytes': params + adam,
+          'params_MiB': round(params / MIB, 3),
+          'adam_MiB': round(adam / MIB, 3),
           'inspect_ok': (params == cost.device_weight_bytes and
                          adam == cost.device_adam_bytes),
-          'step_arg_KiB': analysis.argument_size_in_bytes / KIB,
-          'step_temp_KiB': analysis.temp_size_in_bytes / KIB}
+          'step_arg_MiB': round(analysis.argument_size_in_bytes / MIB, 3),
+          'step_temp_MiB': round(analysis.temp_size_in_bytes / MIB, 3)}
 
 
 def main() -> None:
@@ -98,14 +90,13 @@ def main() -> None:
     off = measure(load_config(args.config, shape, False))
     on = measure(load_config(args.config, shape, True))
     for row in (off, on):
-      row['vs_off'] = ((off['params_KiB'] + off['adam_KiB']) /
-                       (row['params_KiB'] + row['adam_KiB']))
+      row['vs_off'] = round(off['state_bytes'] / row['state_bytes'], 3)
       rows.append(row)
   print(f'{args.config} on {jax.device_count()} {jax.default_backend()} '
         'devices, per device:')
-  common.print_table(rows, ['mesh', 'fsdp', 'params_KiB', 'adam_KiB',
-                            'vs_off', 'inspect_ok', 'step_arg_KiB',
-                            'step_temp_KiB'])
+  common.print_table(rows, ['mesh', 'fsdp', 'params_MiB', 'adam_MiB',
+                            'vs_off', 'inspect_ok', 'step_arg_MiB',
+                            'step_temp_MiB'])
   common.write_json(args.out, {'config': args.config, 'rows': rows})
 
 

@@ -35,6 +35,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import testlib  # tests/ is sys.path[0] for scripts.
 from testlib import require_devices
 from configs import switch_top1
 from moe_jax.models import accounting
@@ -110,24 +111,12 @@ def run_case(name: str, out: pathlib.Path):
   return state
 
 
-def device_bytes(tree) -> int:
-  """The most bytes any one device holds of `tree`'s arrays of rank >= 1
-  (the scalars, Adam's step counts, are replicated and negligible)."""
-  per_device = {}
-  for leaf in jax.tree.leaves(tree):
-    if leaf.ndim:
-      for shard in leaf.addressable_shards:
-        per_device[shard.device] = (per_device.get(shard.device, 0) +
-                                    shard.data.nbytes)
-  return max(per_device.values())
-
-
 def memory(state, config) -> dict:
   mcfg = setup.model_config(config)
   shape = accounting.MeshShape(mesh_lib.AXES, tuple(config.mesh.shape))
   predicted = accounting.model_cost(mcfg, shape, fsdp=config.mesh.fsdp)
-  return {'params': device_bytes(state.params),
-          'moments': device_bytes(state.opt_state),
+  return {'params': placement.device_bytes(state.params),
+          'moments': placement.device_bytes(state.opt_state),
           'predicted_params': predicted.device_weight_bytes,
           'predicted_moments': predicted.device_adam_bytes}
 
@@ -144,14 +133,8 @@ def placement_report(tree, shardings) -> dict:
 
 def restore(workdir, config):
   """The state saved in `workdir`, restored onto `config`'s placement."""
-  _, _, state, shardings, _, _ = build(config)
-  ckpt = Checkpointer(workdir, keep=1)
-  try:
-    restored, _ = ckpt.restore(
-        placement.abstract_with_shardings(state, shardings))
-  finally:
-    ckpt.close()
-  return restored, shardings
+  mesh = setup.make_mesh(config, setup.model_config(config))
+  return testlib.restore_latest(workdir, config, mesh)
 
 
 def save(workdir, state) -> None:

@@ -54,5 +54,18 @@ def shard_batch(batch: dict[str, np.ndarray],
           for k, v in batch.items()}
 
 
+def device_bytes(tree) -> int:
+  """The most bytes any one device holds of `tree`'s arrays of rank >= 1,
+  read from their shards (the scalars, such as Adam's step count, are
+  left out: replicated and negligible)."""
+  per_device = {}
+  for leaf in jax.tree.leaves(tree):
+    if leaf.ndim:
+      for shard in leaf.addressable_shards:
+        per_device[shard.device] = (per_device.get(shard.device, 0) +
+                                    shard.data.nbytes)
+  return max(per_device.values())
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
