@@ -9,6 +9,7 @@ with `mesh.fsdp=True` (for_config).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Any, Callable, Sequence
 
@@ -73,9 +74,12 @@ def _using(rules: Rules):
 
 def traced_with(rules: Rules, fn: Callable) -> Callable:
   """`fn`, traced with active() = rules (wrap it before jax.jit)."""
+  @functools.wraps(fn)  # jit reads fn's signature through it.
   def wrapped(*args, **kwargs):
     with _using(rules):
       return fn(*args, **kwargs)
+  # The name jit gives the program (a partial's is its function's).
+  wrapped.__name__ = getattr(getattr(fn, 'func', fn), '__name__', 'traced')
   return wrapped
 
 

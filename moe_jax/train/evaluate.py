@@ -23,6 +23,7 @@ import numpy as np
 from moe_jax.config.default_config import router_eval_only_fields
 from moe_jax.errors import UserInputError
 from moe_jax.parallel import placement
+from moe_jax.parallel import rules as rules_lib
 from moe_jax.train import setup, trainable
 from moe_jax.train.checkpoint import Checkpointer, config_differences
 from moe_jax.train.step import EVAL_ROUTING_METRICS, eval_step
@@ -35,14 +36,17 @@ EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
                     'data.kind', 'data.path')
 
 
-def make_eval_fn(graphdef, shardings, batch_sh, mesh):
+def make_eval_fn(graphdef, shardings, batch_sh, mesh,
+                 rules=rules_lib.DEFAULT_RULES):
   """jit(eval_step) as a function of (state, batch).
 
-  The state's router states (selection biases) are an input too.
+  The state's router states (selection biases) are an input too. rules: the
+  rule set `shardings` come from (rules.for_config).
   """
   step = functools.partial(eval_step, graphdef=graphdef)
-  fn = jax.jit(step, in_shardings=(shardings.params, batch_sh,
-                                   shardings.router_states()),
+  fn = jax.jit(rules_lib.traced_with(rules, step),
+               in_shardings=(shardings.params, batch_sh,
+                             shardings.router_states()),
                out_shardings=placement.replicated(mesh))
   return lambda state, batch: fn(state.params, batch, state.router_states())
 
@@ -156,7 +160,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   r = restore_checkpoint(config, workdir, **eval_overrides)
   batch_sh = placement.batch_shardings(r.mesh, r.final_batches[0])
-  eval_fn = make_eval_fn(r.graphdef, r.shardings, batch_sh, r.mesh)
+  eval_fn = make_eval_fn(r.graphdef, r.shardings, batch_sh, r.mesh,
+                         rules_lib.for_config(r.config))
   # The batches of the run's own final evaluation, so the numbers compare.
   batches = [placement.shard_batch(b, batch_sh) for b in r.final_batches]
   with jax.set_mesh(r.mesh):

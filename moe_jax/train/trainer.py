@@ -21,6 +21,7 @@ from moe_jax.models import flops as flops_lib
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_params
 from moe_jax.parallel import placement
+from moe_jax.parallel import rules as rules_lib
 from moe_jax.train import optim, setup, trainable
 from moe_jax.train.checkpoint import Checkpointer, has_checkpoint
 from moe_jax.train.evaluate import evaluate, make_eval_fn
@@ -117,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
   step_fn = trains.step_fn(graphdef, tx, shardings, batch_sh, mesh)
   eval_fn = make_eval_fn(graphdef, trains.eval_shardings(shardings), batch_sh,
-                         mesh)
+                         mesh, rules_lib.for_config(config))
   val_batches = [placement.shard_batch(b, batch_sh) for b in data.val_batches]
   final_batches = val_batches if data.final_batches is data.val_batches else [
       placement.shard_batch(b, batch_sh) for b in data.final_batches]
