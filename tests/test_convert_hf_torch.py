@@ -10,6 +10,7 @@ without it this file skips.
 """
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -40,29 +41,31 @@ def _close(ours, ref, what):
 
 @pytest.fixture(scope='module', params=_hf_models.NAMES)
 def saved(request, tmp_path_factory):
-  """(name, HF model, its logits, folder) with the model saved in the
-  original layout under hf/ and transformers 5's fused one under fused/."""
+  """The HF model saved in the original layout under hf/ and transformers
+  5's fused one under fused/, its logits, and ours from hf/."""
   name = request.param
   hf = _hf_models.make(torch, transformers, name)
   path = tmp_path_factory.mktemp(name)
   hf.save_pretrained(path / 'hf')
   hf.save_pretrained(path / 'fused', save_original_format=False)
-  return name, hf, _hf_models.logits(torch, hf, TOKENS), path
+  model = hf_moe.load_model(path / 'hf')  # Dropless top-k, float32.
+  ours, aux = model(jnp.asarray(TOKENS), return_routing=True)
+  return types.SimpleNamespace(
+      name=name, hf=hf, path=path, ours=np.asarray(ours), aux=aux,
+      ref=_hf_models.logits(torch, hf, TOKENS))
 
 
 def test_import_matches_transformers(saved):
-  name, _, ref, path = saved
-  model = hf_moe.load_model(path / 'hf')  # Dropless top-k, float32.
-  logits, aux = model(jnp.asarray(TOKENS), return_routing=True)
-  _close(logits, ref, f'{name} HF -> ours')
+  _close(saved.ours, saved.ref, f'{saved.name} HF -> ours')
   # The test means something only if routing is not degenerate: every
   # expert gets tokens in the last layer.
-  chosen = np.asarray(aux['routing'][max(aux['routing'])]['plan'].expert_index)
+  routing = saved.aux['routing']
+  chosen = np.asarray(routing[max(routing)]['plan'].expert_index)
   assert len(np.unique(chosen)) == 4
 
 
 def test_fused_layout_imports_the_same_parameters(saved):
-  _, _, _, path = saved
+  path = saved.path
   names = lambda folder: TensorReader(path / folder).names()
   # Not two imports of one layout: transformers wrote each as documented.
   assert not any('gate_up_proj' in n for n in names('hf'))
@@ -75,15 +78,16 @@ def test_fused_layout_imports_the_same_parameters(saved):
 
 
 def test_export_matches_transformers(saved):
-  name, hf, ref, path = saved
-  config, params = hf_moe.import_checkpoint(path / 'hf')
-  hf_moe.export_checkpoint(config, params, path / 'back')
-  back, info = type(hf).from_pretrained(path / 'back',
-                                        output_loading_info=True)
+  # transformers runs what we export (config.json and weights) and gives
+  # our logits.
+  config, params = hf_moe.import_checkpoint(saved.path / 'hf')
+  hf_moe.export_checkpoint(config, params, saved.path / 'back')
+  back, info = type(saved.hf).from_pretrained(saved.path / 'back',
+                                              output_loading_info=True)
   assert not any(info[k] for k in ('missing_keys', 'unexpected_keys',
                                    'mismatched_keys')), info
-  _close(_hf_models.logits(torch, back.eval(), TOKENS), ref,
-         f'{name} ours -> HF')
+  _close(_hf_models.logits(torch, back.eval(), TOKENS), saved.ours,
+         f'{saved.name} ours -> HF')
 
 
 @pytest.mark.parametrize('family,cls', [
