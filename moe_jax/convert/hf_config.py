@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from moe_jax.convert.hf_families import (FAMILIES, MIXTRAL, NUM_EXPERTS_KEYS,  # pylint: disable=unused-import
-                                         OLMOE, QWEN2_MOE, QWEN3_MOE, Family,
+from moe_jax.convert.hf_families import (NUM_EXPERTS_KEYS, Family,
                                          export_family, hf_family)
 from moe_jax.core.config import MoEConfig
 # HF's routing is softmax top-k: this converter depends on that router.
 from moe_jax.core.routing import topk
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
-
-FFN_NAMES = ('wi_gate', 'wi', 'wo')
-DENSE_HF = ('gate_proj', 'up_proj', 'down_proj')
 
 
 # -------------------------------------------------------------- import --

@@ -56,6 +56,10 @@ class Family:
 
 _SWIGLU = ('gate_proj', 'up_proj', 'down_proj')
 _COMMON = dict(hidden_act='silu', tie_word_embeddings=False, head_dim=None)
+_QWEN = dict(_COMMON, rope_theta=1e4, rms_norm_eps=1e-6,
+             max_position_embeddings=32768, router_aux_loss_coef=0.001,
+             norm_topk_prob=False, use_sliding_window=False,
+             decoder_sparse_step=1, mlp_only_layers=None)
 
 MIXTRAL = Family(
     'mixtral', 'MixtralForCausalLM', 'block_sparse_moe.', ('w1', 'w3', 'w2'),
@@ -67,10 +71,7 @@ MIXTRAL = Family(
 QWEN2_MOE = Family(
     'qwen2_moe', 'Qwen2MoeForCausalLM', 'mlp.', _SWIGLU, 'num_experts',
     'moe_intermediate_size', dict(
-        _COMMON, rope_theta=1e4, rms_norm_eps=1e-6, num_key_value_heads=16,
-        max_position_embeddings=32768, router_aux_loss_coef=0.001,
-        norm_topk_prob=False, qkv_bias=True, use_sliding_window=False,
-        decoder_sparse_step=1, mlp_only_layers=None,
+        _QWEN, num_key_value_heads=16, qkv_bias=True,
         shared_expert_intermediate_size=5632),
     shared_expert=True, dense_layers=True, window='refused',
     bias_key='qkv_bias')
@@ -84,10 +85,8 @@ OLMOE = Family(
 QWEN3_MOE = Family(
     'qwen3_moe', 'Qwen3MoeForCausalLM', 'mlp.', _SWIGLU, 'num_experts',
     'moe_intermediate_size', dict(
-        _COMMON, rope_theta=1e4, rms_norm_eps=1e-6, num_key_value_heads=4,
-        max_position_embeddings=32768, router_aux_loss_coef=0.001,
-        norm_topk_prob=False, attention_bias=False, use_sliding_window=False,
-        sliding_window=4096, decoder_sparse_step=1, mlp_only_layers=None),
+        _QWEN, num_key_value_heads=4, attention_bias=False,
+        sliding_window=4096),
     qk_norm='per_head', dense_layers=True, window='flag',
     bias_key='attention_bias', head_dim=True)
 

@@ -54,8 +54,9 @@ import numpy as np
 from flax import nnx
 
 # The config half of the converter, re-exported: hf_moe is the public entry.
-from moe_jax.convert.hf_config import (FAMILIES, Family, config_from_hf,  # pylint: disable=unused-import
-                                       config_to_hf, family_for, hf_family)
+from moe_jax.convert.hf_config import (config_from_hf, config_to_hf,  # pylint: disable=unused-import
+                                       family_for)
+from moe_jax.convert.hf_families import FAMILIES, hf_family
 from moe_jax.convert.hf_tensors import (hf_shapes, is_fused, links, to_ours,
                                         to_theirs)
 from moe_jax.convert.safetensors_dir import TensorReader, write_tensors
