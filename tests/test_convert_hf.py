@@ -4,15 +4,19 @@ trips, the config.json fields, sharding, and one-line errors.
 (The comparison against `transformers` itself is tests/test_convert_hf_torch.py.)
 """
 
+import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 
 from moe_jax.analysis.trace import record_trace
 from moe_jax.convert import hf_moe
+from moe_jax.convert.safetensors_dir import write_tensors
 from moe_jax.core.config import MoEConfig
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
@@ -24,10 +28,10 @@ _IMPORTED = dict(router='topk', expert_type='swiglu', dispatcher='dropless',
 
 
 def mixtral_like(**kw):
+  kw.setdefault('moe', MoEConfig(num_experts=4, top_k=2, d_ff=12, **_IMPORTED))
   return ModelConfig(
       vocab_size=40, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
-      d_ff=12, max_len=64, moe_every=1, norm_eps=1e-5, rope_theta=1e6,
-      moe=MoEConfig(num_experts=4, top_k=2, d_ff=12, **_IMPORTED), **kw)
+      d_ff=12, max_len=64, moe_every=1, norm_eps=1e-5, rope_theta=1e6, **kw)
 
 
 def qwen_like(**kw):
@@ -42,6 +46,22 @@ def qwen_like(**kw):
                     **_IMPORTED), **kw)
 
 
+def olmoe_like(**kw):
+  # QK-norm over all heads, every layer MoE, raw softmax gates.
+  moe = MoEConfig(num_experts=4, top_k=2, d_ff=12, router_options={
+      'topk': {'renormalize': False}}, **_IMPORTED)
+  return dataclasses.replace(mixtral_like(qk_norm='all_heads', moe=moe), **kw)
+
+
+def qwen3_like(**kw):
+  # Per-head QK-norm, Dh = 6 (not D/H = 4), a dense first layer, a window.
+  kw.setdefault('moe', MoEConfig(num_experts=4, top_k=2, d_ff=8, **_IMPORTED))
+  return ModelConfig(
+      vocab_size=40, d_model=16, num_layers=3, num_heads=4, num_kv_heads=2,
+      head_dim=6, d_ff=20, max_len=64, moe_every=1, first_dense_layers=1,
+      qk_norm='per_head', sliding_window=5, **kw)
+
+
 def _params(config):
   """Random float32 parameters of the model's shapes (numpy: no compiles)."""
   shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
@@ -51,7 +71,8 @@ def _params(config):
       lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
 
 
-@pytest.mark.parametrize('make', [mixtral_like, qwen_like,
+@pytest.mark.parametrize('make', [mixtral_like, qwen_like, olmoe_like,
+                                  qwen3_like,
                                   lambda: mixtral_like(tie_embeddings=True)])
 def test_export_then_import_is_bitwise(make, tmp_path):
   config = make()
@@ -79,13 +100,34 @@ def test_config_json_fields(tmp_path):
           hf['intermediate_size']) == (8, 16, 20)
   assert (hf['mlp_only_layers'], hf['decoder_sparse_step']) == ([0], 1)
   assert hf['norm_topk_prob'] is False and hf['qkv_bias'] is True
+  hf = hf_moe.config_to_hf(olmoe_like())
+  assert (hf['model_type'], hf['num_experts'], hf['intermediate_size'],
+          hf['norm_topk_prob'], hf['attention_bias']) == ('olmoe', 4, 12,
+                                                          False, False)
+  hf = hf_moe.config_to_hf(qwen3_like())
+  assert (hf['model_type'], hf['head_dim'], hf['moe_intermediate_size'],
+          hf['mlp_only_layers'], hf['use_sliding_window'],
+          hf['sliding_window']) == ('qwen3_moe', 6, 8, [0], True, 5)
+
+
+def test_absent_keys_take_the_familys_defaults():
+  # transformers reads a key config.json leaves out as its class default
+  # (checked against transformers in tests/test_convert_hf_torch.py).
+  hf = hf_moe.config_to_hf(qwen_like())
+  for key in ('norm_topk_prob', 'rms_norm_eps', 'rope_theta'):
+    del hf[key]
+  config = hf_moe.config_from_hf(hf)
+  assert not config.moe.router_options.renormalize
+  assert (config.norm_eps, config.rope_theta) == (1e-6, 1e4)
+  hf = hf_moe.config_to_hf(mixtral_like())
+  del hf['rope_theta']
+  assert hf_moe.config_from_hf(hf).rope_theta == 1e6
 
 
 def test_tensor_layout_of_one_expert_and_attention(tmp_path):
   config = mixtral_like()
   params = _params(config)
   hf_moe.export_checkpoint(config, params, tmp_path)
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   t = load_file(tmp_path / 'model.safetensors')
   moe = params['blocks'][1]['ffn']
   # w1 (SiLU gate) of expert 3 is wi_gate[3]ᵀ: [F, D] = [12, 16].
@@ -98,6 +140,43 @@ def test_tensor_layout_of_one_expert_and_attention(tmp_path):
   wk = np.asarray(params['blocks'][0]['attn']['wk'])  # [16, 2, 4]
   k = t['model.layers.0.self_attn.k_proj.weight']  # [8, 16]
   np.testing.assert_array_equal(k[1 * 4 + 2], wk[:, 1, 2])
+
+
+def _fuse(tensors, prefix):
+  """transformers 5's fused expert layout (save_original_format=False) of
+  per-expert tensors: every family under `mlp.`, gate then up."""
+  out, experts = {}, {}
+  for name, array in tensors.items():
+    name = name.replace(prefix, 'mlp.')
+    if '.experts.' not in name:
+      out[name] = array
+      continue
+    layer, rest = name.split('.experts.')
+    e, kind = rest.split('.')[:2]
+    experts.setdefault(layer, {}).setdefault(kind, {})[int(e)] = array
+  for layer, kinds in experts.items():
+    gate, up, down = (np.stack([kinds[k][e] for e in sorted(kinds[k])])
+                      for k in sorted(kinds, key='w1 gate_proj w3 up_proj '
+                                      'w2 down_proj'.split().index))
+    out[layer + '.experts.gate_up_proj'] = np.concatenate([gate, up], 1)
+    out[layer + '.experts.down_proj'] = down
+  return out
+
+
+@pytest.mark.parametrize('make,prefix', [(mixtral_like, 'block_sparse_moe.'),
+                                         (qwen_like, 'mlp.')])
+def test_fused_expert_layout_imports(make, prefix, tmp_path):
+  config = make()
+  params = _params(config)
+  hf_moe.export_checkpoint(config, params, tmp_path / 'orig')
+  fused = _fuse(load_file(tmp_path / 'orig' / 'model.safetensors'), prefix)
+  assert fused['model.layers.1.mlp.experts.gate_up_proj'].shape == (
+      4, 2 * config.moe.d_ff, 16)
+  write_tensors(tmp_path / 'fused', fused)
+  shutil.copy(tmp_path / 'orig' / 'config.json', tmp_path / 'fused')
+  back_config, back = hf_moe.import_checkpoint(tmp_path / 'fused')
+  assert back_config == config
+  jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
 def test_sharded_checkpoint_round_trips(tmp_path):
@@ -147,3 +226,66 @@ def test_bad_input_is_one_line(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps(hf))
   with pytest.raises(UserInputError, match='no \\*.safetensors'):
     hf_moe.import_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize('make,change,match', [
+    (olmoe_like, {'clip_qkv': 8.0}, 'clip_qkv=8.0'),
+    (olmoe_like, {'attention_bias': True}, 'attention_bias=true'),
+    (olmoe_like, {'head_dim': 8}, 'head_dim=8 differs'),
+    (qwen3_like, {'attention_bias': True}, 'attention_bias=true'),
+    (qwen3_like, {'hidden_act': 'gelu'}, "hidden_act='gelu'"),
+    (qwen3_like, {'mlp_only_layers': [1]}, r'mlp_only_layers=\[1\]'),
+    (qwen3_like, {'hidden_size': None}, "no 'hidden_size'"),
+    (qwen_like, {'use_sliding_window': True}, 'use_sliding_window=true'),
+])
+def test_config_fields_we_cannot_honour_are_named(make, change, match):
+  hf = hf_moe.config_to_hf(make())
+  hf.update(change)
+  hf = {k: v for k, v in hf.items() if v is not None}
+  with pytest.raises(UserInputError, match=match) as e:
+    hf_moe.config_from_hf(hf)
+  assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('config,match', [
+    (olmoe_like(first_dense_layers=1), 'dense layers'),
+    (olmoe_like(sliding_window=4), 'model.sliding_window'),
+    (olmoe_like(head_dim=6), 'model.head_dim=6'),
+    (qwen3_like(qkv_bias=True), 'model.qkv_bias=True'),
+    (qwen3_like(moe=MoEConfig(num_experts=4, d_ff=8, num_shared_experts=1,
+                              **_IMPORTED)), 'moe.num_shared_experts=1'),
+])
+def test_configs_a_family_cannot_hold_are_refused(config, match):
+  with pytest.raises(UserInputError, match=match) as e:
+    hf_moe.config_to_hf(config)
+  assert 'cannot export as' in str(e.value) and '\n' not in str(e.value)
+
+
+_Q = 'model.layers.1.self_attn.q_norm.weight'
+_GATE_UP = 'model.layers.1.mlp.experts.gate_up_proj'
+
+
+@pytest.mark.parametrize('fused,change,match', [
+    (False, lambda t: t.pop(_Q), f"no tensor '{_Q}'"),
+    (False, lambda t: t.update(extra=np.zeros(3, np.float32)),
+     "tensor 'extra' .1 extra"),
+    (False, lambda t: t.update({_Q: np.ones(7, np.float32)}),
+     r'shape \[7\], but config.json implies \[6\]'),
+    (False, lambda t: t.update({_Q: np.ones(6, np.int32)}), 'is I32'),
+    (True, lambda t: t.pop(_GATE_UP.replace('gate_up', 'down')),
+     'no tensor .*experts.down_proj'),
+    (True, lambda t: t.update({_GATE_UP: t[_GATE_UP][:, :8]}),
+     r'shape \[4, 8, 16\], but config.json implies \[4, 16, 16\]'),
+])
+def test_tensors_that_do_not_match_the_config_are_named(fused, change, match,
+                                                        tmp_path):
+  config = qwen3_like()
+  hf_moe.export_checkpoint(config, _params(config), tmp_path)
+  tensors = load_file(tmp_path / 'model.safetensors')
+  if fused:
+    tensors = _fuse(tensors, 'mlp.')
+  change(tensors)
+  save_file(tensors, str(tmp_path / 'model.safetensors'))
+  with pytest.raises(UserInputError, match=match) as e:
+    hf_moe.import_checkpoint(tmp_path)
+  assert '\n' not in str(e.value)

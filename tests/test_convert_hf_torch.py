@@ -1,87 +1,106 @@
-"""Against `transformers` itself: tiny random Mixtral and Qwen2-MoE models,
-imported and exported, give the same float32 logits as the PyTorch model.
+"""Against `transformers` itself: tiny random Mixtral, Qwen2-MoE, OLMoE and
+Qwen3-MoE models (and Mixtral and Qwen3-MoE with a sliding window),
+imported and exported, give the same float32 logits as the PyTorch model,
+and transformers 5's fused expert layout imports to the same parameters.
 
 PyTorch is used here only, to make and run the reference models; the
 converter itself reads safetensors with numpy. Neither torch nor
-transformers is in requirements.txt (the CPU wheel alone is ~200 MB, and
-PyPI's default pulls CUDA libraries); install them to run this file:
-  pip install torch transformers   (e.g. from PyTorch's CPU wheel index)
+transformers is in requirements.txt; CI installs requirements-hf.txt, and
+without it this file skips.
 """
 
+import dataclasses
+import types
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 torch = pytest.importorskip(
-    'torch', reason='PyTorch is an optional test extra (pip install torch '
-    'transformers) used only to build the reference HF models')
+    'torch', reason='PyTorch is an optional test extra (pip install -r '
+    'requirements-hf.txt) used only to build the reference HF models')
 transformers = pytest.importorskip(
     'transformers', reason='transformers is an optional test extra (pip '
-    'install torch transformers)')
+    'install -r requirements-hf.txt)')
 
-from moe_jax.convert import hf_moe  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from moe_jax.convert import hf_families, hf_moe
+from moe_jax.convert.safetensors_dir import TensorReader
+from tests import _hf_models
 
-_COMMON = dict(vocab_size=64, hidden_size=32, num_attention_heads=4,
-               num_key_value_heads=2, num_experts_per_tok=2,
-               initializer_range=0.1, rms_norm_eps=1e-5, rope_theta=5e5,
-               max_position_embeddings=64, tie_word_embeddings=False)
-
-
-def _mixtral():
-  return transformers.MixtralForCausalLM(transformers.MixtralConfig(
-      num_hidden_layers=2, intermediate_size=24, num_local_experts=4,
-      **_COMMON))
+TOKENS = np.random.default_rng(0).integers(0, _hf_models.VOCAB, (2, 24))
 
 
-def _mixtral_window():
-  # A sliding window shorter than the 24-token test sequences: it used to be
-  # ignored on import, and the logits then differed from transformers'.
-  return transformers.MixtralForCausalLM(transformers.MixtralConfig(
-      num_hidden_layers=2, intermediate_size=24, num_local_experts=4,
-      sliding_window=8, **_COMMON))
-
-
-def _qwen2_moe():
-  # A dense first layer, a gated shared expert 2x the routed width, and
-  # gates that are not renormalised.
-  return transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
-      num_hidden_layers=3, intermediate_size=40, moe_intermediate_size=12,
-      shared_expert_intermediate_size=24, num_experts=4,
-      decoder_sparse_step=1, mlp_only_layers=[0], norm_topk_prob=False,
-      **_COMMON))
-
-
-def _hf_logits(model, tokens):
-  with torch.no_grad():
-    return model(torch.tensor(tokens)).logits.numpy()
-
-
-def _close(ours, ref):
+def _close(ours, ref, what):
   """Max error relative to the largest logit, as float32 allows."""
   err = np.abs(np.asarray(ours) - ref).max() / np.abs(ref).max()
+  print(f'{what}: max |logit difference| / max |logit| = {err:.2e}')
   assert err < 1e-4, err
 
 
-@pytest.mark.parametrize('make', [_mixtral, _mixtral_window, _qwen2_moe])
-def test_import_and_export_match_transformers(make, tmp_path):
-  torch.manual_seed(0)
-  hf = make().eval()
-  hf.save_pretrained(tmp_path / 'hf')
-  tokens = np.random.default_rng(0).integers(0, 64, (2, 24))
-  ref = _hf_logits(hf, tokens)
+@pytest.fixture(scope='module', params=_hf_models.NAMES)
+def saved(request, tmp_path_factory):
+  """The HF model saved in the original layout under hf/ and transformers
+  5's fused one under fused/, its logits, and ours from hf/."""
+  name = request.param
+  hf = _hf_models.make(torch, transformers, name)
+  path = tmp_path_factory.mktemp(name)
+  hf.save_pretrained(path / 'hf')
+  hf.save_pretrained(path / 'fused', save_original_format=False)
+  model = hf_moe.load_model(path / 'hf')  # Dropless top-k, float32.
+  ours, aux = model(jnp.asarray(TOKENS), return_routing=True)
+  return types.SimpleNamespace(
+      name=name, hf=hf, path=path, ours=np.asarray(ours), aux=aux,
+      ref=_hf_models.logits(torch, hf, TOKENS))
 
-  model = hf_moe.load_model(tmp_path / 'hf')  # Dropless top-k, float32.
-  logits, aux = model(jnp.asarray(tokens), return_routing=True)
-  _close(logits, ref)
+
+def test_import_matches_transformers(saved):
+  _close(saved.ours, saved.ref, f'{saved.name} HF -> ours')
   # The test means something only if routing is not degenerate: every
   # expert gets tokens in the last layer.
-  chosen = np.asarray(aux['routing'][max(aux['routing'])]['plan'].expert_index)
+  routing = saved.aux['routing']
+  chosen = np.asarray(routing[max(routing)]['plan'].expert_index)
   assert len(np.unique(chosen)) == 4
 
-  config, params = hf_moe.import_checkpoint(tmp_path / 'hf')
-  hf_moe.export_checkpoint(config, params, tmp_path / 'back')
-  back, info = type(hf).from_pretrained(tmp_path / 'back',
-                                        output_loading_info=True)
+
+def test_fused_layout_imports_the_same_parameters(saved):
+  path = saved.path
+  names = lambda folder: TensorReader(path / folder).names()
+  # Not two imports of one layout: transformers wrote each as documented.
+  assert not any('gate_up_proj' in n for n in names('hf'))
+  assert {n.split('.')[-1] for n in names('fused') if '.experts.' in n} == {
+      'gate_up_proj', 'down_proj'}
+  config, params = hf_moe.import_checkpoint(path / 'hf')
+  fused_config, fused = hf_moe.import_checkpoint(path / 'fused')
+  assert fused_config == config
+  jax.tree.map(np.testing.assert_array_equal, fused, params)
+
+
+def test_export_matches_transformers(saved):
+  # transformers runs what we export (config.json and weights) and gives
+  # our logits.
+  config, params = hf_moe.import_checkpoint(saved.path / 'hf')
+  hf_moe.export_checkpoint(config, params, saved.path / 'back')
+  back, info = type(saved.hf).from_pretrained(saved.path / 'back',
+                                              output_loading_info=True)
   assert not any(info[k] for k in ('missing_keys', 'unexpected_keys',
                                    'mismatched_keys')), info
-  _close(_hf_logits(back.eval(), tokens), ref)
+  _close(_hf_models.logits(torch, back.eval(), TOKENS), saved.ours,
+         f'{saved.name} ours -> HF')
+
+
+@pytest.mark.parametrize('family,cls', [
+    (hf_families.MIXTRAL, 'MixtralConfig'),
+    (hf_families.QWEN2_MOE, 'Qwen2MoeConfig'),
+    (hf_families.OLMOE, 'OlmoeConfig'),
+    (hf_families.QWEN3_MOE, 'Qwen3MoeConfig')])
+def test_defaults_for_absent_keys_are_transformers_defaults(family, cls):
+  # A config.json may leave a key out; transformers then reads its class's
+  # default, and so must we.
+  cls = getattr(transformers, cls)
+  fields = {f.name: f.default for f in dataclasses.fields(cls)}
+  for key, ours in family.defaults.items():
+    theirs = (cls().rope_parameters['rope_theta'] if key == 'rope_theta'
+              else fields.get(key))  # Not a field: read with getattr(None).
+    assert ours == theirs, (key, ours, theirs)

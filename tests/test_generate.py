@@ -44,6 +44,12 @@ CONFIGS = {
     'window': ModelConfig(vocab_size=V, d_model=32, num_layers=2,
                           num_heads=4, num_kv_heads=2, d_ff=48, max_len=32,
                           moe=_MOE, moe_every=1, sliding_window=3),
+    # QK-norm before RoPE (per head, Qwen3) with a head width apart from
+    # D/H: the cache holds the normed, rotated keys of Dh = 12.
+    'qk_norm': ModelConfig(vocab_size=V, d_model=32, num_layers=1,
+                           num_heads=4, num_kv_heads=2, head_dim=12, d_ff=48,
+                           max_len=32, moe=_MOE, moe_every=1,
+                           qk_norm='per_head'),
 }
 
 
@@ -57,6 +63,11 @@ def models():
         for n in 'qkv':
           b = getattr(block.attn, 'b' + n)
           b[...] = jax.random.normal(jax.random.key(ord(n)), b.shape) * 0.5
+    if config.qk_norm:  # Ones at init: make the scales matter too.
+      for block in model.blocks:
+        for norm in (block.attn.q_norm, block.attn.k_norm):
+          norm.scale[...] = jax.random.uniform(jax.random.key(7),
+                                               norm.scale.shape) + 0.5
     out[name] = model
   return out
 
@@ -80,7 +91,8 @@ _decode_step = nnx.jit(decode_step, static_argnames='moe_config')
                                       ('moe', 'dropless'),
                                       ('moe', 'capacity'),
                                       ('learned', 'dropless'),
-                                      ('window', 'dropless')])
+                                      ('window', 'dropless'),
+                                      ('qk_norm', 'dropless')])
 def test_cached_logits_equal_full_forward(models, name, moe):
   """Teacher-forced: prefill each prompt, then feed the true next tokens one
   at a time; every step's logits equal the full forward's at that position."""

@@ -1,5 +1,6 @@
 """Greedy generation equals transformers' own generate (do_sample=False) on
-tiny random Mixtral and Qwen2-MoE models imported with hf_moe.load_model.
+tiny random Mixtral, Qwen2-MoE, OLMoE and Qwen3-MoE models imported with
+hf_moe.load_model (tests/_hf_models.py).
 
 Ours decodes the prompts as one right-padded batch of different lengths;
 transformers runs each prompt alone, so padding cannot hide a difference.
@@ -18,26 +19,9 @@ transformers = pytest.importorskip(
 
 from moe_jax.convert import hf_moe  # pylint: disable=g-import-not-at-top
 from moe_jax.generation import generate  # pylint: disable=g-import-not-at-top
+from tests import _hf_models  # pylint: disable=g-import-not-at-top
 
-_COMMON = dict(vocab_size=64, hidden_size=32, num_attention_heads=4,
-               num_key_value_heads=2, num_experts_per_tok=2,
-               initializer_range=0.1, rms_norm_eps=1e-5, rope_theta=5e5,
-               max_position_embeddings=64, tie_word_embeddings=False)
 NEW = 12
-
-
-def _mixtral():
-  return transformers.MixtralForCausalLM(transformers.MixtralConfig(
-      num_hidden_layers=2, intermediate_size=24, num_local_experts=4,
-      **_COMMON))
-
-
-def _qwen2_moe():
-  return transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
-      num_hidden_layers=3, intermediate_size=40, moe_intermediate_size=12,
-      shared_expert_intermediate_size=24, num_experts=4,
-      decoder_sparse_step=1, mlp_only_layers=[0], norm_topk_prob=False,
-      **_COMMON))
 
 
 def _hf_greedy(model, prompt, eos):
@@ -55,13 +39,13 @@ def _hf_greedy(model, prompt, eos):
   return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize('make', [_mixtral, _qwen2_moe])
-def test_greedy_equals_transformers_generate(make, tmp_path):
-  torch.manual_seed(0)
-  hf = make().eval()
+@pytest.mark.parametrize('name', ['mixtral', 'qwen2_moe', 'olmoe',
+                                  'qwen3_moe'])
+def test_greedy_equals_transformers_generate(name, tmp_path):
+  hf = _hf_models.make(torch, transformers, name)
   hf.save_pretrained(tmp_path / 'hf')
   rng = np.random.default_rng(0)
-  prompts = [rng.integers(0, 64, n).tolist() for n in (3, 17, 9)]
+  prompts = [rng.integers(0, _hf_models.VOCAB, n).tolist() for n in (3, 17, 9)]
   model = hf_moe.load_model(tmp_path / 'hf')
   ref = [_hf_greedy(hf, p, None) for p in prompts]
   ours = generate(model, prompts, max_new_tokens=NEW)

@@ -82,7 +82,7 @@ def test_tiny_preset_keeps_the_shape(name):
   full = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py'))
   tiny = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py:tiny'))
   for field in ('moe_every', 'first_dense_layers', 'tie_embeddings',
-                'qkv_bias'):
+                'qkv_bias', 'qk_norm'):
     assert getattr(tiny, field) == getattr(full, field), field
   for field in ('top_k', 'router', 'num_shared_experts', 'shared_expert_gate',
                 'router_options', 'expert_type'):

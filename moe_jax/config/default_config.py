@@ -109,6 +109,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.qkv_bias = False  # Biases on q, k, v (Qwen2-MoE).
   # W: attend to the last W positions only (Mixtral); unset: full context.
   c.model.sliding_window = config_dict.placeholder(int)
+  c.model.head_dim = config_dict.placeholder(int)  # Dh; unset = D / H.
+  # RMSNorm on q and k: 'per_head' (Qwen3) | 'all_heads' (OLMoE); unset: none.
+  c.model.qk_norm = config_dict.placeholder(str)
 
   # Refuses a field that moved (e.g. moe.slots_per_expert), naming its place.
   c.moe = renames.MovedFieldGuard()

@@ -1,15 +1,16 @@
-"""Hugging Face config.json <-> moe_jax's ModelConfig, for the MoE families we convert.
+"""Hugging Face config.json <-> moe_jax's ModelConfig, for the MoE families
+of hf_families.py (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE).
 
-The families (Mixtral, Qwen2-MoE) differ in how they name their MoE parts
-(`Family`); the weights that follow these configs are mapped in hf_moe.py,
-whose docstring lists the conventions and what is refused.
+A config.json field that moe_jax cannot honour is refused in one line that
+names it; hf_moe.py's docstring lists them with the weight conventions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
+from moe_jax.convert.hf_families import (NUM_EXPERTS_KEYS, Family,
+                                         export_family, hf_family)
 from moe_jax.core.config import MoEConfig
 # HF's routing is softmax top-k: this converter depends on that router.
 from moe_jax.core.routing import topk
@@ -17,30 +18,32 @@ from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-  """How one Hugging Face architecture names its MoE parts."""
-  model_type: str
-  architecture: str
-  moe_prefix: str  # The MoE block inside a layer.
-  expert_names: tuple[str, str, str]  # HF names of (wi_gate, wi, wo).
-  num_experts_key: str
-  expert_width_key: str
+# -------------------------------------------------------------- import --
+
+class _Reader:
+  """config.json's values, or the family's default where a key is absent
+  (as transformers reads them); sizes without a default must be there."""
+
+  def __init__(self, hf: Mapping[str, Any], family: Family):
+    self.hf, self.family = hf, family
+
+  def __call__(self, key: str):
+    if key in self.hf:
+      return self.hf[key]
+    if key in self.family.defaults:
+      return self.family.defaults[key]
+    raise UserInputError(f'config.json has no {key!r}, which '
+                         f'{self.family.model_type} needs.')
+
+  def num_experts(self) -> int:
+    for key in NUM_EXPERTS_KEYS:
+      if self.hf.get(key) is not None:
+        return self.hf[key]
+    raise UserInputError(f'config.json has neither of {NUM_EXPERTS_KEYS}; '
+                         'an MoE config names its expert count.')
 
 
-MIXTRAL = Family('mixtral', 'MixtralForCausalLM', 'block_sparse_moe.',
-                 ('w1', 'w3', 'w2'), 'num_local_experts', 'intermediate_size')
-QWEN2_MOE = Family('qwen2_moe', 'Qwen2MoeForCausalLM', 'mlp.',
-                   ('gate_proj', 'up_proj', 'down_proj'), 'num_experts',
-                   'moe_intermediate_size')
-FAMILIES = {f.model_type: f for f in (MIXTRAL, QWEN2_MOE)}
-FFN_NAMES = ('wi_gate', 'wi', 'wo')
-DENSE_HF = ('gate_proj', 'up_proj', 'down_proj')
-
-
-# ------------------------------------------------------------- configs --
-
-def _rope_theta(hf: Mapping[str, Any]) -> float:
+def _rope_theta(hf: Mapping[str, Any], default: float) -> float:
   """θ from transformers 5's rope_parameters or the older rope_theta."""
   params = hf.get('rope_parameters') or {}
   scaling = hf.get('rope_scaling') or {}
@@ -51,25 +54,47 @@ def _rope_theta(hf: Mapping[str, Any]) -> float:
         f'RoPE scaling {kind!r} is not modelled; only the default rotary '
         'embedding imports (drop rope_scaling from config.json for short '
         'contexts).')
-  return float(params.get('rope_theta', hf.get('rope_theta', 10000.0)))
+  return float(params.get('rope_theta', hf.get('rope_theta', default)))
 
 
-def hf_family(hf: Mapping[str, Any]) -> Family:
-  kind = hf.get('model_type')
-  if kind not in FAMILIES:
-    raise UserInputError(
-        f'config.json model_type={kind!r} is not supported; import one of '
-        f'{sorted(FAMILIES)}.')
-  return FAMILIES[kind]
-
-
-def _first_dense_layers(hf: Mapping[str, Any]) -> int:
-  dense = sorted(hf.get('mlp_only_layers') or [])
+def _first_dense_layers(mlp_only_layers) -> int:
+  dense = sorted(mlp_only_layers or [])
   if dense != list(range(len(dense))):
     raise UserInputError(
         f'mlp_only_layers={dense} is not a prefix [0, 1, ..., k-1]; only '
         'leading dense layers are modelled (model.first_dense_layers).')
   return len(dense)
+
+
+def _refuse(get: _Reader, d: int, heads: int) -> None:
+  """One line naming the first config.json field we cannot honour."""
+  family = get.family
+  head_dim = get('head_dim')
+  refused = [
+      (get('hidden_act') != 'silu', f"hidden_act={get('hidden_act')!r}: only "
+       'SiLU (SwiGLU experts) is supported'),
+      (not family.head_dim and head_dim not in (None, d // heads),
+       f'head_dim={head_dim} differs from hidden_size / num_attention_heads '
+       f'= {d // heads}, which {family.model_type} does not allow'),
+      (family.window == 'refused' and get('use_sliding_window'),
+       'use_sliding_window=true is not modelled (its windows are per '
+       'layer); set it to false'),
+      (family.bias_key == 'attention_bias' and get('attention_bias'),
+       'attention_bias=true (a bias on o_proj too) is not modelled'),
+      ('clip_qkv' in family.defaults and get('clip_qkv') is not None,
+       f"clip_qkv={get.hf.get('clip_qkv')} (clamping q, k, v) is not "
+       'modelled'),
+  ]
+  for bad, text in refused:
+    if bad:
+      raise UserInputError(f'config.json {text}.')
+
+
+def _window(get: _Reader) -> int | None:
+  mode = get.family.window
+  if mode == 'always' or (mode == 'flag' and get('use_sliding_window')):
+    return get('sliding_window')
+  return None
 
 
 def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
@@ -79,55 +104,55 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
   eval_capacity_factor=1.0 for the capacity counterfactual.
   """
   family = hf_family(hf)
-  d, heads = hf['hidden_size'], hf['num_attention_heads']
-  if hf.get('head_dim') not in (None, d // heads):
-    raise UserInputError(
-        f"head_dim={hf['head_dim']} differs from hidden_size / "
-        f'num_attention_heads = {d // heads}; only D/H heads are modelled.')
-  if hf.get('hidden_act', 'silu') != 'silu':
-    raise UserInputError(f"hidden_act={hf['hidden_act']!r}: only SiLU "
-                         '(SwiGLU experts) is supported.')
-  qwen = family is QWEN2_MOE
-  if qwen and hf.get('use_sliding_window'):
-    raise UserInputError('use_sliding_window=true is not modelled; set it '
-                         'to false in config.json.')
-  width = hf[family.expert_width_key]
-  shared = hf.get('shared_expert_intermediate_size', 0) if qwen else 0
+  get = _Reader(hf, family)
+  d, heads = get('hidden_size'), get('num_attention_heads')
+  _refuse(get, d, heads)
+  width = get(family.expert_width_key)
+  shared = get('shared_expert_intermediate_size') if family.shared_expert else 0
   if shared % width:
     raise UserInputError(
         f'shared_expert_intermediate_size={shared} is not a multiple of '
         f'moe_intermediate_size={width}; shared experts are K_s experts of '
         'the routed width.')
+  # A family without norm_topk_prob (Mixtral) always renormalises.
+  renormalize = ('norm_topk_prob' not in family.defaults
+                 or bool(get('norm_topk_prob')))
   moe = dict(
-      num_experts=hf[family.num_experts_key], top_k=hf['num_experts_per_tok'],
+      num_experts=get.num_experts(), top_k=get('num_experts_per_tok'),
       router=topk.SPEC.name, expert_type='swiglu', d_ff=width,
-      dispatcher='dropless', router_options=topk.Options(
-          renormalize=bool(hf.get('norm_topk_prob', True)) if qwen else True),
+      dispatcher='dropless',
+      router_options=topk.Options(renormalize=renormalize),
       num_shared_experts=shared // width, shared_expert_gate=shared > 0,
-      load_balance_weight=float(hf.get('router_aux_loss_coef', 0.0)),
+      load_balance_weight=float(get('router_aux_loss_coef')),
       z_loss_weight=0.0)
   moe.update(moe_overrides)
-  kv_heads = hf.get('num_key_value_heads') or heads
+  kv_heads = get('num_key_value_heads') or heads
+  head_dim = get('head_dim')
   return ModelConfig(
-      vocab_size=hf['vocab_size'], d_model=d,
-      num_layers=hf['num_hidden_layers'], num_heads=heads,
+      vocab_size=get('vocab_size'), d_model=d,
+      num_layers=get('num_hidden_layers'), num_heads=heads,
       num_kv_heads=None if kv_heads == heads else kv_heads,
-      d_ff=hf['intermediate_size'],
-      max_len=hf.get('max_position_embeddings', 4096), position='rope',
-      moe_every=hf.get('decoder_sparse_step', 1) if qwen else 1,
-      first_dense_layers=_first_dense_layers(hf) if qwen else 0,
-      norm_eps=float(hf.get('rms_norm_eps', 1e-6)), rope_theta=_rope_theta(hf),
-      tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
-      qkv_bias=bool(hf.get('qkv_bias', True)) if qwen else False,
-      # Mixtral's window applies whenever it is set (Qwen2-MoE's only with
-      # use_sliding_window, refused above).
-      sliding_window=None if qwen else hf.get('sliding_window'),
-      moe=MoEConfig(**moe))
+      d_ff=get('intermediate_size'),
+      max_len=get('max_position_embeddings'), position='rope',
+      moe_every=get('decoder_sparse_step') if family.dense_layers else 1,
+      first_dense_layers=(_first_dense_layers(get('mlp_only_layers'))
+                          if family.dense_layers else 0),
+      norm_eps=float(get('rms_norm_eps')),
+      rope_theta=_rope_theta(hf, family.defaults['rope_theta']),
+      tie_embeddings=bool(get('tie_word_embeddings')),
+      qkv_bias=family.bias_key == 'qkv_bias' and bool(get('qkv_bias')),
+      sliding_window=_window(get),
+      head_dim=None if head_dim in (None, d // heads) else head_dim,
+      qk_norm=family.qk_norm, moe=MoEConfig(**moe))
 
+
+# -------------------------------------------------------------- export --
 
 def family_for(config: ModelConfig) -> Family:
   """The HF architecture that can hold `config`, or a one-line error."""
   c, m = config, config.moe
+  family = export_family(c)
+  name = family.architecture
   problems = [
       (m.spec is not topk.SPEC, f'moe.router={m.router!r} (HF routes '
        f'softmax top-k: router={topk.SPEC.name!r})'),
@@ -136,33 +161,31 @@ def family_for(config: ModelConfig) -> Family:
       (c.position != 'rope', f'model.position={c.position!r} (HF uses rope)'),
       (c.moe_every == 0, 'model.moe_every=0 (a dense model is not an MoE '
        'checkpoint)'),
+      (not family.shared_expert and m.num_shared_experts,
+       f'moe.num_shared_experts={m.num_shared_experts} ({name} has none)'),
+      (family.shared_expert and not m.shared_expert_gate,
+       f'moe.shared_expert_gate=False ({name} gates its shared expert)'),
+      (not family.dense_layers and (c.moe_every != 1 or c.first_dense_layers),
+       f'dense layers ({name} is MoE in every layer)'),
+      ('norm_topk_prob' not in family.defaults and m.spec is topk.SPEC and
+       not m.router_options.renormalize,
+       f'moe.router_options.{topk.SPEC.name}.renormalize=False ({name} '
+       'renormalises)'),
+      (c.qkv_bias and family.bias_key != 'qkv_bias',
+       f'model.qkv_bias=True ({name} has no q/k/v-only biases)'),
+      (c.sliding_window is not None and family.window in ('none', 'refused'),
+       f'model.sliding_window ({name} has no window in every layer)'),
+      (not family.head_dim and c.head_width != c.d_model // c.num_heads,
+       f'model.head_dim={c.head_dim} ({name} heads are D/H wide)'),
   ]
-  if m.num_shared_experts:  # Qwen2-MoE: gated shared expert, q/k/v biases.
-    family = QWEN2_MOE
-    problems += [(not m.shared_expert_gate, 'moe.shared_expert_gate=False '
-                  '(Qwen2-MoE gates its shared expert)'),
-                 (not c.qkv_bias, 'model.qkv_bias=False (Qwen2-MoE has '
-                  'q/k/v biases)'),
-                 (c.sliding_window is not None, 'model.sliding_window (its '
-                  "Qwen2-MoE form, use_sliding_window, is not modelled)")]
-  else:
-    family = MIXTRAL
-    problems += [
-        (c.moe_every != 1 or c.first_dense_layers,
-         'dense layers (Mixtral is MoE in every layer)'),
-        (m.spec is topk.SPEC and not m.router_options.renormalize,
-         f'moe.router_options.{topk.SPEC.name}.renormalize=False (Mixtral '
-         'renormalises)'),
-        (c.qkv_bias, 'model.qkv_bias=True (Mixtral has no biases)')]
   found = [text for bad, text in problems if bad]
   if found:
-    raise UserInputError(
-        f'cannot export as {family.architecture}: {"; ".join(found)}.')
+    raise UserInputError(f'cannot export as {name}: {"; ".join(found)}.')
   return family
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-  """The config.json of `config` (Mixtral, or Qwen2-MoE with shared experts)."""
+  """The config.json of `config`, in the family family_for picks."""
   c, m = config, config.moe
   family = family_for(c)
   hf = {
@@ -175,15 +198,23 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       family.num_experts_key: m.num_experts,
       'num_experts_per_tok': m.top_k,
       'router_aux_loss_coef': m.load_balance_weight,
+      family.expert_width_key: m.d_ff,
       'torch_dtype': 'float32',
   }
-  if family is MIXTRAL:
-    hf.update(intermediate_size=m.d_ff, sliding_window=c.sliding_window)
-  else:
-    hf.update(intermediate_size=c.d_ff, moe_intermediate_size=m.d_ff,
-              shared_expert_intermediate_size=m.num_shared_experts * m.d_ff,
-              decoder_sparse_step=c.moe_every,
-              mlp_only_layers=list(range(c.first_dense_layers)),
-              norm_topk_prob=m.router_options.renormalize, qkv_bias=True,
-              use_sliding_window=False)
+  if family.head_dim:
+    hf['head_dim'] = c.head_width
+  if 'norm_topk_prob' in family.defaults:
+    hf['norm_topk_prob'] = m.router_options.renormalize
+  if family.dense_layers:
+    hf.update(intermediate_size=c.d_ff, decoder_sparse_step=c.moe_every,
+              mlp_only_layers=list(range(c.first_dense_layers)))
+  if family.shared_expert:
+    hf['shared_expert_intermediate_size'] = m.num_shared_experts * m.d_ff
+  if family.bias_key:
+    hf[family.bias_key] = c.qkv_bias
+  if family.window == 'always':
+    hf['sliding_window'] = c.sliding_window
+  elif family.window in ('flag', 'refused'):
+    hf['use_sliding_window'] = c.sliding_window is not None
+    hf['sliding_window'] = c.sliding_window
   return hf

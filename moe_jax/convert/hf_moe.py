@@ -1,4 +1,5 @@
-"""Hugging Face Mixtral and Qwen2-MoE checkpoints <-> moe_jax, without PyTorch.
+"""Hugging Face Mixtral, Qwen2-MoE, OLMoE and Qwen3-MoE checkpoints <->
+moe_jax, without PyTorch.
 
 A Hugging Face model folder (`config.json` + `*.safetensors`) becomes a
 ModelConfig and the TransformerLM's parameters, and back. The conventions
@@ -12,29 +13,40 @@ tests/test_convert_hf_torch.py):
 - Rotary positions: HF's rotate_half pairs (x_i, x_{i+Dh/2}), as
   moe_jax.models.attention.rotary does, so q and k need no permutation.
 - SwiGLU experts: Mixtral's w1 (gate, through SiLU), w3 (up), w2 (down) and
-  Qwen's gate_proj / up_proj / down_proj are our wi_gate / wi / wo
-  (moe_jax/core/experts/mlp.py).
-- Routing: softmax over all experts, top-k, then renormalised (Mixtral) or
-  not (Qwen's norm_topk_prob=false): the top-k router (core/routing/topk.py,
-  imported below) with its renormalize option.
-  Imports use the dropless dispatcher, so no token is dropped, as in HF.
+  the others' gate_proj / up_proj / down_proj are our wi_gate / wi / wo
+  (moe_jax/core/experts/mlp.py). transformers 5's fused layout
+  (gate_up_proj, down_proj) also imports (hf_tensors.py); exports write
+  the original per-expert layout that every transformers version reads.
+- Routing: softmax over all experts, top-k, then renormalised (Mixtral, or
+  norm_topk_prob=true) or not: the top-k router (core/routing/topk.py) with
+  its renormalize option. Imports use the dropless dispatcher, so no token
+  is dropped, as in HF.
 - Qwen2-MoE's shared expert (width shared_expert_intermediate_size = K_s·F)
   is our K_s shared experts, scaled by sigmoid(x·w_s) (shared_expert_gate);
-  its q/k/v biases are qkv_bias; mlp_only_layers = [0..k-1] is
-  first_dense_layers = k and decoder_sparse_step is moe_every.
-- RMSNorm ε and RoPE θ come from the config.
+  its q/k/v biases are qkv_bias. In both Qwens mlp_only_layers = [0..k-1]
+  is first_dense_layers = k and decoder_sparse_step is moe_every.
+- QK-norm: OLMoE's q_norm [H·Dh] / k_norm [Hkv·Dh] (over all heads) and
+  Qwen3-MoE's [Dh] ones (per head) are model.qk_norm 'all_heads' /
+  'per_head' (models/norm.py); Qwen3's head_dim is model.head_dim.
+- Windows: Mixtral's sliding_window, and Qwen3-MoE's with
+  use_sliding_window=true, is model.sliding_window in every layer, as
+  transformers 5 masks it.
+- RMSNorm ε and RoPE θ come from the config; keys it leaves out take
+  transformers' defaults for the family (hf_families.py).
 
-Not supported (one-line error): RoPE scaling, another head_dim than D/H,
-activations other than SiLU, non-prefix mlp_only_layers, Qwen2-MoE's use_sliding_window. Mixtral's
-sliding_window is model.sliding_window: each position attends to the last W
-positions, as transformers masks it.
+Not supported (one-line error naming the field): RoPE scaling,
+activations other than SiLU, non-prefix mlp_only_layers, Qwen2-MoE's
+use_sliding_window (per-layer windows), attention_bias=true (an o_proj
+bias), OLMoE's clip_qkv, and a head_dim apart from D/H in Qwen2-MoE and
+OLMoE. A checkpoint whose tensors do not match its config.json (missing,
+extra, or of another shape) or that holds non-float tensors is refused
+before anything is converted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 
 import jax.numpy as jnp
@@ -42,87 +54,19 @@ import numpy as np
 from flax import nnx
 
 # The config half of the converter, re-exported: hf_moe is the public entry.
-from moe_jax.convert.hf_config import (DENSE_HF, FAMILIES, FFN_NAMES, MIXTRAL,  # pylint: disable=unused-import
-                                       QWEN2_MOE, Family, config_from_hf,
-                                       config_to_hf, family_for, hf_family)
+from moe_jax.convert.hf_config import (config_from_hf, config_to_hf,  # pylint: disable=unused-import
+                                       family_for)
+from moe_jax.convert.hf_families import FAMILIES, hf_family
+from moe_jax.convert.hf_tensors import (hf_shapes, is_fused, links, to_ours,
+                                        to_theirs)
 from moe_jax.convert.safetensors_dir import TensorReader, write_tensors
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.transformer import TransformerLM
 
-
-# ---------------------------------------------------------- parameters --
-
-@dataclasses.dataclass(frozen=True)
-class _Link:
-  """One of our parameters and the HF tensor(s) it is made of.
-
-  kind: 'same' (identical layout), 'vector' (HF 1-D, ours reshaped),
-  'linear<n>' (HF W [out, in]; ours [in..., out...] with n input axes) or
-  'experts' (one HF W [out, in] per expert, ours stacked [E, in, out]).
-  """
-  hf: tuple[str, ...]
-  path: tuple
-  kind: str
-
-
-def _links(config: ModelConfig, family: Family) -> list[_Link]:
-  c, m = config, config.moe
-  links = [_Link(('model.embed_tokens.weight',), ('embed',), 'same'),
-           _Link(('model.norm.weight',), ('final_norm', 'scale'), 'vector')]
-  if not c.tie_embeddings:
-    links.append(_Link(('lm_head.weight',), ('head',), 'linear1'))
-  for i in range(c.num_layers):
-    p, b = f'model.layers.{i}.', ('blocks', i)
-    links += [_Link((p + 'input_layernorm.weight',), b + ('attn_norm', 'scale'),
-                    'vector'),
-              _Link((p + 'post_attention_layernorm.weight',),
-                    b + ('ffn_norm', 'scale'), 'vector'),
-              _Link((p + 'self_attn.o_proj.weight',), b + ('attn', 'wo'),
-                    'linear2')]
-    for n in 'qkv':
-      links.append(_Link((p + f'self_attn.{n}_proj.weight',),
-                         b + ('attn', 'w' + n), 'linear1'))
-      if c.qkv_bias:
-        links.append(_Link((p + f'self_attn.{n}_proj.bias',),
-                           b + ('attn', 'b' + n), 'vector'))
-    ffn = b + ('ffn',)
-    if not c.is_moe_layer(i):
-      links += [_Link((p + f'mlp.{h}.weight',), ffn + (ours,), 'linear1')
-                for ours, h in zip(FFN_NAMES, DENSE_HF)]
-      continue
-    q = p + family.moe_prefix
-    links.append(_Link((q + 'gate.weight',), ffn + ('router_kernel',),
-                       'linear1'))
-    links += [_Link(tuple(q + f'experts.{e}.{h}.weight'
-                          for e in range(m.num_experts)), ffn + (ours,),
-                    'experts')
-              for ours, h in zip(FFN_NAMES, family.expert_names)]
-    if m.num_shared_experts:
-      links += [_Link((q + f'shared_expert.{h}.weight',),
-                      ffn + ('shared_' + ours,), 'linear1')
-                for ours, h in zip(FFN_NAMES, DENSE_HF)]
-    if m.shared_expert_gate:
-      links.append(_Link((q + 'shared_expert_gate.weight',),
-                         ffn + ('shared_gate',), 'linear1'))
-  return links
-
-
-def _ours(link: _Link, arrays: list[np.ndarray], shape) -> np.ndarray:
-  if link.kind == 'experts':
-    return np.stack([a.T for a in arrays])
-  if link.kind.startswith('linear'):
-    return arrays[0].T.reshape(shape)
-  return arrays[0].reshape(shape)
-
-
-def _theirs(link: _Link, array: np.ndarray) -> list[np.ndarray]:
-  if link.kind == 'experts':
-    return [w.T for w in array]
-  if link.kind.startswith('linear'):
-    n = int(link.kind[len('linear'):])
-    return [array.reshape(math.prod(array.shape[:n]), -1).T]
-  return [array.reshape(-1) if link.kind == 'vector' else array]
+# Buffers some older checkpoints saved; they hold nothing we need.
+_IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)
+_FLOAT_DTYPES = ('F16', 'BF16', 'F32', 'F64')
 
 
 def _get(tree, path):
@@ -142,9 +86,38 @@ def _abstract(config: ModelConfig):
                                                         rngs=nnx.Rngs(0))))
 
 
+def _check_tensors(reader: TensorReader, wanted: dict[str, tuple]) -> None:
+  """One line for the first tensor that is missing, extra, of another shape
+  or not a float, before anything is read."""
+  names = reader.names()
+  missing = sorted(set(wanted) - names)
+  if missing:
+    raise UserInputError(
+        f'the checkpoint has no tensor {missing[0]!r} ({len(missing)} '
+        'missing); its config.json does not match its weights (or it is not '
+        'a supported architecture).')
+  extra = sorted(n for n in names - set(wanted)
+                 if not n.endswith(_IGNORED_SUFFIXES))
+  if extra:
+    raise UserInputError(
+        f'the checkpoint has a tensor {extra[0]!r} ({len(extra)} extra) that '
+        'its config.json does not account for; the config does not match '
+        'the weights.')
+  for name, shape in wanted.items():
+    have, dtype = reader.info(name)
+    if have != shape:
+      raise UserInputError(
+          f'tensor {name!r} has shape {list(have)}, but config.json implies '
+          f'{list(shape)}; the config does not match the weights.')
+    if dtype not in _FLOAT_DTYPES:
+      raise UserInputError(f'tensor {name!r} is {dtype}; weights must be '
+                           f'one of {", ".join(_FLOAT_DTYPES)}.')
+
+
 def import_checkpoint(directory: str | pathlib.Path, dtype=np.float32,
                       **moe_overrides):
-  """(ModelConfig, params as a nested dict of numpy arrays) of an HF folder."""
+  """(ModelConfig, params as a nested dict of numpy arrays) of an HF folder,
+  in the per-expert or transformers 5's fused expert layout."""
   directory = pathlib.Path(directory)
   if not (directory / 'config.json').is_file():
     raise UserInputError(f'{directory}/config.json is missing; pass a '
@@ -154,10 +127,17 @@ def import_checkpoint(directory: str | pathlib.Path, dtype=np.float32,
   reader = TensorReader(directory)
   _, state = _abstract(config)
   shapes = nnx.to_pure_dict(state)
-  params = {}
-  for link in _links(config, hf_family(hf)):
-    arrays = [reader.get(name).astype(dtype) for name in link.hf]
-    _set(params, link.path, _ours(link, arrays, _get(shapes, link.path).shape))
+  plan = [(link, _get(shapes, link.path).shape) for link in
+          links(config, hf_family(hf), is_fused(reader.names()))]
+  _check_tensors(reader, {name: want for link, shape in plan for name, want
+                          in zip(link.hf, hf_shapes(link, shape))})
+  params, last = {}, ((), [])
+  for link, shape in plan:
+    # The fused gate_up_proj feeds two parameters: read it once.
+    arrays = last[1] if link.hf == last[0] else [
+        reader.get(name).astype(dtype) for name in link.hf]
+    last = (link.hf, arrays)
+    _set(params, link.path, to_ours(link, arrays, shape))
   return config, params
 
 
@@ -209,9 +189,9 @@ def export_checkpoint(config: ModelConfig, params, directory: str | pathlib.Path
   if isinstance(params, nnx.State):
     params = nnx.to_pure_dict(params)
   tensors = {}
-  for link in _links(config, FAMILIES[hf['model_type']]):
+  for link in links(config, FAMILIES[hf['model_type']]):
     array = np.asarray(_get(params, link.path)).astype(dtype)
-    tensors.update(zip(link.hf, _theirs(link, array)))
+    tensors.update(zip(link.hf, to_theirs(link, array)))
   directory = pathlib.Path(directory)
   names = write_tensors(directory, tensors, max_shard_bytes)
   hf['torch_dtype'] = np.dtype(dtype).name

@@ -40,6 +40,11 @@ class TensorReader:
   def names(self) -> set[str]:
     return set(self._where)
 
+  def info(self, name: str) -> tuple[tuple[int, ...], str]:
+    """(shape, safetensors dtype such as 'BF16') without reading the data."""
+    view = self._where[name].get_slice(name)
+    return tuple(view.get_shape()), view.get_dtype()
+
   def get(self, name: str) -> np.ndarray:
     if name not in self._where:
       raise UserInputError(

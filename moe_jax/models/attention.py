@@ -1,5 +1,5 @@
 """Causal self-attention (multi-head or grouped-query) with optional rotary
-positions."""
+positions, sliding window and QK-norm."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.layers.params import param
+from moe_jax.models.norm import qk_norm as make_qk_norm
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0):
@@ -40,13 +41,18 @@ class CausalSelfAttention(nnx.Module):
   al. 2023): each of the Hkv key/value heads serves num_heads / Hkv
   consecutive query heads (query head h reads kv head h // R), the grouping
   Hugging Face's repeat_kv uses.
+
+  head_dim: Dh when it is not D / H (Qwen3); qk_norm: None, 'per_head' or
+  'all_heads' (models/norm.py), with ε = norm_eps.
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope: bool,
                init_scale: float, rngs: nnx.Rngs, dtype=jnp.float32,
                num_kv_heads: int | None = None, rope_theta: float = 10000.0,
-               qkv_bias: bool = False, sliding_window: int | None = None):
-    h, dh = num_heads, d_model // num_heads
+               qkv_bias: bool = False, sliding_window: int | None = None,
+               head_dim: int | None = None, qk_norm: str | None = None,
+               norm_eps: float = 1e-6):
+    h, dh = num_heads, head_dim or d_model // num_heads
     hkv = num_kv_heads or num_heads
     # W: position i attends to j with i - W < j <= i (Mistral/Mixtral's
     # sliding window, as transformers masks it); None: all j <= i.
@@ -70,6 +76,12 @@ class CausalSelfAttention(nnx.Module):
     out_init = nnx.initializers.variance_scaling(
         init_scale, 'fan_in', 'truncated_normal', in_axis=(0, 1), out_axis=2)
     self.wo = param(rngs, out_init, (h, dh, d_model), ('heads', 'kv', 'embed'))
+    # RMSNorm of q and k after the projection, before RoPE (OLMoE: over all
+    # heads at once; Qwen3: per head); models/norm.py.
+    self.qk_norm = qk_norm
+    if qk_norm is not None:
+      self.q_norm = make_qk_norm(qk_norm, h, dh, rngs=rngs, eps=norm_eps)
+      self.k_norm = make_qk_norm(qk_norm, hkv, dh, rngs=rngs, eps=norm_eps)
 
   def _project(self, x, name):
     y = jnp.einsum('bld,dhk->blhk', x, getattr(self, 'w' + name)[...].astype(
@@ -78,11 +90,18 @@ class CausalSelfAttention(nnx.Module):
       y = y + getattr(self, 'b' + name)[...].astype(self.dtype)
     return y
 
+  def _qkv(self, x):
+    """x [B, L, D] -> q [B, L, H, Dh], k and v [B, L, Hkv, Dh], before RoPE."""
+    q, k, v = (self._project(x, n) for n in 'qkv')
+    if self.qk_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    return q, k, v
+
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [B, L, D] -> [B, L, D]."""
     dt = self.dtype
     x = x.astype(dt)
-    q, k, v = (self._project(x, n) for n in 'qkv')  # [B, L, H or Hkv, Dh]
+    q, k, v = self._qkv(x)  # [B, L, H or Hkv, Dh]
     length = x.shape[1]
     if self.rope:
       positions = jnp.arange(length)
@@ -126,7 +145,7 @@ class CausalSelfAttention(nnx.Module):
     """
     dt = self.dtype
     x = x.astype(dt)
-    q, k, v = (self._project(x, n) for n in 'qkv')  # [B, L, H or Hkv, Dh]
+    q, k, v = self._qkv(x)  # [B, L, H or Hkv, Dh]
     if self.rope:  # At each token's own position, not its index in x.
       q = rotary(q, positions, self.rope_theta)
       k = rotary(k, positions, self.rope_theta)

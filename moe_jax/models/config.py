@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from moe_jax.core.config import MoEConfig
 from moe_jax.errors import (UserInputError, check_bool, check_choice,
                             check_non_negative, check_positive, require)
+from moe_jax.models.norm import QK_NORMS
 
 POSITIONS = ('rope', 'learned')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -45,6 +46,13 @@ class ModelConfig:
     qkv_bias: biases on the q, k and v projections (Qwen2-MoE).
     sliding_window: W, each position attends only to the last W positions
       (itself included; Mistral/Mixtral); None: the whole causal context.
+    head_dim: Dh, the width of each attention head; None: d_model /
+      num_heads. Qwen3 sets it apart (e.g. 128 with D/H = 64), so q, k and v
+      project D to H·Dh and the output H·Dh back to D.
+    qk_norm: RMSNorm on queries and keys after their projections, before
+      RoPE: 'per_head' (Qwen3: each head over its Dh, one [Dh] scale) or
+      'all_heads' (OLMoE: the whole H·Dh projection, an [H, Dh] scale);
+      None: no norm.
   """
 
   vocab_size: int = 256
@@ -65,18 +73,25 @@ class ModelConfig:
   first_dense_layers: int = 0
   qkv_bias: bool = False
   sliding_window: int | None = None
+  head_dim: int | None = None
+  qk_norm: str | None = None
 
   def __post_init__(self):
     for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
                  'max_len'):
       check_positive(f'model.{name}', getattr(self, name))
-    require(self.d_model % self.num_heads == 0, 'model.num_heads',
-            self.num_heads, f'divide model.d_model={self.d_model}')
+    if self.head_dim is None:
+      require(self.d_model % self.num_heads == 0, 'model.num_heads',
+              self.num_heads, f'divide model.d_model={self.d_model}',
+              fix='or set model.head_dim')
+    else:
+      check_positive('model.head_dim', self.head_dim,
+                     fix='or leave it unset for d_model / num_heads')
     check_choice('model.position', self.position, POSITIONS)
-    if self.position == 'rope' and (self.d_model // self.num_heads) % 2:
+    if self.position == 'rope' and self.head_width % 2:
       # Two fields at once: not a check of one value.
       raise UserInputError('rotary positions need an even head width '
-                           '(d_model / num_heads).')
+                           '(model.head_dim, or d_model / num_heads).')
     check_choice('model.dtype', self.dtype, tuple(DTYPES))
     check_non_negative('model.moe_every', self.moe_every, fix='0 is dense')
     if self.sliding_window is not None:
@@ -100,6 +115,7 @@ class ModelConfig:
       require(isinstance(value, (int, float)) and not isinstance(value, bool)
               and 0 < value < float('inf'), f'model.{name}', value,
               f'be a finite number > 0 (e.g. {example})')
+    check_choice('model.qk_norm', self.qk_norm, (None, *QK_NORMS))
     first = self.first_dense_layers
     require(isinstance(first, int) and 0 <= first <= self.num_layers,
             'model.first_dense_layers', first,
@@ -129,6 +145,11 @@ class ModelConfig:
   def kv_heads(self) -> int:
     """Hkv: num_kv_heads, or num_heads when it is unset."""
     return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_width(self) -> int:
+    """Dh: head_dim, or d_model / num_heads when it is unset."""
+    return self.head_dim or self.d_model // self.num_heads
 
   @property
   def num_moe_layers(self) -> int:

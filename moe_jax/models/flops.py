@@ -85,5 +85,5 @@ def for_model(config, active_params: int, seq_len: int) -> int:
   return train_flops_per_token(
       active_params - lookups, config.vocab_size * config.d_model,
       tied_embeddings=config.tie_embeddings, num_layers=config.num_layers,
-      num_heads=config.num_heads, head_dim=config.d_model // config.num_heads,
+      num_heads=config.num_heads, head_dim=config.head_width,
       seq_len=seq_len)

@@ -28,7 +28,7 @@ class KVCache(NamedTuple):
   @classmethod
   def zeros(cls, config: ModelConfig, batch: int, length: int) -> KVCache:
     """An empty cache of `length` (Lmax) slots for `batch` sequences."""
-    shape = (batch, length, config.kv_heads, config.d_model // config.num_heads)
+    shape = (batch, length, config.kv_heads, config.head_width)
     dt = config.compute_dtype
     layers = range(config.num_layers)
     return cls(tuple(jnp.zeros(shape, dt) for _ in layers),

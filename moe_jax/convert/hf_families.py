@@ -1,0 +1,115 @@
+"""The Hugging Face MoE families we convert, and what sets them apart.
+
+Each Family says how its config.json and tensors name the MoE parts, which
+of moe_jax's features it has (QK-norm, a shared expert, dense layers, a
+sliding window) and transformers' defaults for the keys a config.json may
+leave out (HF reads a missing key as its config class's default, so we do
+too; tests/test_convert_hf_torch.py checks the table against transformers).
+hf_config.py maps configs with it, hf_tensors.py weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from moe_jax.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How one Hugging Face architecture names and shapes its parts.
+
+  Attributes:
+    model_type, architecture: config.json's model_type and architectures.
+    moe_prefix: the MoE block inside a layer, in the per-expert layout.
+    expert_names: HF names of our (wi_gate, wi, wo) in each expert.
+    num_experts_key: the key exports write (imports read either spelling).
+    expert_width_key: the routed experts' width F.
+    defaults: transformers' class defaults of the keys read with a default.
+    qk_norm: the model.qk_norm the family uses (None: no QK-norm).
+    shared_expert: a sigmoid-gated shared expert (Qwen2-MoE).
+    dense_layers: decoder_sparse_step and mlp_only_layers place dense
+      layers, whose width is intermediate_size.
+    window: how config.json's sliding_window reaches the model: 'always'
+      (Mixtral: whenever set), 'flag' (only with use_sliding_window, in
+      every layer), 'refused' (use_sliding_window is per-layer: refused) or
+      'none' (the family has no window).
+    bias_key: 'qkv_bias' (q/k/v biases, our model.qkv_bias), 'attention_bias'
+      (q/k/v and o biases: refused when true) or None.
+    head_dim: whether config.json's head_dim may differ from D/H.
+  """
+  model_type: str
+  architecture: str
+  moe_prefix: str
+  expert_names: tuple[str, str, str]
+  num_experts_key: str
+  expert_width_key: str
+  defaults: Mapping[str, Any]
+  qk_norm: str | None = None
+  shared_expert: bool = False
+  dense_layers: bool = False
+  window: str = 'none'
+  bias_key: str | None = None
+  head_dim: bool = False
+
+
+_SWIGLU = ('gate_proj', 'up_proj', 'down_proj')
+_COMMON = dict(hidden_act='silu', tie_word_embeddings=False, head_dim=None)
+_QWEN = dict(_COMMON, rope_theta=1e4, rms_norm_eps=1e-6,
+             max_position_embeddings=32768, router_aux_loss_coef=0.001,
+             norm_topk_prob=False, use_sliding_window=False,
+             decoder_sparse_step=1, mlp_only_layers=None)
+
+MIXTRAL = Family(
+    'mixtral', 'MixtralForCausalLM', 'block_sparse_moe.', ('w1', 'w3', 'w2'),
+    'num_local_experts', 'intermediate_size', dict(
+        _COMMON, rope_theta=1e6, rms_norm_eps=1e-5, num_key_value_heads=8,
+        max_position_embeddings=4096 * 32, router_aux_loss_coef=0.001,
+        sliding_window=None),
+    window='always', head_dim=True)
+QWEN2_MOE = Family(
+    'qwen2_moe', 'Qwen2MoeForCausalLM', 'mlp.', _SWIGLU, 'num_experts',
+    'moe_intermediate_size', dict(
+        _QWEN, num_key_value_heads=16, qkv_bias=True,
+        shared_expert_intermediate_size=5632),
+    shared_expert=True, dense_layers=True, window='refused',
+    bias_key='qkv_bias')
+OLMOE = Family(
+    'olmoe', 'OlmoeForCausalLM', 'mlp.', _SWIGLU, 'num_experts',
+    'intermediate_size', dict(
+        _COMMON, rope_theta=1e4, rms_norm_eps=1e-5, num_key_value_heads=None,
+        max_position_embeddings=4096, router_aux_loss_coef=0.01,
+        norm_topk_prob=False, attention_bias=False, clip_qkv=None),
+    qk_norm='all_heads', bias_key='attention_bias')
+QWEN3_MOE = Family(
+    'qwen3_moe', 'Qwen3MoeForCausalLM', 'mlp.', _SWIGLU, 'num_experts',
+    'moe_intermediate_size', dict(
+        _QWEN, num_key_value_heads=4, attention_bias=False,
+        sliding_window=4096),
+    qk_norm='per_head', dense_layers=True, window='flag',
+    bias_key='attention_bias', head_dim=True)
+
+FAMILIES = {f.model_type: f for f in (MIXTRAL, QWEN2_MOE, OLMOE, QWEN3_MOE)}
+# The two spellings of E: transformers maps each to the other per family.
+NUM_EXPERTS_KEYS = ('num_experts', 'num_local_experts')
+
+
+def hf_family(hf: Mapping[str, Any]) -> Family:
+  """The Family of a config.json (as a dict), or a one-line error."""
+  kind = hf.get('model_type')
+  if kind not in FAMILIES:
+    raise UserInputError(
+        f'config.json model_type={kind!r} is not supported; import one of '
+        f'{sorted(FAMILIES)}.')
+  return FAMILIES[kind]
+
+
+def export_family(config) -> Family:
+  """The family a ModelConfig exports as: its QK-norm names OLMoE or
+  Qwen3-MoE; otherwise shared experts make it Qwen2-MoE, else Mixtral.
+  (hf_config.family_for then checks that the family can hold it.)"""
+  by_norm = {f.qk_norm: f for f in (OLMOE, QWEN3_MOE)}
+  if config.qk_norm is not None:
+    return by_norm[config.qk_norm]
+  return QWEN2_MOE if config.moe.num_shared_experts else MIXTRAL
