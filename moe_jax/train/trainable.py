@@ -85,7 +85,9 @@ class FullModel:
   def step_fn(self, graphdef, tx, shardings, batch_sh, mesh):
     """(state, batch) -> (state, metrics): the jitted train step."""
     return jax.jit(
-        functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx),
+        functools.partial(
+            step_lib.train_step, graphdef=graphdef, tx=tx,
+            grad_accum_steps=self._config.train.grad_accum_steps),
         in_shardings=(shardings, batch_sh),
         out_shardings=(shardings, placement.replicated(mesh)),
         donate_argnums=0)

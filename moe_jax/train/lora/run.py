@@ -122,8 +122,10 @@ class LoraRun:
     """(state, batch) -> (state, metrics): the jitted step on the adapters."""
     frozen, frozen_sh = self._frozen
     fn = jax.jit(
-        functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx,
-                          lora_scale=self.scale),
+        functools.partial(
+            step_lib.train_step, graphdef=graphdef, tx=tx,
+            lora_scale=self.scale,
+            grad_accum_steps=self._config.train.grad_accum_steps),
         in_shardings=(shardings, batch_sh, frozen_sh),
         out_shardings=(shardings, placement.replicated(mesh)),
         donate_argnums=0)
