@@ -8,7 +8,9 @@ random bytes) at train.grad_accum_steps = 1 and = N, same parameters and
 batch, with SGD at learning rate 1 so that each parameter's move is its
 gradient. Prints the largest absolute difference of the loss, of the
 per-layer balance and z-losses, of the gradient and of the router state
-(the sign rule's bias), and the gradient's scale. 'lora' trains rank-2
+(the sign rule's bias), and the gradient's scale; floor_grad is the
+rounding floor, how far the N = 1 gradient moves when the batch's rows are
+reversed (the same sums in another order). 'lora' trains rank-2
 adapters beside a frozen base; the last row is switch with
 moe.balance_loss_scope='micro_batch', the per-micro-batch balance that
 N = 1 is not. --mesh runs the N-step on that (data, expert, model) mesh,
@@ -20,6 +22,7 @@ tests/_parallel_accumulate.py runs the same steps.
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import sys
 
@@ -48,7 +51,13 @@ ROUTERS = {
     'topk': ('configs/switch_top1.py',
              {'moe.router': 'topk', 'moe.top_k': 2, **BALANCE}),
     'sigmoid_bias': ('configs/sigmoid_loss_free.py', BALANCE),
-    'expert_choice': ('configs/expert_choice.py', {}),
+    # c = E: every expert takes every token of its window. Expert choice
+    # compares probabilities across tokens, and at c = 2 a near-tie that
+    # another batch shape rounds the other way flips a choice (on the
+    # (2, 4, 1) mesh, 4 of 48 micro-batch layers over 6 batches): rounding,
+    # not accumulation, which splits no routing group.
+    'expert_choice': ('configs/expert_choice.py',
+                      {'moe.capacity_factor': 8.0}),
     # LoRA adapters beside a frozen base: gradients through LoRA's merge.
     'lora': ('configs/switch_top1.py',
              {'lora.rank': 2, 'lora.targets': ('attention', 'experts'),
@@ -80,13 +89,15 @@ def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
   return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:]}
 
 
-def one_step(config, mesh=None) -> dict[str, np.ndarray]:
-  """One SGD(1) train step: {'grad/<param>', 'router/<state>', metrics}.
+def one_step(config, mesh=None, batches=None) -> list[dict[str, np.ndarray]]:
+  """One SGD(1) train step from the initial state per batch: for each,
+  {'grad/<param>', 'router/<state>', the step's metrics}.
 
   With lora.rank > 0 the step trains adapters (lora.targets) beside the
   frozen initial parameters, and 'grad/' holds the adapters' gradients.
   mesh: run the step under this mesh, parameters and batch placed as the
   trainer places them; None: on one device, without a mesh.
+  batches: default [random_batch(config)]; one compiled step serves all.
   """
   mcfg = setup.model_config(config)
   place = mesh or mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -101,23 +112,31 @@ def one_step(config, mesh=None) -> dict[str, np.ndarray]:
   tx = optax.sgd(1.0)
   state = state.replace(opt_state=tx.init(state.params))
   before = _flat(state.params)
-  batch = random_batch(config)
   step = lambda s, b: train_step(
       s, b, frozen, graphdef=graphdef, tx=tx, lora_scale=scale,
       grad_accum_steps=config.train.grad_accum_steps)
   if mesh is None:
-    new, metrics = jax.jit(step)(state, batch)
+    run = functools.partial(jax.jit(step), state)
   else:
-    batch_sh = placement.batch_shardings(mesh, batch)
-    with jax.set_mesh(mesh):
-      new, metrics = jax.jit(step, in_shardings=(shardings, batch_sh))(
-          state, placement.shard_batch(batch, batch_sh))
-  after = _flat(new.params)
-  out = {f'grad/{k}': before[k] - after[k] for k in before}
-  out.update({f'router/{k}': v for k, v in
-              _flat(new.router_states()).items()})
-  out.update({k: np.asarray(v) for k, v in jax.device_get(metrics).items()})
-  return out
+    batch_sh = placement.batch_shardings(mesh, random_batch(config))
+    # SGD keeps no state: a prefix sharding covers its empty tree.
+    shardings = shardings.replace(opt_state=placement.replicated(mesh))
+    jitted = jax.jit(step, in_shardings=(shardings, batch_sh))
+
+    def run(batch):
+      with jax.set_mesh(mesh):
+        return jitted(state, placement.shard_batch(batch, batch_sh))
+
+  results = []
+  for batch in batches or [random_batch(config)]:
+    new, metrics = run(batch)
+    after = _flat(new.params)
+    out = {f'grad/{k}': before[k] - after[k] for k in before}
+    out.update({f'router/{k}': v for k, v in
+                _flat(new.router_states()).items()})
+    out.update({k: np.asarray(v) for k, v in jax.device_get(metrics).items()})
+    results.append(out)
+  return results
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -155,12 +174,18 @@ def main():
           if args.mesh else None)
   rows = []
   for name in ROUTERS:
-    one = one_step(config_for(name, 1))
-    many = one_step(config_for(name, args.steps),
-                    None if name == 'lora' else mesh)
-    rows.append({'router': name, **differences(one, many)})
+    batch = random_batch(config_for(name))
+    # The noise floor: the same N = 1 step on the batch's rows reversed, the
+    # same sums in another order.
+    reversed_rows = {k: v[::-1] for k, v in batch.items()}
+    one, floor = one_step(config_for(name, 1), batches=[batch, reversed_rows])
+    [many] = one_step(config_for(name, args.steps),
+                      None if name == 'lora' else mesh)
+    rows.append({'router': name, **differences(one, many),
+                 'floor_grad': differences(one, floor)['grad']})
   common.print_table(rows, ['router', 'loss', 'balance_loss', 'z_loss',
-                            'grad', 'router_state', 'grad_scale'])
+                            'grad', 'router_state', 'grad_scale',
+                            'floor_grad'])
   common.write_json(args.out, {'steps': args.steps, 'mesh': args.mesh or None,
                                'batch_size': BATCH, 'rows': rows})
 

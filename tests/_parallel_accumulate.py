@@ -24,7 +24,6 @@ import io
 import pathlib
 import shutil
 import sys
-import tempfile
 
 import jax
 import numpy as np
@@ -51,7 +50,7 @@ def steps(out: pathlib.Path) -> None:
       runs['1'] = (1, None)
     for suffix, (n, on) in runs.items():
       np.savez(out / f'{name}_{suffix}.npz',
-               **accumulation.one_step(accumulation.config_for(name, n), on))
+               **accumulation.one_step(accumulation.config_for(name, n), on)[0])
 
 
 def _train(config, workdir: pathlib.Path) -> str:
@@ -93,13 +92,8 @@ def main(out_dir: str) -> None:
   testlib.require_devices(8)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  cache = tempfile.mkdtemp(prefix='jax_cache_', dir=out)
-  jax.config.update('jax_compilation_cache_dir', cache)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   steps(out)
   resume(out)
-  shutil.rmtree(cache)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,9 @@ is further away than the tolerance; a run resumed with N = 4 continues.
 
 The work runs once in a subprocess of tests/_parallel_accumulate.py on 8
 CPU devices (see its docstring). Steps use SGD at learning rate 1, so a
-parameter's move is its gradient: 'grad/...' below is the gradient.
+parameter's move is its gradient: 'grad/...' below is the gradient. Expert
+choice runs at c = E, where its choices do not hinge on near-ties between
+tokens (benchmarks/accumulation.py says why).
 """
 
 import pathlib
@@ -54,7 +56,9 @@ def test_four_micro_batches_equal_one_batch(results, router, mesh):
   assert sum(k.startswith('grad/') for k in keys) > 10
   assert sorted(k for k in four if k in keys) == sorted(keys)
   for key in keys:
-    np.testing.assert_allclose(four[key], one[key], atol=ATOL, rtol=0,
+    # Relative too: a loss of ~6 summed over 1024 tokens in float32 at
+    # XLA's optimisation level 0 differs by ~7e-6 with any change of order.
+    np.testing.assert_allclose(four[key], one[key], atol=ATOL, rtol=ATOL,
                                err_msg=f'{router}{mesh}: {key}')
 
 

@@ -98,6 +98,7 @@ def test_group_size_must_fit_a_micro_batch(tmp_path):
     ('configs/sigmoid_quantile.py', "bias_update='quantile'"),
     ('configs/relu_router.py', "router='relu'"),
     ('configs/gshard_adaptive_balance.py', 'adaptive_balance'),
+    ('configs/noisy_topk.py', 'CV² losses'),
 ])
 def test_batch_pooled_state_is_refused(config_file, words, tmp_path):
   config = testlib.tiny_config(config_file, {'train.grad_accum_steps': 2})

@@ -14,8 +14,9 @@ state and parameters after the update):
   each expert got) and P (the mean router probability) over the batch, and
   the product of two pooled means is not the mean of per-micro-batch
   products. Computing it per micro-batch (`moe.balance_loss_scope=
-  'micro_batch'`, which also splits by data shard) is the pooling
-  torchtitan and Megatron-LM had before they added global-batch balance.
+  'micro_batch'`, which also splits by data shard) is what Qiu et al. 2025
+  (arXiv 2501.11873) call the micro-batch balance loss of most frameworks;
+  their global-batch form synchronises f across micro-batches, as here.
   For the default 'global' scope: f carries no gradient (it counts
   choices), so with f fixed the loss is linear in P = mean_i P_i, and
   E·Σ_e f_e·P_e = mean_i E·Σ_e f_e·P_{i,e}. With f the whole batch's, each

@@ -133,6 +133,7 @@ NOISE_KERNEL = registry.ExtraParam(
     'noise_kernel', lambda config, d: (d, config.num_experts),
     jax.nn.initializers.zeros, ('embed', None))
 
+
 def _batch_pooled(config) -> str | None:
   o = config.router_options
   if o.importance_weight > 0 or o.load_cv_weight > 0:
