@@ -1,7 +1,7 @@
 """Gradient accumulation: how far N micro-batches are from one batch.
 
   python benchmarks/accumulation.py [--steps=4] [--mesh=2,4,1] \
-      [--out=runs/benchmarks/accumulation.json]
+      [--time=ROUNDS] [--out=runs/benchmarks/accumulation.json]
 
 One train step of each router's tiny config (both blocks MoE, batch 32 of
 random bytes) at train.grad_accum_steps = 1 and = N, same parameters and
@@ -16,7 +16,10 @@ moe.balance_loss_scope='micro_batch', the per-micro-batch balance that
 N = 1 is not. --mesh runs the N-step on that (data, expert, model) mesh,
 LoRA's on one device (set
 XLA_FLAGS=--xla_force_host_platform_device_count=<devices> on CPU).
-tests/_parallel_accumulate.py runs the same steps.
+--time also times the full-size switch_top1 step (batch 16 × 128) at N = 1
+and at N with its balance loss weighted (the counting forward pass runs)
+and at weight 0 (it does not). tests/_parallel_accumulate.py runs the same
+steps as the table.
 """
 
 from __future__ import annotations
@@ -89,15 +92,14 @@ def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
   return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:]}
 
 
-def one_step(config, mesh=None, batches=None) -> list[dict[str, np.ndarray]]:
-  """One SGD(1) train step from the initial state per batch: for each,
-  {'grad/<param>', 'router/<state>', the step's metrics}.
+def stepper(config, mesh=None):
+  """(initial state, run): run(batch) -> (new state, metrics) is one jitted
+  SGD(1) train step from that state.
 
   With lora.rank > 0 the step trains adapters (lora.targets) beside the
-  frozen initial parameters, and 'grad/' holds the adapters' gradients.
-  mesh: run the step under this mesh, parameters and batch placed as the
-  trainer places them; None: on one device, without a mesh.
-  batches: default [random_batch(config)]; one compiled step serves all.
+  frozen initial parameters. mesh: run the step under this mesh,
+  parameters and batch placed as the trainer places them; None: on one
+  device, without a mesh.
   """
   mcfg = setup.model_config(config)
   place = mesh or mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -111,22 +113,29 @@ def one_step(config, mesh=None, batches=None) -> list[dict[str, np.ndarray]]:
         config.lora.rank))
   tx = optax.sgd(1.0)
   state = state.replace(opt_state=tx.init(state.params))
-  before = _flat(state.params)
   step = lambda s, b: train_step(
       s, b, frozen, graphdef=graphdef, tx=tx, lora_scale=scale,
       grad_accum_steps=config.train.grad_accum_steps)
   if mesh is None:
-    run = functools.partial(jax.jit(step), state)
-  else:
-    batch_sh = placement.batch_shardings(mesh, random_batch(config))
-    # SGD keeps no state: a prefix sharding covers its empty tree.
-    shardings = shardings.replace(opt_state=placement.replicated(mesh))
-    jitted = jax.jit(step, in_shardings=(shardings, batch_sh))
+    return state, functools.partial(jax.jit(step), state)
+  batch_sh = placement.batch_shardings(mesh, random_batch(config))
+  # SGD keeps no state: a prefix sharding covers its empty tree.
+  shardings = shardings.replace(opt_state=placement.replicated(mesh))
+  jitted = jax.jit(step, in_shardings=(shardings, batch_sh))
 
-    def run(batch):
-      with jax.set_mesh(mesh):
-        return jitted(state, placement.shard_batch(batch, batch_sh))
+  def run(batch):
+    with jax.set_mesh(mesh):
+      return jitted(state, placement.shard_batch(batch, batch_sh))
 
+  return state, run
+
+
+def one_step(config, mesh=None, batches=None) -> list[dict[str, np.ndarray]]:
+  """stepper's step from the initial state on each batch (default
+  [random_batch(config)]): {'grad/<param>' (with LoRA, the adapters'),
+  'router/<state>', the step's metrics} per batch."""
+  state, run = stepper(config, mesh)
+  before = _flat(state.params)
   results = []
   for batch in batches or [random_batch(config)]:
     new, metrics = run(batch)
@@ -137,6 +146,24 @@ def one_step(config, mesh=None, batches=None) -> list[dict[str, np.ndarray]]:
     out.update({k: np.asarray(v) for k, v in jax.device_get(metrics).items()})
     results.append(out)
   return results
+
+
+def step_times(steps: int, rounds: int) -> list[dict]:
+  """ms per train step of the full-size switch config (batch 16 × 128):
+  N = 1, and N = steps with the balance loss weighted (the counting pass
+  runs) and at weight 0 (it does not), timed interleaved."""
+  runs = {}
+  for name, n, weight in (('N=1', 1, 0.1), (f'N={steps}', steps, 0.1),
+                          (f'N={steps}, α=0', steps, 0.0)):
+    config = load_config_file(f'{REPO}/configs/switch_top1.py')
+    config.moe.load_balance_weight = weight
+    config.train.grad_accum_steps = n
+    _, run = stepper(config)
+    batch = random_batch(config)
+    runs[name] = lambda run=run, batch=batch: jax.block_until_ready(run(batch))
+  seconds = common.time_interleaved(runs, rounds=rounds)
+  return [{'step': name, 'step_ms': 1e3 * t,
+           'over_N=1': t / seconds['N=1']} for name, t in seconds.items()]
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -168,6 +195,9 @@ def main():
   parser.add_argument('--steps', type=int, default=4)
   parser.add_argument('--mesh', default='',
                       help='(data, expert, model) for the N-step, e.g. 2,4,1')
+  parser.add_argument('--time', type=int, default=0, metavar='ROUNDS',
+                      help='also time the full-size switch step, N=1 '
+                      'against N=steps with and without the counting pass')
   parser.add_argument('--out', default=common.default_out('accumulation'))
   args = parser.parse_args()
   mesh = (mesh_lib.make_mesh(tuple(int(s) for s in args.mesh.split(',')))
@@ -186,8 +216,12 @@ def main():
   common.print_table(rows, ['router', 'loss', 'balance_loss', 'z_loss',
                             'grad', 'router_state', 'grad_scale',
                             'floor_grad'])
+  times = step_times(args.steps, args.time) if args.time else []
+  if times:
+    common.print_table(times, ['step', 'step_ms', 'over_N=1'])
   common.write_json(args.out, {'steps': args.steps, 'mesh': args.mesh or None,
-                               'batch_size': BATCH, 'rows': rows})
+                               'batch_size': BATCH, 'rows': rows,
+                               'step_times': times})
 
 
 if __name__ == '__main__':
