@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
   out = tmp_path_factory.mktemp('parallel_accumulate')
-  run_device_script(SCRIPT, out, 8, timeout=1200, fast_compile=True)
+  run_device_script(SCRIPT, out, 8, timeout=1800, fast_compile=True)
   return out
 
 
