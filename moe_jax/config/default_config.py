@@ -188,6 +188,9 @@ def get_default_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 600  # Optimizer steps.
+  # N: each step's batch runs as N micro-batches in one scan (memory of one),
+  # with the balance statistics of the whole batch (train/accumulate.py).
+  c.train.grad_accum_steps = 1
   c.train.log_every = 25  # Steps between metric lines.
   c.train.eval_every = 200  # Steps between validation passes (and at end).
   # Validation batches per pass during training, spread evenly over the

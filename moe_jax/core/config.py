@@ -71,8 +71,10 @@ class MoEConfig:
       and the chunk causal Soft MoE mixes; must divide the sequence length.
     balance_loss_scope: where f and P of the load-balance loss are pooled:
       'global' (every group of the batch, the default and the original
-      behaviour), 'micro_batch' (per data-parallel shard, then averaged) or
-      'sequence' (per group, then averaged). See losses.py.
+      behaviour; with train.grad_accum_steps > 1, every micro-batch of the
+      step too), 'micro_batch' (per data-parallel shard, and per
+      accumulation micro-batch, then averaged) or 'sequence' (per group,
+      then averaged). See losses.py.
     num_shared_experts: K_s always-on shared experts of width d_ff each
       (DeepSeekMoE), run as one dense FFN of width K_s·d_ff beside the
       routed experts; 0: none. See config/fine_grained.py for the split helper.
@@ -334,7 +336,16 @@ class MoEConfig:
                              scope=self.balance_loss_scope)
 
   def route(self, inputs: routing.RouterInputs, *, train: bool,
-            capacity: int | None, key=None):
-    """The router on `inputs`: (plan, aux), this config's options bound."""
+            capacity: int | None, key=None, balance_fraction=None):
+    """The router on `inputs`: (plan, aux), this config's options bound.
+
+    balance_fraction: float [N] the f of a 'global' balance loss taken from
+    the whole step's batch (gradient accumulation's micro-batches,
+    train/accumulate.py), or None: this batch's own.
+    """
+    balance_fn = self.balance_fn
+    if balance_fraction is not None and self.balance_loss_scope == 'global':
+      balance_fn = functools.partial(losses.load_balance_loss,
+                                     fraction=balance_fraction)
     return self.spec.route(inputs, self, train=train, capacity=capacity,
-                           key=key, balance_fn=self.balance_fn)
+                           key=key, balance_fn=balance_fn)

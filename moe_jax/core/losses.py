@@ -8,7 +8,17 @@ import jax.numpy as jnp
 from moe_jax.core.plan import expert_counts
 
 
-def load_balance_loss(probs: jax.Array, expert_index: jax.Array) -> jax.Array:
+def choice_counts(expert_index: jax.Array, num_outputs: int) -> jax.Array:
+  """int32 [E]: how many of the choices in expert_index [..., K] picked each
+  of the num_outputs router outputs (f_e of the balance loss is this over
+  the number of choices)."""
+  rows = expert_index.shape[0] if expert_index.ndim > 1 else 1
+  counts = expert_counts(expert_index.reshape(rows, -1), num_outputs)
+  return jnp.sum(counts, axis=0)
+
+
+def load_balance_loss(probs: jax.Array, expert_index: jax.Array,
+                      fraction: jax.Array | None = None) -> jax.Array:
   """Switch Transformer load-balancing loss, E · Σ_e f_e · P_e.
 
   Fedus et al. 2021, Eq. 4. f_e is the fraction of the T·K router choices
@@ -20,15 +30,18 @@ def load_balance_loss(probs: jax.Array, expert_index: jax.Array) -> jax.Array:
   Args:
     probs: float [..., E] router probabilities (softmax over experts).
     expert_index: int [..., K] chosen experts, same leading shape.
+    fraction: float [E] the f to use instead of these choices' own (it has
+      no gradient either way). Gradient accumulation passes the whole
+      batch's, so that the mean of its micro-batches' losses is the global
+      loss, value and gradient (moe_jax/train/accumulate.py).
 
   Returns:
     Scalar float32.
   """
   num_experts = probs.shape[-1]
   probs = probs.reshape(-1, num_experts).astype(jnp.float32)
-  rows = expert_index.shape[0] if expert_index.ndim > 1 else 1
-  counts = expert_counts(expert_index.reshape(rows, -1), num_experts)
-  fraction = jnp.sum(counts, axis=0) / expert_index.size  # f_e, sums to 1.
+  if fraction is None:  # f_e, sums to 1.
+    fraction = choice_counts(expert_index, num_experts) / expert_index.size
   mean_prob = jnp.mean(probs, axis=0)  # P_e, sums to 1.
   return num_experts * jnp.sum(fraction * mean_prob)
 
@@ -74,9 +87,13 @@ def scoped_load_balance_loss(probs: jax.Array, expert_index: jax.Array, *,
   changes its value and its pull:
     'global': over every group of the array, i.e. the whole global batch
       when the router runs on global arrays under jit (as moe_apply does).
-      This is `load_balance_loss` itself, the default.
+      This is `load_balance_loss` itself, the default. With gradient
+      accumulation, f is pooled over every micro-batch of the step too
+      (train/accumulate.py).
     'micro_batch': per data-parallel shard (the groups one device holds),
       then the mean over shards; what a per-device implementation computes.
+      With gradient accumulation, per shard of each micro-batch: what one
+      device's forward pass sees (the pooling before global-batch balance).
     'sequence': per group, then the mean over groups (a group is a
       sequence by default; the Hugging Face convention, and DeepSeek-V3's
       complementary sequence-wise loss, Eq. 17-20).

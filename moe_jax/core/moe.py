@@ -57,7 +57,8 @@ def route(params: dict[str, jax.Array], logits: jax.Array,
           router_in: jax.Array, config: MoEConfig, *, train: bool,
           key: jax.Array | None = None,
           token_ids: jax.Array | None = None,
-          replay: jax.Array | None = None):
+          replay: jax.Array | None = None,
+          balance_fraction: jax.Array | None = None):
   """The config's router on one batch of groups: (plan, aux).
 
   Args:
@@ -70,6 +71,8 @@ def route(params: dict[str, jax.Array], logits: jax.Array,
     token_ids: int32 [G, S] vocabulary ids, for routers that read them.
     replay: int [G, S, K] choices that replace the router's own (router
       replay: moe_jax/analysis/replay.py), for replayable routers.
+    balance_fraction: float [N] the global f of a 'global' balance loss
+      (see moe_apply), or None.
   """
   if replay is not None:
     _check_replay(replay, config)
@@ -77,7 +80,8 @@ def route(params: dict[str, jax.Array], logits: jax.Array,
   extras = {p.name: params[p.name] for p in config.extra_params}
   return config.route(
       RouterInputs(logits, router_in, extras, token_ids, replay),
-      train=train, capacity=capacity, key=key)
+      train=train, capacity=capacity, key=key,
+      balance_fraction=balance_fraction)
 
 
 def _check_replay(replay: jax.Array, config: MoEConfig) -> None:
@@ -98,7 +102,8 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
               dtype=None, return_routing: bool = False,
               run_experts: RunExperts = run_local,
               token_ids: jax.Array | None = None,
-              replay: jax.Array | None = None
+              replay: jax.Array | None = None,
+              balance_fraction: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Routes tokens to experts and combines their outputs.
 
@@ -130,6 +135,11 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
       (router replay: the router still scores, so gates, losses and
       metrics are its own and take gradients; capacity still applies);
       None: the router chooses.
+    balance_fraction: float [N] (N = config.num_router_outputs) the share
+      of a whole training step's choices each router output got, for a
+      micro-batch of gradient accumulation: a 'global' balance loss takes
+      its f from it instead of from x's own choices (losses.py,
+      moe_jax/train/accumulate.py); None: from x's own.
 
   Returns:
     y: like x, the MoE output (0 for tokens every expert dropped).
@@ -157,7 +167,8 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   if replay is not None:
     replay = group_tokens(replay, config.group_size)  # [G, S, K]
   plan, aux = route(params, logits, router_in, config, train=train,
-                    key=route_key, token_ids=token_ids, replay=replay)
+                    key=route_key, token_ids=token_ids, replay=replay,
+                    balance_fraction=balance_fraction)
   expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
   # A router with its own plan type brings the dispatcher that moves it.
   dispatcher = config.spec.dispatcher or DISPATCHERS[config.dispatcher]

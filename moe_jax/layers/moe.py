@@ -90,14 +90,17 @@ class MoELayer(nnx.Module):
                key: jax.Array | None = None, return_routing: bool = False,
                token_ids: jax.Array | None = None,
                replay: jax.Array | None = None,
-               config: MoEConfig | None = None):
+               config: MoEConfig | None = None,
+               balance_fraction: jax.Array | None = None):
     """config: another MoEConfig for these same parameters (e.g. another
-    dispatcher or capacity, as decoding uses); None: the layer's own."""
+    dispatcher or capacity, as decoding uses); None: the layer's own.
+    balance_fraction: the whole step's f for a micro-batch (moe_apply)."""
     return parallel_moe_apply(self.params(), x, config or self.config,
                               train=train,
                               key=key, dtype=self.dtype,
                               return_routing=return_routing,
-                              token_ids=token_ids, replay=replay)
+                              token_ids=token_ids, replay=replay,
+                              balance_fraction=balance_fraction)
 
   def update_router_bias(self, aux: dict[str, jax.Array]) -> None:
     """Moves the router state (e.g. the bias by ±γ) from this layer's aux of

@@ -65,15 +65,17 @@ class Block(nnx.Module):
                           rngs=rngs, dtype=dt)
 
   def __call__(self, x, *, train: bool, key, return_routing: bool = False,
-               token_ids=None, replay=None):
+               token_ids=None, replay=None, balance_fraction=None):
     x = x + self.attn(self.attn_norm(x)).astype(x.dtype)
     h = self.ffn_norm(x)
     aux = {}
     if self.is_moe:
       # token_ids: for routers that read the vocabulary id (hash routing).
       # replay: [B, L, K] recorded choices (router replay), or None.
+      # balance_fraction: the step's f for a micro-batch (moe_apply), or None.
       h, aux = self.ffn(h, train=train, key=key, return_routing=return_routing,
-                        token_ids=token_ids, replay=replay)
+                        token_ids=token_ids, replay=replay,
+                        balance_fraction=balance_fraction)
     else:
       h = self.ffn(h)
     return x + h.astype(x.dtype), aux
@@ -128,12 +130,17 @@ class TransformerLM(nnx.Module):
 
   def __call__(self, tokens: jax.Array, *, train: bool = False,
                key: jax.Array | None = None, return_routing: bool = False,
-               replay: dict[int, jax.Array] | None = None):
+               replay: dict[int, jax.Array] | None = None,
+               balance_fraction: dict[int, jax.Array] | None = None):
     """Returns (logits float32 [B, L, V], aux).
 
     replay: {MoE block index: int [B, L, K] expert choices} to take instead
     of those layers' routers' own (router replay; moe_jax/analysis/replay.py
     builds it from a routing trace); other MoE layers route as usual.
+    balance_fraction: {MoE block index: float [N] the share of the whole
+    training step's choices each router output got}, for a micro-batch of
+    gradient accumulation (moe_jax/train/accumulate.py); None: each layer's
+    balance loss pools this batch alone.
 
     aux['aux_loss'] is the weighted router loss summed over MoE layers (add
     it to the task loss); aux['moe_<i>/<metric>'] are layer i's metrics.
@@ -155,7 +162,8 @@ class TransformerLM(nnx.Module):
       block_key = None if key is None else jax.random.fold_in(key, i)
       x, block_aux = block(x, train=train, key=block_key,
                            return_routing=return_routing, token_ids=tokens,
-                           replay=replay.get(i))
+                           replay=replay.get(i),
+                           balance_fraction=(balance_fraction or {}).get(i))
       if 'routing' in block_aux:
         routing[i] = block_aux.pop('routing')
       if block_aux:

@@ -10,6 +10,7 @@ import optax
 from flax import nnx, struct
 
 from moe_jax.layers.moe import RouterBias
+from moe_jax.train import accumulate
 from moe_jax.train.lora import adapters as lora
 
 
@@ -77,12 +78,15 @@ class RoutedTrainState(TrainState):
 
 def lm_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict[str, Any],
             *, train: bool, key: jax.Array | None,
-            router_states: dict[str, nnx.State] | None = None, full=None):
+            router_states: dict[str, nnx.State] | None = None, full=None,
+            **model_kwargs):
   """Mean next-byte cross-entropy plus the MoE auxiliary losses.
 
   router_states: the state's router_states() (loss-free balancing biases).
   full: optional params -> the model's parameters (LoRA's merge), applied
   inside the function so gradients are taken with respect to `params`.
+  model_kwargs: more arguments of the model's call (gradient accumulation's
+  return_routing and balance_fraction: accumulate.py).
 
   Returns:
     (loss, (cross_entropy, aux)) where aux holds the per-layer MoE metrics.
@@ -90,7 +94,7 @@ def lm_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict[str, Any],
   if full is not None:
     params = full(params)
   model = nnx.merge(graphdef, params, *(router_states or {}).values())
-  logits, aux = model(batch['inputs'], train=train, key=key)
+  logits, aux = model(batch['inputs'], train=train, key=key, **model_kwargs)
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits, batch['targets']).mean()
   return ce + aux['aux_loss'], (ce, aux)
@@ -98,12 +102,17 @@ def lm_loss(params: nnx.State, graphdef: nnx.GraphDef, batch: dict[str, Any],
 
 def train_step(state: TrainState, batch: dict[str, Any],
                frozen: nnx.State | None = None, *, graphdef: nnx.GraphDef,
-               tx: optax.GradientTransformation, lora_scale: float = 0.0):
+               tx: optax.GradientTransformation, lora_scale: float = 0.0,
+               grad_accum_steps: int = 1):
   """One AdamW step on loss = CE + α·load_balance + c_z·z (summed over layers).
 
   With `frozen` (LoRA), state.params are the adapters and the model runs on
   lora.merge(frozen, adapters, lora_scale); only the adapters are
   differentiated and updated.
+
+  grad_accum_steps: N > 1 runs the batch as N micro-batches in one scan,
+  with the balance statistics of the whole batch (accumulate.py); 1: the
+  whole batch at once.
 
   Returns:
     (new state, metrics dict of scalars and per-expert vectors). Its
@@ -111,11 +120,24 @@ def train_step(state: TrainState, batch: dict[str, Any],
     the new state are finite.
   """
   key = jax.random.fold_in(state.rng, state.step)
-  grad_fn = jax.value_and_grad(lm_loss, has_aux=True)
   full = lambda p: p if frozen is None else lora.merge(frozen, p, lora_scale)
-  (loss, (ce, aux)), grads = grad_fn(state.params, graphdef, batch,
-                                     train=True, key=key, full=full,
-                                     router_states=state.router_states())
+  if grad_accum_steps == 1:
+    grad_fn = jax.value_and_grad(lm_loss, has_aux=True)
+    (loss, (ce, aux)), grads = grad_fn(state.params, graphdef, batch,
+                                       train=True, key=key, full=full,
+                                       router_states=state.router_states())
+  else:
+    def loss_fn(params, micro_batch, micro_key, **model_kwargs):
+      return lm_loss(params, graphdef, micro_batch, train=True, key=micro_key,
+                     full=full, router_states=state.router_states(),
+                     **model_kwargs)
+
+    # Traced arrays only: the merge reads the model's static config.
+    config = nnx.merge(graphdef, full(state.params),
+                       *state.router_states().values()).config
+    (loss, (ce, aux)), grads = accumulate.loss_and_grads(
+        loss_fn, state.params, batch, key, steps=grad_accum_steps,
+        moe=config.moe if config.num_moe_layers else None)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.moved_router(graphdef, aux, full).replace(

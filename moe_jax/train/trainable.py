@@ -84,7 +84,9 @@ class FullModel:
 
   def step_fn(self, graphdef, tx, shardings, batch_sh, mesh):
     """(state, batch) -> (state, metrics): the jitted train step."""
-    step = functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx)
+    step = functools.partial(
+        step_lib.train_step, graphdef=graphdef, tx=tx,
+        grad_accum_steps=self._config.train.grad_accum_steps)
     return jax.jit(
         rules.traced_with(rules.for_config(self._config), step),
         in_shardings=(shardings, batch_sh),

@@ -20,9 +20,10 @@ from moe_jax.data import fingerprint
 from moe_jax.models import flops as flops_lib
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.param_count import count_params
+from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
 from moe_jax.parallel import rules as rules_lib
-from moe_jax.train import optim, setup, trainable
+from moe_jax.train import accumulate, optim, setup, trainable
 from moe_jax.train.checkpoint import Checkpointer, has_checkpoint
 from moe_jax.train.evaluate import evaluate, make_eval_fn
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
@@ -74,6 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   data_id = fingerprint.data_fingerprint(corpus, config.data.tokenizer)
   unit = corpus.unit.rstrip('s')  # 'byte' or 'token', for the metric names.
   mesh = setup.make_mesh(config, mcfg)
+  accumulate.check(config, mcfg, mesh_lib.batch_parallelism(mesh))
   # The one branch on what trains: the whole model, or LoRA's adapters. A
   # resumed run restores its own parameters, so train.init_from is read only
   # for a fresh run (before any write, so a bad source costs nothing) or for

@@ -196,4 +196,4 @@ SPEC = registry.register(registry.RouterSpec(
     extra_params=lambda config: (
         (sigmoid_lib.ROUTER_BIAS,)
         if config.router_options.bias_update_rate > 0 else ()),
-    update_state=_update_state))
+    update_state=_update_state, totals=('expert_load',)))

@@ -133,11 +133,21 @@ NOISE_KERNEL = registry.ExtraParam(
     'noise_kernel', lambda config, d: (d, config.num_experts),
     jax.nn.initializers.zeros, ('embed', None))
 
+
+def _batch_pooled(config) -> str | None:
+  o = config.router_options
+  if o.importance_weight > 0 or o.load_cv_weight > 0:
+    return ('the CV² losses of router_options.noisy_topk (importance_weight, '
+            'load_cv_weight) pool the whole batch; set them to 0')
+  return None
+
+
 SPEC = registry.register(registry.RouterSpec(
     name='noisy_topk', route=_route, options=Options, check=_check,
     replayable=True,
     extra_params=lambda config: (NOISE_KERNEL,),
     aux_terms=(('importance_weight', 'importance_loss'),
                ('load_cv_weight', 'load_loss')),
+    batch_pooled=_batch_pooled,
     legacy_fields=(('importance_weight', 'importance_weight'),
                    ('load_cv_weight', 'load_cv_weight'))))

@@ -122,6 +122,13 @@ class RouterSpec:
     replayable: the router selects K experts per token through
       common.choose, so router replay can force its choices
       (RouterInputs.replay); others refuse replay with one line.
+    totals: aux entries that are totals over the batch (e.g. the sign
+      rule's 'expert_load'), which gradient accumulation sums over its
+      micro-batches; every other entry is a mean over them.
+    batch_pooled: (config) -> None, or the words for a loss or state of the
+      router that pools the whole batch other than the balance loss (whose
+      pooling gradient accumulation handles): a micro-batch cannot compute
+      it, so train.grad_accum_steps > 1 is refused with those words.
   """
 
   name: str
@@ -144,6 +151,8 @@ class RouterSpec:
   replayable: bool = False
   routes_by_position: bool = False
   null_experts: bool = False
+  totals: tuple[str, ...] = ()
+  batch_pooled: Callable[[Any], str | None] = lambda config: None
 
   @property
   def discrete(self) -> bool:

@@ -219,4 +219,6 @@ def _check(config) -> None:
 
 SPEC = registry.register(registry.RouterSpec(
     name='relu', route=_route, options=Options, check=_check,
-    extra_params=_extra_params, update_state=_update_state))
+    extra_params=_extra_params, update_state=_update_state,
+    batch_pooled=lambda config: (
+        "router='relu' pools its f-weighted losses over the whole batch")))

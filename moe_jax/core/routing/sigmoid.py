@@ -181,10 +181,18 @@ def _update_state(state, aux, options):
                                      options.bias_update_rate)}
 
 
+def _batch_pooled(config) -> str | None:
+  if config.router_options.bias_update == 'quantile':
+    return ("router_options.sigmoid.bias_update='quantile' solves the bias "
+            "from every score of the batch at once; use the sign rule")
+  return None
+
+
 SPEC = registry.register(registry.RouterSpec(
     name='sigmoid', route=_route, options=Options, check=_check,
     replayable=True,
     extra_params=lambda config: (
         (ROUTER_BIAS,) if config.router_options.has_bias else ()),
-    update_state=_update_state,
+    update_state=_update_state, totals=('expert_load',),
+    batch_pooled=_batch_pooled,
     legacy_fields=(('bias_update_rate', 'bias_update_rate'),)))

@@ -123,8 +123,9 @@ class LoraRun:
   def step_fn(self, graphdef, tx, shardings, batch_sh, mesh):
     """(state, batch) -> (state, metrics): the jitted step on the adapters."""
     frozen, frozen_sh = self._frozen
-    step = functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx,
-                             lora_scale=self.scale)
+    step = functools.partial(
+        step_lib.train_step, graphdef=graphdef, tx=tx, lora_scale=self.scale,
+        grad_accum_steps=self._config.train.grad_accum_steps)
     fn = jax.jit(
         rules.traced_with(rules.for_config(self._config), step),
         in_shardings=(shardings, batch_sh, frozen_sh),
