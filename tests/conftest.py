@@ -1,6 +1,19 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the suite's XLA settings."""
 
-import jax
+import os
+
+# Backend optimisation level 0 for the whole suite, and for the CLI and
+# device-script subprocesses, which inherit the environment: the suite's
+# tiny programs are compile-bound, and level 0 cut the CPU time of four
+# typical test files by 38% (359 s -> 222 s). It changes only how XLA:CPU
+# generates code, not what is computed; runs compared bit for bit within a
+# test share the setting. A user's own choice of the flag wins. Set before
+# jax starts its backend.
+_LEVEL = '--xla_backend_optimization_level'
+if _LEVEL not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_LEVEL}=0".strip()
+
+import jax  # pylint: disable=wrong-import-position
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 

@@ -16,13 +16,14 @@ def multi_device_env(num_devices: int, fast_compile: bool = False) -> dict:
   JAX fixes the device count when its backend starts and the suite itself
   runs on one device, so multi-device work runs in subprocesses with this
   environment. fast_compile sets backend optimisation level 0 (~3x faster
-  compiles; CPU code generation only, the same for every mesh compared).
+  compiles; CPU code generation only, the same for every mesh compared)
+  unless the environment already chose a level (conftest.py sets 0 for the
+  whole suite).
   """
   flags = os.environ.get('XLA_FLAGS', '')
-  flags = re.sub(r'--xla_(force_host_platform_device_count|'
-                 r'backend_optimization_level)=\S+', '', flags)
+  flags = re.sub(r'--xla_force_host_platform_device_count=\S+', '', flags)
   flags += f' --xla_force_host_platform_device_count={num_devices}'
-  if fast_compile:
+  if fast_compile and 'backend_optimization_level' not in flags:
     flags += ' --xla_backend_optimization_level=0'
   return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=flags.strip())
 
