@@ -128,7 +128,8 @@ def model_cost(config: ModelConfig, mesh: MeshShape,
                seq_len: int | None = None) -> Cost:
   """Counts, per-device memory and training FLOPs of `config` on `mesh`.
 
-  seq_len: L of the attention FLOPs; default the model's max_len.
+  seq_len: L of the attention FLOPs (and S of a routing group when
+    moe.group_size is unset); default the model's max_len.
 
   Raises UserInputError when the mesh cannot split the model the way the
   trainer would (experts over 'expert', heads and FFN width over 'model').
@@ -138,7 +139,10 @@ def model_cost(config: ModelConfig, mesh: MeshShape,
                       num_heads=config.num_heads, d_ff=config.d_ff,
                       num_kv_heads=config.kv_heads)
   leaves = param_shapes(config)
-  total, active = count_leaves(leaves, config.moe.top_k,
-                               config.moe.num_experts)
-  flops = flops_lib.for_model(config, active, seq_len or config.max_len)
+  seq_len = seq_len or config.max_len
+  # Expert passes per token as the run header counts them (trainer.py):
+  # top_k, or for null experts, expert choice and Soft MoE their average.
+  passes = config.moe.expert_passes_per_token(config.moe.group_size or seq_len)
+  total, active = count_leaves(leaves, passes, config.moe.num_experts)
+  flops = flops_lib.for_model(config, active, seq_len)
   return Cost(total, active, per_device_params(leaves, mesh), mesh, flops)
