@@ -42,11 +42,18 @@ def _series(points, metric: str) -> tuple[np.ndarray, np.ndarray]:
           np.array([v for _, v in pts], float))
 
 
-def late_mean(metric: str, start: float = 0.5) -> Callable:
+def late_mean(metric: str, start: float = 0.5,
+              unlogged: float = math.nan) -> Callable:
   """The mean of `metric` over the logged steps past `start` of training
-  (default the second half: past the early transient of the balancing)."""
+  (default the second half: past the early transient of the balancing).
+
+  unlogged: the value of a run that never logs `metric` (e.g. top-2's
+  experts per token, 2 by construction); NaN by default.
+  """
   def compute(row, points):
     steps, values = _series(points, metric)
+    if not steps.size:
+      return unlogged
     late = values[steps > start * int(row['steps'])]
     return float(late.mean()) if late.size else math.nan
   return compute

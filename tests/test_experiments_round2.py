@@ -149,6 +149,10 @@ def test_derived_columns_by_hand():
   steady = _points('max_violation', [1.0] * 6)
   assert derived.step_volatility('max_violation')(row, steady) == 0
   assert math.isnan(derived.late_mean('max_violation')(row, []))
+  # A run that never logs the metric (top-2's experts per token) may stand
+  # for a known value.
+  assert derived.late_mean('experts_per_token_mean', unlogged=2.0)(
+      row, points) == 2.0
   # Validation points at steps 2, 4, 6: the one nearest 6/8 is step 2.
   evals = [dict(step=s, metric='eval_loss', value=v)
            for s, v in ((6, 1.5), (2, 2.5), (4, 2.0))]
