@@ -36,7 +36,7 @@ def test_redraw_by_hand():
   np.testing.assert_allclose(got, [[new, new], [2, 3], [new, new], [6, 7]])
   assert drop_upcycle.num_dropped(4, 0.5) == 2
   assert drop_upcycle.num_dropped(6, 0.3) == 1  # floor(1.8)
-  assert drop_upcycle.num_dropped(10, 0.3) == 3  # not 2 by rounding error
+  assert drop_upcycle.num_dropped(100, 0.29) == 29  # 0.29·100 = 28.999…
   assert drop_upcycle.num_dropped(4, 1.0) == 4
 
 
