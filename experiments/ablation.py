@@ -25,7 +25,7 @@ class Variant:
 # "basis" column); a claim is only meaningful at the basis it was made at.
 BASES = ('equal steps', 'equal steps, equal active params',
          'equal steps, equal FLOPs', 'equal time', 'equal total params',
-         'same checkpoint')
+         'equal steps, equal active and total params', 'same checkpoint')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +73,9 @@ class Ablation:
       variant of that seed then starts from its final parameters
       (train.init_from), e.g. the dense checkpoint that upcycling starts
       from. It is not a row of runs.csv.
+    derived: column -> (row, the run's curve points) -> number: columns
+      computed from the logged curves (experiments/derived.py), shown in
+      the summary and usable in comparisons like runs.csv's own.
   """
   name: str
   title: str
@@ -87,6 +90,8 @@ class Ablation:
   notes: str = ''
   plot: Callable[..., list[str]] | None = None
   init_run: Variant | None = None
+  derived: dict[str, Callable[..., float]] = dataclasses.field(
+      default_factory=dict)
 
   def variant(self, name: str) -> Variant:
     for v in self.variants:

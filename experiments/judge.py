@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import derived
 from experiments import verdict as verdict_lib
 
 
@@ -95,6 +96,7 @@ def verdicts(ab, rows, curves=()) -> list[Judged]:
   a run of either side diverged, since its seed has nothing to pair with.
   """
   out = []
+  rows = derived.with_derived(ab, rows, curves)
   for comp in ab.comparisons:
     a, b = by_seed(rows, *comp.better), by_seed(rows, *comp.worse)
     common = sorted(set(a) & set(b))

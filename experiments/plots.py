@@ -127,15 +127,25 @@ def loss_per_expert_count(ab, rows, curves, out) -> list[str]:
   return _save(fig, out, 'loss_per_num_experts.png')
 
 
-def router_logits(ab, rows, curves, out) -> list[str]:
-  """Router logit size over training, with and without the z-loss."""
-  names = []
-  for metric, label in (('router_logit_max', 'max |router logit|'),
-                        ('router_logsumexp', 'mean logsumexp of router logits')):
-    name = plot_curves(ab, curves, out, metric=metric, ylabel=label,
-                       name=f'{metric}.png')
-    if name:
-      names.append(name)
-  return names
+def curve_plots(*series):
+  """A plot function drawing each (metric, label) of `series` over training,
+  one figure per metric (mean over seeds, min..max band)."""
+  def plot(ab, rows, curves, out) -> list[str]:
+    del rows
+    names = [plot_curves(ab, curves, out, metric=metric, ylabel=label,
+                         name=f'{metric}.png') for metric, label in series]
+    return [n for n in names if n]
+  return plot
 
 
+def combined(*plot_fns):
+  """A plot function drawing every figure of `plot_fns`."""
+  def plot(ab, rows, curves, out) -> list[str]:
+    return [name for fn in plot_fns for name in fn(ab, rows, curves, out)]
+  return plot
+
+
+# Router logit size over training, with and without the z-loss.
+router_logits = curve_plots(
+    ('router_logit_max', 'max |router logit|'),
+    ('router_logsumexp', 'mean logsumexp of router logits'))

@@ -23,9 +23,11 @@ from experiments.run_store import read_csv
 EVAL_FIELDS = ('loss', 'bits_per_byte', 'dropped_fraction',
                'unrouted_fraction', 'max_violation', 'dead_expert_fraction',
                'router_logit_max', 'router_logsumexp')
-# Training-log metrics (means over MoE layers) kept as curves.
+# Training-log metrics (means over MoE layers) kept as curves;
+# experts_per_token_mean only where it varies (ReLU routing, null experts,
+# expert choice): the real expert passes per token that match their FLOPs.
 CURVE_TRAIN_METRICS = ('max_violation', 'router_logit_max', 'router_logsumexp',
-                       'dropped_fraction')
+                       'dropped_fraction', 'experts_per_token_mean')
 
 
 def _read_jsonl(workdir: pathlib.Path) -> list[dict]:

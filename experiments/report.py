@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from flax import traverse_util
 
+from experiments import derived
 from experiments.judge import by_seed, verdicts
 from moe_jax import machine
 
@@ -67,6 +68,19 @@ def extra_eval_table(ab, rows) -> list[str]:
              f'({mean_std(values(rows, v.name, f"eval_dropped_fraction@{n}"), ".3f")})'
              for n in names]
     lines.append(f'| {v.name} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def derived_table(ab, rows) -> list[str]:
+  """Per variant, the ablation's columns computed from the curves."""
+  if not ab.derived:
+    return []
+  names = list(ab.derived)
+  lines = ['| variant | ' + ' | '.join(names) + ' |',
+           '|---' * (len(names) + 1) + '|']
+  for v in ab.variants:
+    lines.append(f'| {v.name} | ' + ' | '.join(
+        mean_std(values(rows, v.name, n), '.4g') for n in names) + ' |')
   return lines
 
 
@@ -190,6 +204,7 @@ def setup_line(ab, rows) -> str:
 def write(ab, rows, curves, out: pathlib.Path) -> None:
   """Rewrites summary.md and the plots from the rows gathered so far."""
   out.mkdir(parents=True, exist_ok=True)
+  rows = derived.with_derived(ab, rows, curves)
   plots = [plot_curves(ab, curves, out), plot_final(ab, rows, out)]
   if ab.plot is not None and rows:
     plots.extend(ab.plot(ab, rows, curves, out))
@@ -227,6 +242,11 @@ def write(ab, rows, curves, out: pathlib.Path) -> None:
                   'count only their last part' if resumed else '') + '.', '']
   lines += ['## Results per variant (mean ± std over seeds)', '']
   lines += variant_table(ab, rows) + ['']
+  columns = derived_table(ab, rows)
+  if columns:
+    lines += ['## From the logged curves (experiments/derived.py)', '',
+              'Mean ± std over seeds; the ablation file (and its notes above) '
+              'defines each column.', ''] + columns + ['']
   extra = extra_eval_table(ab, rows)
   if extra:
     lines += ['## The same checkpoints at other eval settings', ''] + extra + ['']

@@ -211,6 +211,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   # With init_from a dense run: copy its FFNs into every expert of this
   # model's MoE layers, routers fresh (sparse upcycling).
   c.train.upcycle = False
+  # With upcycle: re-draw this fraction r of each expert's hidden units from
+  # the dense weights' statistics (Drop-Upcycling; r = 0: naive upcycling).
+  c.train.upcycle_drop_fraction = 0.0
   return c
 
 

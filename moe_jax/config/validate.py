@@ -32,6 +32,15 @@ def check_train_config(config) -> None:
   if t.upcycle and not t.init_from:
     raise UserInputError('train.upcycle=True needs the dense run to start '
                          'from; set --config.train.init_from=<its workdir>.')
+  r = t.get('upcycle_drop_fraction', 0.0)
+  require(_is_number(r) and 0 <= r <= 1, 'train.upcycle_drop_fraction', r,
+          'be in [0, 1] (the share of each expert re-drawn; 0: naive '
+          'upcycling)', _fix('train.upcycle_drop_fraction'))
+  if r and not t.upcycle:
+    raise UserInputError(
+        f'train.upcycle_drop_fraction={r!r} re-draws part of each upcycled '
+        'expert, but train.upcycle=False; set --config.train.upcycle=True '
+        '(and train.init_from) or leave the fraction at 0.')
 
 
 def _is_number(value) -> bool:

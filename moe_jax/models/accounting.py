@@ -130,7 +130,8 @@ def model_cost(config: ModelConfig, mesh: MeshShape,
                seq_len: int | None = None, fsdp: bool = False) -> Cost:
   """Counts, per-device memory and training FLOPs of `config` on `mesh`.
 
-  seq_len: L of the attention FLOPs; default the model's max_len.
+  seq_len: L of the attention FLOPs (and S of a routing group when
+    moe.group_size is unset); default the model's max_len.
   fsdp: size the devices as mesh.fsdp=True places the weights and moments.
 
   Raises UserInputError when the mesh cannot split the model the way the
@@ -143,9 +144,12 @@ def model_cost(config: ModelConfig, mesh: MeshShape,
                       num_kv_heads=config.kv_heads,
                       fsdp_d_model=config.d_model if fsdp else None)
   leaves = param_shapes(config)
-  total, active = count_leaves(leaves, config.moe.top_k,
-                               config.moe.num_experts)
-  flops = flops_lib.for_model(config, active, seq_len or config.max_len)
+  seq_len = seq_len or config.max_len
+  # Expert passes per token as the run header counts them (trainer.py):
+  # top_k, or for null experts, expert choice and Soft MoE their average.
+  passes = config.moe.expert_passes_per_token(config.moe.group_size or seq_len)
+  total, active = count_leaves(leaves, passes, config.moe.num_experts)
+  flops = flops_lib.for_model(config, active, seq_len)
   rules = rules_lib.FSDP_RULES if fsdp else rules_lib.DEFAULT_RULES
   return Cost(total, active, per_device_params(leaves, mesh, rules), mesh,
               fsdp, flops)

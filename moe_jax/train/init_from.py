@@ -11,6 +11,8 @@ into every expert and the router is initialised fresh. With gates that sum
 to 1 over the chosen experts and nothing dropped (e.g. `moe.router='topk'`
 with a dropless dispatcher), the upcycled model computes exactly the dense
 model's function at the start; the experts then diverge as the router learns.
+`train.upcycle_drop_fraction=r` re-draws a random fraction r of each
+expert's hidden units after the copy (Drop-Upcycling, drop_upcycle.py).
 
 The checks (`plan_init`) look only at shapes, so a mismatch is one line of
 error before anything is written or compiled.
@@ -26,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from moe_jax.errors import UserInputError
-from moe_jax.train import checkpoint
+from moe_jax.train import checkpoint, drop_upcycle
 
 # An MoE layer's stacked expert weights [E, ...] and the dense FFN's [...].
 EXPERT_NAMES = ('wi', 'wi_gate', 'wo')
@@ -138,11 +140,17 @@ def apply_plan(plan: dict[str, str], source: dict[str, np.ndarray],
 
 @dataclasses.dataclass(frozen=True)
 class InitSource:
-  """A checked plan and the source parameters (host arrays), ready to apply."""
+  """A checked plan and the source parameters (host arrays), ready to apply.
+
+  drop_fraction and seed: Drop-Upcycling's r and the seed of its draws
+  (drop_upcycle.py); r = 0 copies the dense FFN into every expert as is.
+  """
   workdir: pathlib.Path
   step: int
   plan: dict[str, str]
   params: dict[str, np.ndarray]
+  drop_fraction: float = 0.0
+  seed: int = 0
 
   @property
   def num_tiled_layers(self) -> int:
@@ -164,7 +172,11 @@ def from_config(config, model_fn) -> InitSource | None:
   """
   if not config.train.init_from:
     return None
-  return prepare(config.train.init_from, config.train.upcycle, model_fn)
+  source = prepare(config.train.init_from, config.train.upcycle, model_fn)
+  return dataclasses.replace(
+      source, seed=config.seed,
+      # Configs saved before the field existed hold no r: naive upcycling.
+      drop_fraction=config.train.get('upcycle_drop_fraction', 0.0))
 
 
 def prepare(init_from: str, upcycle: bool, model_fn) -> InitSource:
@@ -192,7 +204,9 @@ def apply(source: InitSource, params: nnx.State) -> nnx.State:
   """
   pure = nnx.to_pure_dict(params)
   target = flatten(pure)
-  new = apply_plan(source.plan, source.params, target)
+  new = drop_upcycle.apply(source.plan, source.params,
+                           apply_plan(source.plan, source.params, target),
+                           source.drop_fraction, source.seed)
 
   def place(keys, old):
     path = key_path(keys)

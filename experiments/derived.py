@@ -1,0 +1,95 @@
+"""Columns computed from each run's logged curves, beside runs.csv's own.
+
+An ablation may name some (`Ablation.derived`: column -> (row, the run's
+curve points) -> number), e.g. MaxVio's step-to-step volatility from the
+training log. They are computed whenever the rows are read for a report or
+a verdict, from curves.csv, so a new or corrected definition applies to
+runs already finished (`--report-only`) without retraining.
+
+Curve points are curves.csv rows: {'variant', 'seed', 'step', 'metric',
+'value'}; the training metrics are means over MoE layers, logged every
+train.log_every steps (experiments/records.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+
+def with_derived(ab, rows, curves) -> list[dict]:
+  """`rows` with ab.derived's columns added (NaN where a run lacks the
+  curve they need, e.g. a dense model's MaxVio)."""
+  if not ab.derived:
+    return list(rows)
+  by_run = {}
+  for c in curves:
+    by_run.setdefault((c['variant'], int(c['seed'])), []).append(c)
+  out = []
+  for r in rows:
+    points = by_run.get((r['variant'], int(r['seed'])), [])
+    out.append({**r, **{name: fn(r, points)
+                        for name, fn in ab.derived.items()}})
+  return out
+
+
+def _series(points, metric: str) -> tuple[np.ndarray, np.ndarray]:
+  pts = sorted((int(p['step']), float(p['value'])) for p in points
+               if p['metric'] == metric and math.isfinite(float(p['value'])))
+  return (np.array([s for s, _ in pts], int),
+          np.array([v for _, v in pts], float))
+
+
+def late_mean(metric: str, start: float = 0.5,
+              unlogged: float = math.nan) -> Callable:
+  """The mean of `metric` over the logged steps past `start` of training
+  (default the second half: past the early transient of the balancing).
+
+  unlogged: the value of a run that never logs `metric` (e.g. top-2's
+  experts per token, 2 by construction); NaN by default.
+  """
+  def compute(row, points):
+    steps, values = _series(points, metric)
+    if not steps.size:
+      return unlogged
+    late = values[steps > start * int(row['steps'])]
+    return float(late.mean()) if late.size else math.nan
+  return compute
+
+
+def step_volatility(metric: str, start: float = 0.5) -> Callable:
+  """Mean |value_t − value_{t−1}| over consecutive logged steps past
+  `start` of training: how much `metric` jumps from one log to the next
+  (step to step when train.log_every = 1). A steady value scores 0, one
+  that alternates between a and b scores |a − b|."""
+  def compute(row, points):
+    steps, values = _series(points, metric)
+    late = values[steps > start * int(row['steps'])]
+    return float(np.mean(np.abs(np.diff(late)))) if late.size > 1 else (
+        math.nan)
+  return compute
+
+
+def at_fraction(metric: str, fraction: float) -> Callable:
+  """`metric` at the logged step nearest `fraction` of training (e.g. the
+  first validation point, before the curves of two variants cross)."""
+  def compute(row, points):
+    steps, values = _series(points, metric)
+    if not steps.size:
+      return math.nan
+    target = fraction * int(row['steps'])
+    return float(values[int(np.argmin(np.abs(steps - target)))])
+  return compute
+
+
+def cpu_us_per_token(row, points) -> float:
+  """Training CPU microseconds per token: train_cpu_s over the run's
+  tokens (steps × batch × length, from tokens_per_sec and train_s)."""
+  del points
+  try:
+    tokens = float(row['tokens_per_sec']) * float(row['train_s'])
+    return 1e6 * float(row['train_cpu_s']) / tokens
+  except (KeyError, TypeError, ValueError, ZeroDivisionError):
+    return math.nan
