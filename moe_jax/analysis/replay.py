@@ -70,9 +70,17 @@ def _loss_and_choices(model, inputs, targets, replay):
 
 
 def routing_drift(model, trace: RoutingTrace,
-                  batches: Iterable[dict[str, np.ndarray]]) -> dict:
+                  batches: Iterable[dict[str, np.ndarray]],
+                  layers: Iterable[int] | None = None) -> dict:
   """The model's loss routed by itself and as the trace routed, on the
   traced batches (in the traced order).
+
+  Args:
+    model: a TransformerLM of the trace's shape.
+    trace: the recorded routing.
+    batches: the batches the trace was recorded on, in that order.
+    layers: the MoE blocks to route as the trace did (default all); the
+      others route themselves, so one layer's part of the drift shows.
 
   Returns:
     'own_loss' and 'replayed_loss' (mean nats per token), their difference
@@ -94,12 +102,18 @@ def routing_drift(model, trace: RoutingTrace,
   own, replayed = [], []
   changed = {layer: 0 for layer in choices[0]}
   total = dict(changed)
+  forced = set(trace.layers.tolist() if layers is None else layers)
+  if not forced <= set(trace.layers.tolist()):
+    raise UserInputError(
+        f'layers={sorted(forced)} names blocks the trace does not hold (its '
+        f'MoE blocks: {trace.layers.tolist()}); pick among those.')
   for batch, replay in zip(batches, choices):
     x = np.asarray(batch['inputs'], np.int32)
     y = np.asarray(batch['targets'], np.int32)
     loss, mine = forward(state, x, y, None)
     own.append(float(loss))
-    replayed.append(float(forward(state, x, y, replay)[0]))
+    replayed.append(float(forward(
+        state, x, y, {i: c for i, c in replay.items() if i in forced})[0]))
     for layer, recorded in replay.items():
       k = recorded.shape[-1]
       a = np.asarray(mine[layer]).reshape(-1, k)
