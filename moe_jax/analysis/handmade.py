@@ -64,5 +64,6 @@ def trace_from_arrays(expert: np.ndarray, num_experts: int, *,
       gate=np.where(routed & ~dropped, prob, 0.0).astype(np.float32),
       prob=prob, probs=probs, routed=routed, dropped=dropped & routed,
       meta={'format_version': FORMAT_VERSION, 'num_experts': num_experts,
-            'num_null_experts': num_null_experts, 'top_k': k, 'capacity': None, 'group_size': group_size,
+            'num_null_experts': num_null_experts, 'top_k': k,
+            'capacity': None, 'group_size': group_size,
             'layers': list(range(m)), **(meta or {})})

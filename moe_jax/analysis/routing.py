@@ -117,9 +117,9 @@ def top_tokens(trace: RoutingTrace, layer: int, n: int = 10,
       saw fewer than n distinct tokens).
     counts: int [E, n] how often the expert got each.
     share: float [E, n] the fraction of the token's routed occurrences (at
-      this rank) that went to this expert: near 1 means the expert owns the token, near 1/E
-      means the token is spread evenly (so a frequent token is not
-      necessarily a specialised one).
+      this rank) that went to this expert: near 1 means the expert owns the
+      token, near 1/E means the token is spread evenly (so a frequent token
+      is not necessarily a specialised one).
   """
   e = trace.num_experts
   vocab = int(max(trace.tokens.max() + 1, 256))
