@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from moe_jax.analysis import plots, routing  # pylint: disable=g-import-not-at-top
-from moe_jax.analysis.trace import trace_from_arrays
+from moe_jax.analysis.handmade import trace_from_arrays
 
 
 @pytest.fixture(name='traces')

@@ -1,5 +1,7 @@
 """Router replay: recorded choices drive a forward pass; gates still learn."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from flax import nnx
 
 from moe_jax.analysis import replay as replay_lib
 from moe_jax.analysis import trace as trace_lib
+from moe_jax.analysis.handmade import trace_from_arrays
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.moe import moe_apply
 from moe_jax.errors import UserInputError
@@ -97,6 +100,24 @@ def test_another_model_takes_the_recorded_choices_and_its_gates_learn():
   drift = replay_lib.routing_drift(other, trace, batches)
   assert drift['changed_fraction'] > 0
   assert drift['replayed_loss'] != drift['own_loss']
+  # Both MoE layers hold as many choices, so the overall share is the mean.
+  assert drift['changed_by_layer'].shape == (2,)
+  np.testing.assert_allclose(drift['changed_by_layer'].mean(),
+                             drift['changed_fraction'])
+  # Block 3 alone: the same own loss, another replayed one.
+  alone = replay_lib.routing_drift(other, trace, batches, layers=[3])
+  assert alone['own_loss'] == drift['own_loss']
+  assert alone['replayed_loss'] not in (drift['replayed_loss'],
+                                        drift['own_loss'])
+
+
+def test_drift_of_a_block_the_trace_lacks_is_one_line():
+  trace = dataclasses.replace(trace_from_arrays(np.zeros((2, B * L, 2)), 4),
+                              layers=np.array([1, 3]))
+  with pytest.raises(UserInputError,
+                     match=r'layers=\[2\] names blocks') as e:
+    replay_lib.routing_drift(_model(), trace, _batches(1), layers=[2])
+  assert '\n' not in str(e.value)
 
 
 def test_replay_refuses_a_trace_of_another_shape():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moe_jax.analysis import drops, dynamics, routing
-from moe_jax.analysis.trace import trace_from_arrays
+from moe_jax.analysis.handmade import trace_from_arrays
 
 
 def test_load_and_imbalance():

@@ -52,7 +52,7 @@ def test_committed_notebook_keeps_its_outputs(path):
       f'{path.name} shows no plot'
 
 
-def test_there_are_the_three_notebooks():
+def test_there_are_the_four_notebooks():
   names = {p.name for p in NOTEBOOKS}
   assert {'01_router_mechanics.ipynb', '02_what_the_router_learned.ipynb',
-          '03_capacity_and_drops.ipynb'} <= names
+          '03_capacity_and_drops.ipynb', '04_routing_drift.ipynb'} <= names

@@ -18,15 +18,15 @@ def drops_by_expert(trace: RoutingTrace) -> dict[str, np.ndarray]:
   """Drops attributed to the expert that was full.
 
   Returns:
-    routed: int [M, E] choices sent to each expert (all ranks).
+    routed: int [M, E] routed choices sent to each expert (all ranks).
     dropped: int [M, E] of those, the ones over capacity.
     rate: float [M, E] dropped / routed (0 where nothing was routed).
     share: float [M, E] each expert's part of the layer's drops (rows sum
       to 1 where anything dropped).
   """
   e = trace.num_experts
-  routed = np.stack([np.bincount(x.reshape(-1), minlength=e)
-                     for x in trace.expert])
+  routed = np.stack([np.bincount(x[r], minlength=e)
+                     for x, r in zip(trace.expert, trace.routed)])
   dropped = np.stack([np.bincount(x[d], minlength=e)
                       for x, d in zip(trace.expert, trace.dropped)])
   return {'routed': routed, 'dropped': dropped,
@@ -36,7 +36,9 @@ def drops_by_expert(trace: RoutingTrace) -> dict[str, np.ndarray]:
 
 def drops_by_rank(trace: RoutingTrace) -> np.ndarray:
   """float [M, K]: share of tokens whose k-th choice was dropped (the
-  logged 'dropped_fraction', per layer)."""
+  logged 'dropped_fraction', per layer, for the top-k routers; ReLU routing
+  logs the share of routed choices dropped, trace.dropped.sum() /
+  trace.routed.sum())."""
   return trace.dropped.mean(axis=1)
 
 

@@ -26,12 +26,16 @@ def transition_counts(trace: RoutingTrace, rank: int = 0) -> np.ndarray:
 
   Row-normalised, it is P(expert in the next layer | expert in this one); a
   permutation-like matrix means the layers route the same partition of
-  tokens, a flat one that they route independently.
+  tokens, a flat one that they route independently. Tokens whose choice at
+  that rank is not routed in either layer (a null expert, or no expert of
+  a ReLU router) are left out.
   """
   e = trace.num_experts
   out = np.zeros((max(trace.num_layers - 1, 0), e, e), np.int64)
   for m in range(trace.num_layers - 1):
-    flat = trace.expert[m, :, rank] * e + trace.expert[m + 1, :, rank]
+    both = trace.routed[m, :, rank] & trace.routed[m + 1, :, rank]
+    flat = (trace.expert[m, both, rank] * e +
+            trace.expert[m + 1, both, rank])
     out[m] = np.bincount(flat, minlength=e * e).reshape(e, e)
   return out
 
@@ -44,11 +48,13 @@ def consecutive_pairs(trace: RoutingTrace) -> np.ndarray:
   return np.nonzero(same)[0]
 
 
-def _multi_hot(expert: np.ndarray, num_experts: int) -> np.ndarray:
-  """bool [N, E]: the set of experts each token chose."""
-  hot = np.zeros((expert.shape[0], num_experts), bool)
-  np.put_along_axis(hot, expert, True, axis=1)
-  return hot
+def _multi_hot(expert: np.ndarray, routed: np.ndarray,
+               num_experts: int) -> np.ndarray:
+  """bool [N, E]: the set of real experts each token was routed to."""
+  hot = np.zeros((expert.shape[0], num_experts + 1), bool)
+  # Unrouted choices land in a spare last column, then cut off.
+  np.put_along_axis(hot, np.where(routed, expert, num_experts), True, axis=1)
+  return hot[:, :num_experts]
 
 
 def _set_overlap_chance(a: np.ndarray, b: np.ndarray) -> float:
@@ -79,8 +85,9 @@ def reuse_rate(trace: RoutingTrace, mode: str = 'first'
 
   Args:
     trace: the routing trace.
-    mode: 'first': token i+1's first choice equals token i's first choice;
-      'any': their sets of K chosen experts share at least one expert.
+    mode: 'first': token i+1's first choice equals token i's first choice
+      (over the pairs whose first choices are both routed);
+      'any': their sets of routed experts share at least one expert.
 
   Returns:
     rate: float [M] the observed reuse rate over all neighbour pairs.
@@ -100,13 +107,14 @@ def reuse_rate(trace: RoutingTrace, mode: str = 'first'
   rate, chance = [], []
   for m in range(trace.num_layers):
     if mode == 'first':
-      a, b = trace.expert[m, i, 0], trace.expert[m, i + 1, 0]
-      rate.append(np.mean(a == b) if i.size else np.nan)
-      p = np.bincount(a, minlength=e) / max(i.size, 1)
-      q = np.bincount(b, minlength=e) / max(i.size, 1)
+      j = i[trace.routed[m, i, 0] & trace.routed[m, i + 1, 0]]
+      a, b = trace.expert[m, j, 0], trace.expert[m, j + 1, 0]
+      rate.append(np.mean(a == b) if j.size else np.nan)
+      p = np.bincount(a, minlength=e) / max(j.size, 1)
+      q = np.bincount(b, minlength=e) / max(j.size, 1)
       chance.append(float(p @ q))
     else:
-      hot = _multi_hot(trace.expert[m], e)
+      hot = _multi_hot(trace.expert[m], trace.routed[m], e)
       a, b = hot[i], hot[i + 1]
       rate.append(np.mean(np.any(a & b, axis=1)) if i.size else np.nan)
       chance.append(_set_overlap_chance(a, b) if i.size else np.nan)

@@ -25,13 +25,16 @@ import optax
 from flax import nnx
 
 from moe_jax.analysis.trace import RoutingTrace
+from moe_jax.core.moe import check_replayable
 from moe_jax.errors import UserInputError
 
 
 def check_compatible(trace: RoutingTrace, model) -> None:
-  """A one-line error unless the trace's layers, E and K are the model's."""
+  """A one-line error unless the model's router replays and the trace's
+  layers, E and K are the model's."""
   blocks = [i for i, b in enumerate(model.blocks) if b.is_moe]
   moe = model.config.moe
+  check_replayable(moe)
   theirs = (list(map(int, trace.layers)), trace.num_experts, trace.top_k)
   ours = (blocks, moe.num_experts, moe.top_k)
   if theirs != ours:
@@ -67,14 +70,23 @@ def _loss_and_choices(model, inputs, targets, replay):
 
 
 def routing_drift(model, trace: RoutingTrace,
-                  batches: Iterable[dict[str, np.ndarray]]) -> dict:
+                  batches: Iterable[dict[str, np.ndarray]],
+                  layers: Iterable[int] | None = None) -> dict:
   """The model's loss routed by itself and as the trace routed, on the
   traced batches (in the traced order).
 
+  Args:
+    model: a TransformerLM of the trace's shape.
+    trace: the recorded routing.
+    batches: the batches the trace was recorded on, in that order.
+    layers: the MoE blocks to route as the trace did (default all); the
+      others route themselves, so one layer's part of the drift shows.
+
   Returns:
     'own_loss' and 'replayed_loss' (mean nats per token), their difference
-    'drift' (replayed − own), and 'changed_fraction': the share of the
-    trace's choices that the model no longer makes (at any rank).
+    'drift' (replayed − own), 'changed_fraction': the share of the
+    trace's choices that the model no longer makes (at any rank), and
+    'changed_by_layer': float [M], that share per MoE layer (trace order).
   """
   check_compatible(trace, model)
   batches = list(batches)
@@ -87,22 +99,32 @@ def routing_drift(model, trace: RoutingTrace,
   graphdef, state = nnx.split(model)
   forward = jax.jit(lambda s, x, y, r: _loss_and_choices(
       nnx.merge(graphdef, s), x, y, r))
-  own, replayed, changed, total = [], [], 0, 0
+  own, replayed = [], []
+  changed = {layer: 0 for layer in choices[0]}
+  total = dict(changed)
+  forced = set(trace.layers.tolist() if layers is None else layers)
+  if not forced <= set(trace.layers.tolist()):
+    raise UserInputError(
+        f'layers={sorted(forced)} names blocks the trace does not hold (its '
+        f'MoE blocks: {trace.layers.tolist()}); pick among those.')
   for batch, replay in zip(batches, choices):
     x = np.asarray(batch['inputs'], np.int32)
     y = np.asarray(batch['targets'], np.int32)
     loss, mine = forward(state, x, y, None)
     own.append(float(loss))
-    replayed.append(float(forward(state, x, y, replay)[0]))
+    replayed.append(float(forward(
+        state, x, y, {i: c for i, c in replay.items() if i in forced})[0]))
     for layer, recorded in replay.items():
       k = recorded.shape[-1]
       a = np.asarray(mine[layer]).reshape(-1, k)
       b = recorded.reshape(-1, k)
       # A recorded choice is kept if the model picks that expert at any rank.
       kept = (b[:, :, None] == a[:, None, :]).any(-1)
-      changed += int(np.sum(~kept))
-      total += kept.size
+      changed[layer] += int(np.sum(~kept))
+      total[layer] += kept.size
   own_loss, replayed_loss = float(np.mean(own)), float(np.mean(replayed))
   return {'own_loss': own_loss, 'replayed_loss': replayed_loss,
           'drift': replayed_loss - own_loss,
-          'changed_fraction': changed / total}
+          'changed_fraction': sum(changed.values()) / sum(total.values()),
+          'changed_by_layer': np.asarray([changed[i] / total[i]
+                                          for i in changed])}

@@ -4,8 +4,12 @@ Every function reads a RoutingTrace (moe_jax.analysis.trace) and returns
 plain NumPy arrays, so results can be printed, tested or plotted. Shape
 letters: M MoE layers, N tokens, K choices, E experts.
 
-Load here is what the router asked for (every choice, kept or dropped): the
-imbalance the balancing loss and capacity have to absorb.
+Load here is what the router asked for (every routed choice, kept or
+dropped): the imbalance the balancing loss and capacity have to absorb.
+Only routed (token, expert) pairs count (trace.routed): an expert a ReLU or
+expert-choice router did not pick is no load, and a null-expert choice is
+no load on a real expert (null_fraction measures those). The rank-based
+functions leave out the tokens whose choice at that rank was not routed.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ def expert_load(trace: RoutingTrace,
     ranks: which k-ranks count (default all K choices).
 
   Returns:
-    load: float [M, E] share of the counted choices per expert (rows sum
-      to 1).
+    load: float [M, E] share of the counted (routed) choices per real
+      expert (rows sum to 1 where anything was routed).
     max_violation: float [M], MaxVio = max_e load_e / mean_e load_e - 1
       (Wang et al. 2024, "Auxiliary-Loss-Free Load Balancing Strategy for
       Mixture-of-Experts"):
@@ -64,15 +68,22 @@ def expert_load(trace: RoutingTrace,
     cv: float [M], coefficient of variation std_e / mean_e of the load, the
       imbalance Shazeer et al. (2017) report (their Table 6).
   """
-  expert = trace.expert if ranks is None else trace.expert[..., list(ranks)]
+  cols = slice(None) if ranks is None else list(ranks)
+  expert, routed = trace.expert[..., cols], trace.routed[..., cols]
   e = trace.num_experts
-  counts = np.stack([np.bincount(x.reshape(-1), minlength=e)
-                     for x in expert]).astype(np.float64)  # [M, E]
+  counts = np.stack([np.bincount(x[r], minlength=e)
+                     for x, r in zip(expert, routed)]).astype(np.float64)
   load = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
   mean = load.mean(-1)
   return {'load': load,
           'max_violation': load.max(-1) / mean - 1.0,
           'cv': load.std(-1) / mean}
+
+
+def null_fraction(trace: RoutingTrace) -> np.ndarray:
+  """float [M]: the share of choices that went to a null expert (the logged
+  'null_fraction' of moe.num_null_experts; 0 without null experts)."""
+  return np.mean(trace.expert >= trace.num_experts, axis=(1, 2))
 
 
 def expert_label_counts(trace: RoutingTrace, labels: np.ndarray,
@@ -87,10 +98,10 @@ def expert_label_counts(trace: RoutingTrace, labels: np.ndarray,
     rank: the k-rank whose expert counts (0: the first choice).
   """
   labels = np.asarray(labels)
-  keep = labels >= 0
   e = trace.num_experts
   out = np.zeros((trace.num_layers, e, num_labels), np.int64)
   for m in range(trace.num_layers):
+    keep = (labels >= 0) & trace.routed[m, :, rank]
     flat = trace.expert[m, keep, rank] * num_labels + labels[keep]
     out[m] = np.bincount(flat, minlength=e * num_labels).reshape(
         e, num_labels)
@@ -105,14 +116,16 @@ def top_tokens(trace: RoutingTrace, layer: int, n: int = 10,
     tokens: int [E, n] token ids, most frequent first (-1 pads experts that
       saw fewer than n distinct tokens).
     counts: int [E, n] how often the expert got each.
-    share: float [E, n] the fraction of all occurrences of that token that
-      went to this expert: near 1 means the expert owns the token, near 1/E
-      means the token is spread evenly (so a frequent token is not
-      necessarily a specialised one).
+    share: float [E, n] the fraction of the token's routed occurrences (at
+      this rank) that went to this expert: near 1 means the expert owns the
+      token, near 1/E means the token is spread evenly (so a frequent token
+      is not necessarily a specialised one).
   """
   e = trace.num_experts
   vocab = int(max(trace.tokens.max() + 1, 256))
-  joint = np.bincount(trace.expert[layer, :, rank] * vocab + trace.tokens,
+  keep = trace.routed[layer, :, rank]
+  joint = np.bincount(trace.expert[layer, keep, rank] * vocab +
+                      trace.tokens[keep],
                       minlength=e * vocab).reshape(e, vocab)
   per_token = np.maximum(joint.sum(0), 1)
   order = np.argsort(-joint, axis=1, kind='stable')[:, :n]
@@ -140,6 +153,8 @@ def mutual_information(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
       min makes the expert↔token-id value reach 1 when the expert is a
       function of the token, although H(token) > log E.
   """
+  if np.size(a) == 0:  # E.g. a layer that routed no token at this rank.
+    return {'mi': 0.0, 'h_a': 0.0, 'h_b': 0.0, 'nmi': 0.0}
   a = np.unique(np.asarray(a), return_inverse=True)[1].reshape(-1)
   b = np.unique(np.asarray(b), return_inverse=True)[1].reshape(-1)
   joint = np.bincount(a * (b.max() + 1) + b,
@@ -172,10 +187,10 @@ def expert_label_mi(trace: RoutingTrace, labels: np.ndarray, rank: int = 0,
     mutual_information; mi in nats).
   """
   labels = np.asarray(labels)
-  keep = labels >= 0
-  shuffled = np.random.default_rng(seed).permutation(labels[keep])
   rows = []
   for m in range(trace.num_layers):
+    keep = (labels >= 0) & trace.routed[m, :, rank]
+    shuffled = np.random.default_rng(seed).permutation(labels[keep])
     expert = trace.expert[m, keep, rank]
     r = mutual_information(expert, labels[keep])
     floor = mutual_information(expert, shuffled)

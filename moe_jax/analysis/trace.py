@@ -12,10 +12,12 @@ sequence's tokens consecutive), M MoE layers, K choices per token, E experts.
 On-disk format (`save_trace` / `load_trace`): one NumPy `.npz` file
 (compressed, no pickles) holding exactly the RoutingTrace fields below under
 their own names, plus 'meta', a 0-d unicode array with a JSON object:
-  format_version (int, FORMAT_VERSION), num_experts (E), top_k (K),
-  capacity (C per group, null when dropless), group_size (S), layers, and
-  free-form entries such as 'router', 'dispatcher', 'domain_names',
-  'eval_capacity_factor'.
+  format_version (int, FORMAT_VERSION), num_experts (E, real experts),
+  num_null_experts (N), top_k (K), capacity (C per group, null when
+  dropless), group_size (S), layers, and free-form entries such as 'router',
+  'dispatcher', 'domain_names', 'eval_capacity_factor'.
+Format 2 (2026-12-06) added 'routed' and 'num_null_experts'; format 1 files
+are refused (record them again).
 Load it with numpy alone: `np.load(path)['expert']` is [M, N, K].
 """
 
@@ -27,20 +29,22 @@ import os
 from typing import Any, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
+from moe_jax.analysis.choices import layer_choices
 from moe_jax.core import routing
 from moe_jax.errors import UserInputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NO_DOMAIN = -1  # The domain of a token whose data has no domain labels.
 
 _ARRAY_FIELDS = ('tokens', 'sequence', 'position', 'group_position', 'domain',
                  'loss', 'layers', 'expert', 'gate', 'prob', 'probs',
-                 'dropped')
+                 'routed', 'dropped')
+# The per-layer fields, [M, N, K or E + N].
+_LAYER_FIELDS = ('expert', 'gate', 'prob', 'probs', 'routed', 'dropped')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,18 +61,20 @@ class RoutingTrace:
     loss: float32 [N] the model's next-byte cross-entropy at the token (nats).
     layers: int32 [M] the block index of each MoE layer.
     expert: int32 [M, N, K] chosen experts; axis K is the k-rank (0 = first
-      choice).
+      choice). For the routers whose plan has one column per expert (relu,
+      expert_choice: RouterSpec.ranked False) each token's E columns are
+      ordered by `prob`, its routed experts first (analysis/choices.py). An
+      index >= num_experts is a null expert (E + j is null expert j).
     gate: float32 [M, N, K] the combine weight applied to the expert output;
-      0 where the choice was dropped.
+      0 where the choice was dropped or not routed.
     prob: float32 [M, N, K] the router probability of the chosen expert
       (softmax of the router logits), whether or not it was dropped.
-    probs: float32 [M, N, E] the router probabilities of all experts.
-    dropped: bool [M, N, K] the choice was not dispatched. Traces are taken at
-      eval with deterministic routing, where every choice is sent, so this is
-      "over capacity". Not for null-expert choices (expert >= the real E,
-      probs then spans E + N). For router='relu' (K = E columns, one per
-      expert) a column whose gate was 0 also reads as dropped: the plan
-      does not tell unrouted from dropped there (gate 0 either way).
+    probs: float32 [M, N, E + N] the router probabilities of all experts,
+      null experts last.
+    routed: bool [M, N, K] the router meant to send the choice to a real
+      expert: False for a null-expert choice and for an expert a ReLU or
+      expert-choice router did not pick. Loads and drops count these only.
+    dropped: bool [M, N, K] routed but over capacity (not dispatched).
     meta: JSON-serialisable facts about the run (see the module docstring).
   """
 
@@ -83,6 +89,7 @@ class RoutingTrace:
   gate: np.ndarray
   prob: np.ndarray
   probs: np.ndarray
+  routed: np.ndarray
   dropped: np.ndarray
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -96,7 +103,12 @@ class RoutingTrace:
 
   @property
   def num_experts(self) -> int:
-    return int(self.probs.shape[-1])
+    """E, the real experts (null experts excluded)."""
+    return int(self.probs.shape[-1]) - self.num_null_experts
+
+  @property
+  def num_null_experts(self) -> int:
+    return int(self.meta.get('num_null_experts', 0))
 
   @property
   def top_k(self) -> int:
@@ -107,25 +119,36 @@ class RoutingTrace:
     return bool(np.any(self.domain != NO_DOMAIN))
 
 
-def _forward(states, tokens, targets, *, graphdef):
+def _moe_configs(model) -> dict[int, Any]:
+  """{block index: MoEConfig} of the model's MoE layers; a one-line error
+  for a router with no discrete choices (Soft MoE)."""
+  configs = {i: b.ffn.config for i, b in enumerate(model.blocks) if b.is_moe}
+  if not configs:
+    raise UserInputError('the model has no MoE layer; there is no routing '
+                         'to trace.')
+  for c in configs.values():
+    check_traceable(c.router)
+  return configs
+
+
+def check_traceable(router: str) -> None:
+  """A one-line error unless `router` makes discrete (token, expert)
+  choices, which is what a trace records."""
+  if not routing.get(router).discrete:
+    raise UserInputError(
+        f'router={router!r} has no discrete choices to trace (its plan is '
+        'not a RoutingPlan: e.g. Soft MoE mixes every token into every '
+        'slot); trace a model with another router.')
+
+
+def _forward(states, tokens, targets, *, graphdef, ranked):
   """Per-token loss and each MoE layer's routing decision, as host-ready arrays."""
   model = nnx.merge(graphdef, *states)
   logits, aux = model(tokens, train=False, return_routing=True)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  routing = {}
-  for i, r in aux['routing'].items():
-    plan = r['plan']
-    probs = jax.nn.softmax(r['logits'], axis=-1)  # [G, S, E]
-    routing[i] = {
-        'expert': plan.expert_index,
-        'gate': plan.combine_weights,
-        'prob': jnp.take_along_axis(probs, plan.expert_index, axis=-1),
-        'probs': probs,
-        # A null-expert choice (index >= the plan's E) was never meant to
-        # be dispatched, so it is not a drop.
-        'dropped': ~plan.kept & (plan.expert_index < plan.num_experts),
-    }
-  return loss, routing
+  return loss, {i: layer_choices(r['plan'], r['logits'], r['routed'],
+                                 ranked=ranked[i])
+                for i, r in aux['routing'].items()}
 
 
 def _capacities(graphdef, states, tokens) -> dict[int, int | None]:
@@ -157,7 +180,10 @@ def record_trace(model_or_split, batches: Iterable[dict[str, np.ndarray]],
     graphdef, *states = model_or_split
   else:
     graphdef, *states = nnx.split(model_or_split)
-  forward = jax.jit(lambda s, x, y: _forward(s, x, y, graphdef=graphdef))
+  configs = _moe_configs(nnx.merge(graphdef, *states))
+  ranked = {i: c.spec.ranked for i, c in configs.items()}
+  forward = jax.jit(lambda s, x, y: _forward(s, x, y, graphdef=graphdef,
+                                             ranked=ranked))
   parts = {name: [] for name in _ARRAY_FIELDS if name != 'layers'}
   num_seqs, capacities = 0, None
   for batch in batches:
@@ -168,9 +194,6 @@ def record_trace(model_or_split, batches: Iterable[dict[str, np.ndarray]],
     loss, routing = jax.device_get(
         forward(states, inputs, np.asarray(batch['targets'], np.int32)))
     layers = sorted(routing)
-    if not layers:
-      raise ValueError('the model has no MoE layer; there is no routing to '
-                       'trace.')
     group_size = routing[layers[0]]['expert'].shape[1]
     flat = np.arange(b * length)
     parts['tokens'].append(inputs.reshape(-1))
@@ -184,7 +207,7 @@ def record_trace(model_or_split, batches: Iterable[dict[str, np.ndarray]],
         np.full(b * length, NO_DOMAIN) if domains is None else
         np.asarray(domains).reshape(-1))
     parts['loss'].append(np.asarray(loss).reshape(-1))
-    for name in ('expert', 'gate', 'prob', 'probs', 'dropped'):
+    for name in _LAYER_FIELDS:
       per_layer = [routing[i][name] for i in layers]  # each [G, S, K or E]
       parts[name].append(np.stack(
           [a.reshape(b * length, a.shape[-1]) for a in per_layer]))
@@ -192,17 +215,19 @@ def record_trace(model_or_split, batches: Iterable[dict[str, np.ndarray]],
   if capacities is None:
     raise ValueError('no batches to trace.')
   dtypes = {'loss': np.float32, 'gate': np.float32, 'prob': np.float32,
-            'probs': np.float32, 'dropped': bool}
+            'probs': np.float32, 'routed': bool, 'dropped': bool}
   arrays = {}
   for name, chunks in parts.items():
-    axis = 1 if name in ('expert', 'gate', 'prob', 'probs', 'dropped') else 0
+    axis = 1 if name in _LAYER_FIELDS else 0
     arrays[name] = np.concatenate(chunks, axis=axis).astype(
         dtypes.get(name, np.int32))
   arrays['layers'] = np.asarray(layers, np.int32)
   caps = {capacities[i] for i in layers}
+  num_null = configs[layers[0]].num_null_experts
   info = {
       'format_version': FORMAT_VERSION,
-      'num_experts': int(arrays['probs'].shape[-1]),
+      'num_experts': int(arrays['probs'].shape[-1]) - num_null,
+      'num_null_experts': int(num_null),
       'top_k': int(arrays['expert'].shape[-1]),
       'capacity': caps.pop() if len(caps) == 1 else None,
       'group_size': int(group_size),
@@ -228,13 +253,9 @@ def trace_checkpoint(config, workdir: str, *, batches=None,
       moe__eval_capacity_factor=1.0 to trace the drops at another capacity.
   """
   from moe_jax.train.evaluate import restore_checkpoint  # Heavy; lazy.
+  check_traceable(config.moe.router)  # Before the restore's cost.
   r = restore_checkpoint(config, workdir, **eval_overrides)
   m = r.config.moe
-  if not routing.get(m.router).discrete:
-    raise UserInputError(
-        f'router={m.router!r} has no discrete choices to trace (its plan is '
-        'not a RoutingPlan: e.g. Soft MoE mixes every token into every '
-        'slot); trace a checkpoint of another router.')
   info = {'router': m.router, 'dispatcher': m.dispatcher,
           'eval_capacity_factor': float(m.eval_capacity_factor),
           'workdir': str(workdir)}
@@ -260,57 +281,9 @@ def load_trace(path: str | os.PathLike) -> RoutingTrace:
     version = meta.get('format_version')
     if version != FORMAT_VERSION:
       raise ValueError(f'{path} is routing-trace format {version}; this code '
-                       f'reads format {FORMAT_VERSION}.')
+                       f'reads format {FORMAT_VERSION}: record the trace '
+                       'again.')
     missing = [n for n in _ARRAY_FIELDS if n not in f.files]
     if missing:
       raise ValueError(f'{path} lacks trace arrays {missing}.')
     return RoutingTrace(meta=meta, **{n: f[n] for n in _ARRAY_FIELDS})
-
-
-def trace_from_arrays(expert: np.ndarray, num_experts: int, *,
-                      seq_len: int | None = None,
-                      group_size: int | None = None,
-                      tokens: np.ndarray | None = None,
-                      domain: np.ndarray | None = None,
-                      dropped: np.ndarray | None = None,
-                      probs: np.ndarray | None = None,
-                      meta: dict[str, Any] | None = None) -> RoutingTrace:
-  """A trace built by hand (tests, toy examples), defaults filled in.
-
-  Args:
-    expert: int [M, N, K] (or [N, K] for one layer) chosen experts.
-    num_experts: E.
-    seq_len: L, tokens per sequence (default: one sequence of N tokens).
-    group_size: S (default L).
-    tokens, domain: int [N] (default 0 and NO_DOMAIN).
-    dropped: bool like expert (default none dropped).
-    probs: float [M, N, E] (default one-hot on the first choice).
-  """
-  expert = np.asarray(expert, np.int32)
-  if expert.ndim == 2:
-    expert = expert[None]
-  m, n, k = expert.shape
-  seq_len = seq_len or n
-  group_size = group_size or seq_len
-  flat = np.arange(n)
-  if probs is None:
-    probs = np.eye(num_experts, dtype=np.float32)[expert[..., 0]]
-  probs = np.asarray(probs, np.float32).reshape(m, n, num_experts)
-  dropped = (np.zeros(expert.shape, bool) if dropped is None else
-             np.asarray(dropped, bool).reshape(expert.shape))
-  prob = np.take_along_axis(probs, expert, axis=-1)
-  return RoutingTrace(
-      tokens=np.zeros(n, np.int32) if tokens is None else
-      np.asarray(tokens, np.int32),
-      sequence=(flat // seq_len).astype(np.int32),
-      position=(flat % seq_len).astype(np.int32),
-      group_position=(flat % group_size).astype(np.int32),
-      domain=np.full(n, NO_DOMAIN, np.int32) if domain is None else
-      np.asarray(domain, np.int32),
-      loss=np.zeros(n, np.float32),
-      layers=np.arange(m, dtype=np.int32),
-      expert=expert, gate=np.where(dropped, 0.0, prob).astype(np.float32),
-      prob=prob, probs=probs, dropped=dropped,
-      meta={'format_version': FORMAT_VERSION, 'num_experts': num_experts,
-            'top_k': k, 'capacity': None, 'group_size': group_size,
-            'layers': list(range(m)), **(meta or {})})

@@ -10,7 +10,7 @@ from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import (DISPATCHERS, ExpertInputs, RunExperts,
                                    run_local)
 from moe_jax.core.experts import EXPERT_FNS
-from moe_jax.core.plan import RoutingPlan
+from moe_jax.core.plan import ROUTED, RoutingPlan
 from moe_jax.core.routing import RouterInputs
 from moe_jax.core.routing.common import multiplicative_jitter
 from moe_jax.errors import UserInputError
@@ -75,7 +75,12 @@ def route(params: dict[str, jax.Array], logits: jax.Array,
       (see moe_apply), or None.
   """
   if replay is not None:
-    _check_replay(replay, config)
+    check_replayable(config)
+    if replay.shape[-1] != config.top_k:
+      raise UserInputError(
+          f'the replayed choices have K={replay.shape[-1]} per token but the '
+          f'layer routes top_k={config.top_k}; replay a trace of a model '
+          'with the same top_k.')
   capacity = config.capacity(logits.shape[1], train)
   extras = {p.name: params[p.name] for p in config.extra_params}
   return config.route(
@@ -84,17 +89,13 @@ def route(params: dict[str, jax.Array], logits: jax.Array,
       balance_fraction=balance_fraction)
 
 
-def _check_replay(replay: jax.Array, config: MoEConfig) -> None:
+def check_replayable(config: MoEConfig) -> None:
+  """A one-line error unless the layer's router can replay choices."""
   if not config.spec.replayable:
     raise UserInputError(
         f'router={config.router!r} cannot replay recorded choices (it does '
         'not pick K experts per token); replay works with the token-choice '
         'routers (switch, gshard, topk, sigmoid, deepseek, noisy_topk, bpr).')
-  if replay.shape[-1] != config.top_k:
-    raise UserInputError(
-        f'the replayed choices have K={replay.shape[-1]} per token but the '
-        f'layer routes top_k={config.top_k}; replay a trace of a model with '
-        'the same top_k.')
 
 
 def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
@@ -147,7 +148,10 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
       the unweighted 'load_balance_loss' and 'z_loss', and routing metrics.
       With return_routing, also 'routing': {'plan': the RoutingPlan
       ([G, S, K] arrays; None for a router whose plan is not one, such as
-      Soft MoE's dense mixing), 'logits': float32 [G, S, N] router logits}.
+      Soft MoE's dense mixing), 'logits': float32 [G, S, N] router logits,
+      'routed': bool [G, S, K], the choices the router meant to send to a
+      real expert before capacity (core/plan.py, ROUTED; None with the
+      plan)}.
   """
   dtype = dtype or x.dtype
   xg = group_tokens(x, config.group_size)  # [G, S, D]
@@ -169,6 +173,7 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   plan, aux = route(params, logits, router_in, config, train=train,
                     key=route_key, token_ids=token_ids, replay=replay,
                     balance_fraction=balance_fraction)
+  routed = aux.pop(ROUTED, None)  # Not a metric: only traces read it.
   expert_params = {k: v for k, v in params.items() if k in EXPERT_PARAMS}
   # A router with its own plan type brings the dispatcher that moves it.
   dispatcher = config.spec.dispatcher or DISPATCHERS[config.dispatcher]
@@ -200,7 +205,9 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   if 'router_loss' in aux:
     aux['aux_loss'] += aux['router_loss']
   if return_routing:
-    aux['routing'] = {
-        'plan': plan if isinstance(plan, RoutingPlan) else None,
-        'logits': sg_logits}
+    discrete = isinstance(plan, RoutingPlan)
+    if routed is None and discrete:  # A router that says nothing: all real.
+      routed = plan.expert_index < plan.num_experts
+    aux['routing'] = {'plan': plan if discrete else None, 'logits': sg_logits,
+                      'routed': routed}
   return out.reshape(x.shape).astype(x.dtype), aux

@@ -16,6 +16,13 @@ import jax.numpy as jnp
 from flax import struct
 
 DROPPED = -1  # The slot of a choice that was not dispatched.
+# The aux key under which a router hands moe_apply bool [G, S, K]: the
+# choices it meant to send to a real expert, before capacity. A plan alone
+# cannot tell a dropped choice from one the router never made (ReLU routing's
+# and expert choice's K = E columns, null experts: slot DROPPED and gate 0
+# either way); routing traces need the difference. Not a logged metric:
+# moe_apply takes it out of aux (core/moe.py).
+ROUTED = 'routed'
 
 
 def segment_of(ends: jax.Array, index: jax.Array) -> jax.Array:

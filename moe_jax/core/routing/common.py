@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from moe_jax.core import capacity as capacity_lib
 from moe_jax.core import losses
 from moe_jax.core import metrics as metrics_lib
-from moe_jax.core.plan import RoutingPlan
+from moe_jax.core.plan import ROUTED, RoutingPlan
 
 Router = Callable[..., tuple[RoutingPlan, dict[str, jax.Array]]]
 
@@ -120,6 +120,7 @@ def build_plan(logits: jax.Array, probs: jax.Array, expert_index: jax.Array,
       **metrics_lib.routing_metrics(
           probs, jnp.where(real, expert_index, 0), sent, kept,
           num_experts=num_experts),
+      ROUTED: jax.lax.stop_gradient(sent),
   }
   if num_null:
     chose = jax.lax.stop_gradient(routed)

@@ -42,7 +42,7 @@ from moe_jax.core import capacity as capacity_lib
 from moe_jax.core import losses
 from moe_jax.core import metrics as metrics_lib
 from moe_jax.core.dispatch import DISPATCHERS
-from moe_jax.core.plan import DROPPED, RoutingPlan
+from moe_jax.core.plan import DROPPED, ROUTED, RoutingPlan
 from moe_jax.core.routing import registry
 from moe_jax.errors import UserInputError
 
@@ -159,6 +159,8 @@ def expert_choice(logits: jax.Array, *, capacity: int,
       **metrics_lib.routing_metrics(probs, expert_index, candidate, kept),
       'experts_per_token': jnp.mean(
           jax.nn.one_hot(per_token, e + 1), axis=0),
+      # Expert e picked the token (causal: before its chunk buffer filled).
+      ROUTED: candidate,
   }
   return plan, aux
 
@@ -204,4 +206,4 @@ def _check(config) -> None:
 SPEC = registry.register(registry.RouterSpec(
     name='expert_choice', route=_route, group_wide=True, check=_check,
     capacity=_capacity, passes_per_token=_passes_per_token,
-    balance_loss=False))
+    balance_loss=False, ranked=False))

@@ -79,7 +79,9 @@ class RouterSpec:
     name: the value of `moe.router`.
     route: (inputs: RouterInputs, config: MoEConfig, *, train, capacity,
       key, balance_fn) -> (plan, aux). aux holds the unweighted
-      'load_balance_loss' and 'z_loss' and the routing metrics.
+      'load_balance_loss' and 'z_loss' and the routing metrics, and may
+      hold plan.ROUTED, the choices meant for a real expert before
+      capacity (default: every choice of a real expert).
     options: a frozen dataclass of the router's own knobs, with defaults;
       given as `moe.router_options.<name>.<field>` in a ConfigDict. Its
       __post_init__ checks each field.
@@ -119,6 +121,11 @@ class RouterSpec:
     routes_by_position: the router's choice for a token depends on the
       token's position in its group (uniform), so decoding one token at a
       time (moe_jax/generation) would route it as position 0 and is refused.
+    ranked: the plan's K columns are a token's choices in rank order
+      (column 0 its first choice). False where column e is expert e,
+      chosen or not (ReLU routing, expert choice): routing traces then
+      order each token's columns by router probability, its chosen
+      experts first, so that their K axis reads as a rank too.
     replayable: the router selects K experts per token through
       common.choose, so router replay can force its choices
       (RouterInputs.replay); others refuse replay with one line.
@@ -149,6 +156,7 @@ class RouterSpec:
   eval_only: tuple[str, ...] = ()
   legacy_fields: tuple[tuple[str, str], ...] = ()
   replayable: bool = False
+  ranked: bool = True
   routes_by_position: bool = False
   null_experts: bool = False
   totals: tuple[str, ...] = ()

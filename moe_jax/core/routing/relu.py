@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from moe_jax.core import losses
 from moe_jax.core import metrics as metrics_lib
 from moe_jax.core.capacity import assign_slots
-from moe_jax.core.plan import RoutingPlan
+from moe_jax.core.plan import ROUTED, RoutingPlan
 from moe_jax.core.routing import registry
 from moe_jax.errors import UserInputError, require
 
@@ -163,6 +163,7 @@ def relu_route(logits: jax.Array, *, capacity: int | None, target_k: float,
       'l1_loss': l1,
       'l1_weight': l1_weight,
       'router_loss': l1_weight * l1,
+      ROUTED: jax.lax.stop_gradient(routed),  # Column e: gate_e > 0.
   }
   # Per k-rank drops mean nothing when columns are experts: report the share
   # of routed choices that were dropped (what the eval mean over ranks is for
@@ -219,6 +220,6 @@ def _check(config) -> None:
 
 SPEC = registry.register(registry.RouterSpec(
     name='relu', route=_route, options=Options, check=_check,
-    extra_params=_extra_params, update_state=_update_state,
+    extra_params=_extra_params, update_state=_update_state, ranked=False,
     batch_pooled=lambda config: (
         "router='relu' pools its f-weighted losses over the whole batch")))
