@@ -8,7 +8,7 @@ place that does, and both kinds answer the same questions:
   summary(state)          a line for the log, or None
   resumed(meta)           checks a restored checkpoint's meta
   start(state)            (the state a fresh run starts from, a log line)
-  step_fn(graphdef, tx, shardings, batch_sh, mesh)
+  step_fn(graphdef, tx, shardings, batch_sh, mesh[, keep_on_overflow])
                           (state, batch) -> (state, metrics), jitted
   eval_shardings(shardings), eval_view(state)
                           the state as evaluation sees it, and its shardings
@@ -23,7 +23,7 @@ import jax
 from flax import nnx
 
 from moe_jax.parallel import placement
-from moe_jax.train import init_from, setup
+from moe_jax.train import ep_retry, init_from, setup
 from moe_jax.train import step as step_lib
 from moe_jax.train.lora import run as lora_run
 
@@ -82,10 +82,16 @@ class FullModel:
     return state, (f'initialised from step {source.step} of '
                    f'{source.workdir}{upcycled}')
 
-  def step_fn(self, graphdef, tx, shardings, batch_sh, mesh):
-    """(state, batch) -> (state, metrics): the jitted train step."""
+  def step_fn(self, graphdef, tx, shardings, batch_sh, mesh,
+              keep_on_overflow: bool = False):
+    """(state, batch) -> (state, metrics): the jitted train step.
+
+    keep_on_overflow: return the input state when a bounded expert-parallel
+    exchange overflowed (ep_retry.py reruns the step).
+    """
+    step = functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx)
     return jax.jit(
-        functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx),
+        ep_retry.keep_state_on_overflow(step) if keep_on_overflow else step,
         in_shardings=(shardings, batch_sh),
         out_shardings=(shardings, placement.replicated(mesh)),
         donate_argnums=0)
