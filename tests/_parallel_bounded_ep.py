@@ -8,19 +8,20 @@ Under OUT_DIR:
 
   layer_<case>.npz  the top-2 dropless layer (tests/_parallel_moe.py's
                     inputs): y, loss, aux and gradients, for
-                    moe.ep_buffer_factor None ('today'), 4.0 (= EP: slots
-                    of M rows) and 2.0 (slots of M/2 rows, which this
-                    routing fits); 'skewed_drop': the zero router (every
-                    choice to experts 0 and 1, both on one device) at
-                    factor 1.0.
+                    moe.ep_buffer_factor None ('today') and 2.0 (slots of
+                    M/2 rows, which this routing fits);
+  layer_skewed.npz  'overflow': the layer's count with the zero router
+                    (every choice to experts 0 and 1, both on one device)
+                    at factor 1.0.
   plan.npz          a hand-built skewed plan through run_experts at factor
                     1.0 ('y', 'overflow') and, on one device, the same plan
                     with the rows the test expects dropped marked DROPPED
                     ('y_ref'), for the dropless dispatcher.
-  steps_<run>.npz   STEPS train steps of the tiny dropless model, built as
-                    the trainer builds them (ep_retry.step_fn): 'today'
-                    (worst-case buffers) and 'retry' (factor 0.5, which
-                    overflows every step): final params, each step's loss,
+  steps_<run>.npz   STEPS train steps of the tiny dropless model from one
+                    initial state: 'today' (the model of a config without
+                    the bound) and 'retry' (factor 0.5, which overflows
+                    every step; built as the trainer builds it,
+                    ep_retry.step_fn): final params, each step's loss,
                     per-layer overflow and 'ep_retried'.
   run/metrics.jsonl train_and_evaluate of the 'retry' run: the log.
 """
@@ -35,6 +36,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 # Run as a script, the checkout is not on the path the way pytest puts it.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -48,27 +50,38 @@ from moe_jax.core.experts import gelu_mlp
 from moe_jax.core.plan import DROPPED, RoutingPlan
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
-from moe_jax.parallel.expert_parallel import OVERFLOW, run_experts
+from moe_jax.parallel.expert_parallel import (OVERFLOW, parallel_moe_apply,
+                                              run_experts)
 from moe_jax.train import ep_retry, setup, trainable, trainer
 
 NUM_DEVICES = 8
 MESH = (2, 4, 1)
 STEPS = 2
-LAYER = {'today': None, 'factor4': 4.0, 'factor2': 2.0, 'skewed_drop': 1.0}
+LAYER = {'today': None, 'factor2': 2.0}
 G, S, D, F, E = 8, 16, 8, 16, 8  # One group per device.
+
+
+def _layer_config(factor):
+  # The layer drops what does not fit under either ep_overflow; 'retry'
+  # acts in the train step (train_steps below).
+  return MoEConfig(router='topk', top_k=2, dispatcher='dropless',
+                   ep_buffer_factor=factor, **_COMMON)
 
 
 def layer_cases(mesh, out: pathlib.Path) -> None:
   for name, factor in LAYER.items():
-    # The layer drops what does not fit under either ep_overflow; 'retry'
-    # acts in the train step (train_steps below).
-    config = MoEConfig(router='topk', top_k=2, dispatcher='dropless',
-                       ep_buffer_factor=factor, **_COMMON)
-    params, state, x, r = _inputs(config, zero_router=name == 'skewed_drop')
-    placed, xs, rs = place(mesh, state, params, x, r)
+    config = _layer_config(factor)
+    placed, xs, rs = place(mesh, *_inputs(config))
     with jax.set_mesh(mesh):
       result = _loss_and_grads(config)(placed, xs, rs)
     np.savez(out / f'layer_{name}.npz', **_flat(result))
+  # The zero router at f = 1: its count only (the forward pass).
+  config = _layer_config(1.0)
+  placed, xs, _ = place(mesh, *_inputs(config, zero_router=True))
+  with jax.set_mesh(mesh):
+    aux = jax.jit(lambda p, x: parallel_moe_apply(p, x, config, train=True)[1])(
+        placed, xs)
+  np.savez(out / 'layer_skewed.npz', overflow=aux[OVERFLOW])
 
 
 def skewed_plan() -> tuple[RoutingPlan, np.ndarray]:
@@ -116,20 +129,27 @@ def retry_config(factor: float):
     config.moe.ep_buffer_factor = factor
     config.train.num_steps = STEPS
     config.train.eval_every = config.train.checkpoint_every = STEPS
+    config.train.eval_batches = config.train.final_eval_batches = 1
   return config
 
 
 def train_steps(mesh, out: pathlib.Path) -> None:
-  for name, factor in (('today', 0.0), ('retry', 0.5)):
-    config = retry_config(factor)
-    mcfg = setup.model_config(config)
-    batches = setup.load_data(config).batches
-    graphdef, state, shardings, tx = setup.init_state(mcfg, config, mesh)
-    trains = trainable.for_config(config, mcfg, mesh, read_init_from=False)
-    batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
-    step_fn = ep_retry.step_fn(
-        trains, graphdef, ep_retry.exact_graphdef(mcfg, config, graphdef),
-        tx, shardings, batch_sh, mesh, mcfg.moe)
+  """STEPS steps of each run from one initial state and the same batches."""
+  config = retry_config(0.5)
+  mcfg = setup.model_config(config)
+  batches = setup.load_data(config).batches
+  graphdef, initial, shardings, tx = setup.init_state(mcfg, config, mesh)
+  trains = trainable.for_config(config, mcfg, mesh, read_init_from=False)
+  batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
+  # Today's model, built from its own config (factor 0), not by ep_retry.
+  today = nnx.graphdef(nnx.eval_shape(setup.new_model(
+      setup.model_config(retry_config(0.0)), config)))
+  runs = {'today': trains.step_fn(today, tx, shardings, batch_sh, mesh),
+          'retry': ep_retry.step_fn(
+              trains, graphdef, ep_retry.exact_graphdef(mcfg, config, graphdef),
+              tx, shardings, batch_sh, mesh, mcfg.moe)}
+  for name, step_fn in runs.items():
+    state = jax.tree.map(jnp.copy, initial)  # Each step donates its input.
     logged = []
     with jax.set_mesh(mesh):
       for step in range(STEPS):

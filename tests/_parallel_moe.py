@@ -138,7 +138,7 @@ def _inputs(config, zero_router=False):
   return params, state, x, r
 
 
-def place(mesh, state, params, x, r):
+def place(mesh, params, state, x, r):
   """(params, x, r) on `mesh`: the parameters' shardings from their logical
   annotations, as in training; x and the cotangent r split over the batch
   axes."""
@@ -156,7 +156,7 @@ def run_case(name, config, out_dir: pathlib.Path, shard_report: dict) -> None:
 
   for shape in CASE_MESHES.get(name, MESHES):
     mesh = mesh_lib.make_mesh(shape)
-    placed, xs, rs = place(mesh, state, params, x, r)
+    placed, xs, rs = place(mesh, params, state, x, r)
     with jax.set_mesh(mesh):
       compiled = fn.lower(placed, xs, rs).compile()
       result = compiled(placed, xs, rs)
