@@ -39,30 +39,31 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common
+from benchmarks.expert_parallel import B, D, E, F, L, layer_inputs, place
 from moe_jax.core import MoEConfig
-from moe_jax.layers.moe import EXPERT_IN_AXES, EXPERT_OUT_AXES
 from moe_jax.parallel import make_mesh
 from moe_jax.parallel.dropless_ep import slot_rows
 from moe_jax.parallel.expert_parallel import OVERFLOW, parallel_moe_apply
-from moe_jax.parallel.rules import logical_to_spec
 
-B, L, D, F, E, K = 64, 128, 256, 1024, 8, 1
+K = 1  # Switch top-1, as the layer of expert_parallel.py.
 LAYOUTS = [(2, 4, 1), (1, 8, 1)]
 FACTORS = {'worst': None, '2': 2.0, '1.25': 1.25, '1': 1.0}
-_A2A = re.compile(r'=\s*(f32\[[0-9,]*\])[^=]*\sall-to-all\(')
+_A2A = re.compile(r'^\s*(?:ROOT\s+)?%\S+\s*=\s*(.*?)\sall-to-all\(', re.M)
 
 
 def a2a_buffer_bytes(hlo: str) -> list[int]:
-  """Bytes of each f32 all-to-all's result in compiled HLO text (one
-  device's buffer: a tiled all-to-all's result is the size of its input)."""
+  """Bytes of each f32 all-to-all's result on one device, from compiled HLO
+  text (XLA:CPU writes one as a tuple of its EP pieces [1, R, D]; a tiled
+  all-to-all's result is the size of its input)."""
   sizes = []
-  for shape in _A2A.findall(hlo):
-    dims = [int(d) for d in shape[4:-1].split(',') if d]
-    sizes.append(4 * math.prod(dims))
+  for result in _A2A.findall(hlo):
+    shapes = re.findall(r'f32\[([0-9,]*)\]', result)
+    if shapes:
+      sizes.append(sum(4 * math.prod(int(d) for d in dims.split(',') if d)
+                       for dims in shapes))
   return sizes
 
 
@@ -75,21 +76,12 @@ def main():
                       help='JSON results (default: untracked runs/benchmarks/)')
   args = parser.parse_args()
 
-  keys = jax.random.split(jax.random.key(0), 4)
-  params = {'router_kernel': 0.02 * jax.random.normal(keys[0], (D, E)),
-            'wi': 0.02 * jax.random.normal(keys[1], (E, D, F)),
-            'wo': 0.02 * jax.random.normal(keys[2], (E, F, D))}
-  x = jax.random.normal(keys[3], (B, L, D))
+  params, x = layer_inputs()
 
   rows, runs = [], {}
   for layout in LAYOUTS:
     mesh = make_mesh(layout)
-    spec = lambda axes, mesh=mesh: NamedSharding(
-        mesh, logical_to_spec(axes, mesh=mesh))
-    p_sh = {'router_kernel': spec(('embed', None)), 'wi': spec(EXPERT_IN_AXES),
-            'wo': spec(EXPERT_OUT_AXES)}
-    x_sh = spec(('batch', None, None))
-    p, xs = jax.device_put(params, p_sh), jax.device_put(x, x_sh)
+    p, xs, p_sh, x_sh = place(params, x, mesh)
     data, ep, _ = layout
     m = B // (data * ep) * L * K  # A device's choices.
     for name, factor in FACTORS.items():

@@ -31,7 +31,6 @@ import io
 import pathlib
 import shutil
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from _parallel_moe import _COMMON, _flat, _inputs, _loss_and_grads, place
 from _parallel_train import flat, tiny_config
+import testlib
 from testlib import moe_params, require_devices
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import DISPATCHERS, run_local
@@ -168,10 +168,7 @@ def main(out_dir: str) -> None:
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   # The trainer's steps come back from here instead of compiling again.
-  cache = tempfile.mkdtemp(prefix='jax_cache_', dir=out)
-  jax.config.update('jax_compilation_cache_dir', cache)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  cache = testlib.private_compilation_cache(out)
   mesh = mesh_lib.make_mesh(MESH)
   layer_cases(mesh, out)
   plan_case(mesh, out)
