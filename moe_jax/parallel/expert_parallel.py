@@ -26,9 +26,8 @@ arrays, so its losses and metrics are exactly the single-device ones.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
