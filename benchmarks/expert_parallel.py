@@ -55,6 +55,24 @@ B, L, D, F, E = 64, 128, 256, 1024, 8
 LAYOUTS = [(8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (1, 4, 2)]
 
 
+def layer_inputs():
+  """(params, x) of the benchmark layer, fixed by seed 0."""
+  keys = jax.random.split(jax.random.key(0), 4)
+  params = {'router_kernel': 0.02 * jax.random.normal(keys[0], (D, E)),
+            'wi': 0.02 * jax.random.normal(keys[1], (E, D, F)),
+            'wo': 0.02 * jax.random.normal(keys[2], (E, F, D))}
+  return params, jax.random.normal(keys[3], (B, L, D))
+
+
+def place(params, x, mesh):
+  """(params, x, their shardings) on `mesh`, as training places them."""
+  spec = lambda axes: NamedSharding(mesh, logical_to_spec(axes, mesh=mesh))
+  p_sh = {'router_kernel': spec(('embed', None)), 'wi': spec(EXPERT_IN_AXES),
+          'wo': spec(EXPERT_OUT_AXES)}
+  x_sh = spec(('batch', None, None))
+  return jax.device_put(params, p_sh), jax.device_put(x, x_sh), p_sh, x_sh
+
+
 def _run(step, p, xs, mesh):
   with jax.set_mesh(mesh):
     jax.block_until_ready(step(p, xs))
@@ -74,11 +92,7 @@ def main():
   cfg = MoEConfig(num_experts=E, d_ff=F, capacity_factor=1.25)
   dropless_cfg = MoEConfig(num_experts=E, d_ff=F, dispatcher='dropless')
   capacity = cfg.capacity(L, train=True)
-  keys = jax.random.split(jax.random.key(0), 4)
-  params = {'router_kernel': 0.02 * jax.random.normal(keys[0], (D, E)),
-            'wi': 0.02 * jax.random.normal(keys[1], (E, D, F)),
-            'wo': 0.02 * jax.random.normal(keys[2], (E, F, D))}
-  x = jax.random.normal(keys[3], (B, L, D))
+  params, x = layer_inputs()
 
   def loss(p, x, cfg=cfg):
     y, aux = parallel_moe_apply(p, x, cfg, train=True)
@@ -109,12 +123,7 @@ def main():
     if variant != 'shard_map' and layout[1] == 1:
       continue  # Without an expert axis these add nothing to compare.
     mesh = make_mesh(layout)
-    spec = lambda axes, mesh=mesh: NamedSharding(
-        mesh, logical_to_spec(axes, mesh=mesh))
-    p_sh = {'router_kernel': spec(('embed', None)), 'wi': spec(EXPERT_IN_AXES),
-            'wo': spec(EXPERT_OUT_AXES)}
-    x_sh = spec(('batch', None, None))
-    p, xs = jax.device_put(params, p_sh), jax.device_put(x, x_sh)
+    p, xs, p_sh, x_sh = place(params, x, mesh)
     with jax.set_mesh(mesh):
       step = jax.jit(jax.grad(fn, argnums=(0, 1)), in_shardings=(p_sh, x_sh),
                      out_shardings=(p_sh, x_sh))

@@ -138,6 +138,17 @@ def _inputs(config, zero_router=False):
   return params, state, x, r
 
 
+def place(mesh, params, state, x, r):
+  """(params, x, r) on `mesh`: the parameters' shardings from their logical
+  annotations, as in training; x and the cotangent r split over the batch
+  axes."""
+  param_sh = rules.tree_shardings(state, mesh)
+  placed = {k: jax.device_put(v, param_sh[k].get_value())
+            for k, v in params.items()}
+  x_sh = rules.batch_sharding(mesh, x.ndim)
+  return placed, jax.device_put(x, x_sh), jax.device_put(r, x_sh)
+
+
 def run_case(name, config, out_dir: pathlib.Path, shard_report: dict) -> None:
   params, state, x, r = _inputs(config, zero_router=name in ZERO_ROUTER)
   fn = _loss_and_grads(config)
@@ -145,13 +156,7 @@ def run_case(name, config, out_dir: pathlib.Path, shard_report: dict) -> None:
 
   for shape in CASE_MESHES.get(name, MESHES):
     mesh = mesh_lib.make_mesh(shape)
-    # The parameters' shardings come from their logical annotations, as in
-    # training; x and the cotangent r are split over the batch axes.
-    param_sh = rules.tree_shardings(state, mesh)
-    placed = {k: jax.device_put(v, param_sh[k].get_value())
-              for k, v in params.items()}
-    x_sh = rules.batch_sharding(mesh, x.ndim)
-    xs, rs = jax.device_put(x, x_sh), jax.device_put(r, x_sh)
+    placed, xs, rs = place(mesh, params, state, x, r)
     with jax.set_mesh(mesh):
       compiled = fn.lower(placed, xs, rs).compile()
       result = compiled(placed, xs, rs)

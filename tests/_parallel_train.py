@@ -34,7 +34,6 @@ import json
 import pathlib
 import shutil
 import sys
-import tempfile
 
 import jax
 import numpy as np
@@ -162,10 +161,7 @@ def main(out_dir: str) -> None:
   require_devices(NUM_DEVICES)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  cache = tempfile.mkdtemp(prefix='jax_cache_', dir=out)
-  jax.config.update('jax_compilation_cache_dir', cache)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  cache = testlib.private_compilation_cache(out)
   all_meshes = meshes()
   report = {}
   for name in ('single', '2x4x1'):

@@ -218,6 +218,12 @@ def test_dispatcher_choice_does_not_change_layer_output(switch_layer):
     (dict(router='switch', top_k=2), ["router='switch'", 'top_k=2',
                                       'top_k=1']),
     (dict(router='gshard', top_k=1), ["router='gshard'", 'top_k=2']),
+    (dict(dispatcher='dropless', ep_buffer_factor=-1.0),
+     ['ep_buffer_factor=-1.0', 'positive', 'or 0']),
+    (dict(dispatcher='dropless', ep_overflow='skip'),
+     ["ep_overflow='skip'", "'retry'", "'drop'"]),
+    (dict(ep_buffer_factor=2.0), ['ep_buffer_factor=2.0', "'index'",
+                                  'dropless']),
 ])
 def test_bad_config_raises_value_error_naming_argument(kwargs, words):
   with pytest.raises(ValueError) as info:
@@ -231,7 +237,9 @@ def test_good_config_values_are_accepted():
   # The error checks above must not reject the valid neighbours.
   for kw in (dict(router='topk', top_k=4), dict(router='gshard', top_k=2),
              dict(capacity_factor=0.01, eval_capacity_factor=1),
-             dict(dispatcher='dropless')):
+             dict(dispatcher='dropless'),
+             dict(dispatcher='dropless', ep_buffer_factor=1.5),
+             dict(ep_buffer_factor=0.0, ep_overflow='drop')):
     _config(**kw)
 
 

@@ -55,6 +55,17 @@ def assert_trees_close(have: dict, want: dict, rtol: float, what: str):
     np.testing.assert_allclose(h, w, rtol=rtol,
                                atol=rtol * float(np.max(np.abs(w))),
                                err_msg=where)
+def private_compilation_cache(out_dir) -> str:
+  """Points JAX's persistent compilation cache at a new folder in out_dir
+  (every program cached), so a program that comes back in this process
+  loads instead of compiling again; it changes no result. Returns it."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  cache = tempfile.mkdtemp(prefix='jax_cache_', dir=out_dir)
+  jax.config.update('jax_compilation_cache_dir', cache)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return cache
 
 
 def moe_params(seed: int, d: int, f: int, e: int, expert_type: str = 'gelu'):

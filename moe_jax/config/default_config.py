@@ -151,6 +151,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.shared_expert_gate = False  # Sigmoid gate on shared experts (Qwen).
   # N zero-compute null experts in the routing (AdaMoE); topk/gshard/switch.
   c.moe.num_null_experts = 0
+  # Dropless under an expert axis: all-to-all buffers of this factor x the
+  # balanced load; 0: worst case (EP x it), nothing can overflow.
+  c.moe.ep_buffer_factor = 0.0
+  # Rows that overflow them: 'retry' the step with worst-case buffers, or
+  # 'drop' them; either way each layer logs ep_overflow_rows.
+  c.moe.ep_overflow = 'retry'
   # axlearn's adaptive balance weight: α·exp(ℓ), ℓ ± log_step per step while
   # the averaged over-capacity ratio is above max / below min_over_capacity.
   c.moe.adaptive_balance = ml_collections.ConfigDict({

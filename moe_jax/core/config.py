@@ -18,6 +18,9 @@ from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.experts import EXPERT_TYPES
 from moe_jax.errors import UserInputError, check_bool, check_choice, check_positive
 
+# What a bounded expert-parallel exchange does with the rows it cannot hold.
+EP_OVERFLOW = ('retry', 'drop')
+
 
 @dataclasses.dataclass(frozen=True)
 class MoEConfig:
@@ -100,6 +103,15 @@ class MoEConfig:
       the ConfigDict's `moe.adaptive_balance` holds them). With log_step > 0
       each layer's weight becomes load_balance_weight·exp(ℓ), ℓ moved ±ε
       per step by its averaged over-capacity ratio (core/adaptive_balance.py).
+    ep_buffer_factor: dropless dispatchers under an expert axis of P
+      devices: each device's all-to-all buffers hold f times the balanced
+      load (M = G_l·S·K choices in all, M/P per slot) instead of the worst
+      case P·M (moe_jax/parallel/dropless_ep.py); None or 0: the worst case.
+      MaxText's ragged_buffer_factor; f >= P is the worst case.
+    ep_overflow: what happens to choices the bounded buffers cannot hold
+      (each layer counts them, aux 'ep_overflow_rows'): 'retry' (the train
+      step is rerun with the worst-case buffers, so nothing is dropped:
+      moe_jax/train/ep_retry.py) or 'drop' (dropped like capacity drops).
   """
 
   num_experts: int = 8
@@ -127,6 +139,8 @@ class MoEConfig:
   num_null_experts: int = 0
   router_options: Any = None
   adaptive_balance: Any = None
+  ep_buffer_factor: float | None = None
+  ep_overflow: str = 'retry'
 
   def __post_init__(self):
     check_positive('num_experts', self.num_experts)
@@ -168,6 +182,7 @@ class MoEConfig:
         raise UserInputError(f'{name}={getattr(self, name)!r} must be >= 0.')
     check_positive('init_scale', self.init_scale, (int, float))
     self._check_shared_fields(spec)
+    self._check_ep_buffer()
     if spec.check is not None:
       spec.check(self)
     adaptive_lib.check(self)
@@ -225,6 +240,20 @@ class MoEConfig:
           f'num_null_experts={n} needs a router that can route to null '
           f'experts, but router={self.router!r} cannot use them; use one of '
           f'{", ".join(map(repr, able))} or set num_null_experts=0.')
+
+  def _check_ep_buffer(self) -> None:
+    check_choice('ep_overflow', self.ep_overflow, EP_OVERFLOW)
+    factor = self.ep_buffer_factor
+    if factor is None or factor == 0:
+      return
+    check_positive('ep_buffer_factor', factor, (int, float),
+                   'e.g. 2.0 (buffers twice the balanced load), or 0 for the '
+                   'worst-case buffers')
+    if DISPATCHERS[self.dispatcher].needs_capacity:
+      raise UserInputError(
+          f'ep_buffer_factor={factor} bounds the dropless dispatchers\' '
+          f'exchange, but dispatcher={self.dispatcher!r} has capacity '
+          "buffers; use a dropless dispatcher or set ep_buffer_factor=0.")
 
   def _check_shared_fields(self, spec: routing.RouterSpec) -> None:
     """Checks of the later shared fields (all off by default)."""

@@ -23,10 +23,25 @@ exchange, traffic: P·M rows per device each way, P times what is sent on
 average. The ragged exchange moves only the real rows, and the experts skip
 the empty rows on every backend (blocked and grouped matmuls know the
 counts), so on GPU/TPU the bound costs memory, not bandwidth or FLOPs.
+
+The bounded buffer (MoEConfig.ep_buffer_factor = f; MaxText's
+ragged_buffer_factor, axlearn's expert_parallel_capacity): balanced routing
+sends M/P of a device's choices to each device, so each receives M in all.
+A slot then holds R = ceil(f·M/P) rows (at most M), and the receive buffer
+P·R is f times the balanced load; f >= P gives R = M, the worst case above.
+A slot keeps its first R rows in the order it is sorted (by local expert,
+then by token), so what does not fit is the last experts' and tokens' rows
+of that source-destination pair. Those choices are dropped (their gate
+weight reaches no expert, as a capacity drop) and counted; MoEConfig's
+ep_overflow says whether the step is then rerun with R = M
+(moe_jax/train/ep_retry.py) or kept. The per-pair bound is what the dense
+exchange needs (every slot has the same size); both exchanges use it, so
+they stay interchangeable.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -38,33 +53,66 @@ from moe_jax.core.plan import DROPPED, RoutingPlan, segment_of
 from moe_jax.parallel.ragged_exchange import exchange
 
 
-def destination_layout(plan: RoutingPlan, num_devices: int):
-  """Where each routed choice sits in the send buffers [P, M, D].
+def slot_rows(num_choices: int, num_devices: int,
+              buffer_factor: float | None) -> int:
+  """R, the rows of one source-destination slot.
+
+  Args:
+    num_choices: M = G_l·S·K, a device's routed choices (static).
+    num_devices: P, the devices of the expert axis.
+    buffer_factor: f; None or 0: the worst case, R = M.
 
   Returns:
-    row: int32 [M], the flat buffer row of each choice; P·M if unrouted.
-    choice: int32 [P·M], the choice in each row; M for padding rows.
-    counts: int32 [P, E/P], routed choices per destination and its expert.
+    ceil(f·M/P), at least 1 and at most M (more could never fill).
+  """
+  if not buffer_factor:
+    return num_choices
+  return max(1, min(num_choices, math.ceil(
+      buffer_factor * num_choices / num_devices)))
+
+
+def destination_layout(plan: RoutingPlan, num_devices: int,
+                       rows: int | None = None):
+  """Where each routed choice sits in the send buffers [P, R, D].
+
+  Args:
+    plan: the device's dropless plan over all E experts.
+    num_devices: P.
+    rows: R, the rows of a slot (slot_rows); None: M, where all fit.
+
+  Returns:
+    row: int32 [M], the flat buffer row of each choice; P·R if unrouted or
+      past its slot's R rows.
+    choice: int32 [P·R], the choice in each row; M for padding rows.
+    counts: int32 [P, E/P], rows sent per destination and its expert (the
+      routed choices that fit).
+    overflow: int32 scalar, routed choices that did not fit.
   """
   g, s, k = plan.shape
   m, p = g * s * k, num_devices
+  r_slot = m if rows is None else rows
   key, sizes = plan.expert_sort_key()
-  counts = sizes.reshape(p, -1).astype(jnp.int32)
-  per_device = jnp.sum(counts, axis=1)  # [P]
+  routed = sizes.reshape(p, -1).astype(jnp.int32)  # [P, E/P]
+  per_device = jnp.sum(routed, axis=1)  # [P]
   first = jnp.cumsum(per_device) - per_device  # Sorted position of slot p.
   order = jnp.argsort(key, stable=True)  # Sorted position -> choice.
   # Sorting by expert sorts by device (experts are split in order), and
   # keeps each slot sorted by expert, as the receiver expects.
   position = jnp.argsort(order)  # Choice -> sorted position (no scatter).
-  dest = jnp.minimum(key // counts.shape[1], p - 1)
-  row = dest * m + position - first[dest]
-  row = jnp.where(key < plan.num_experts, row, p * m).astype(jnp.int32)
-  r = jnp.arange(p * m, dtype=jnp.int32)
-  slot, rank = r // m, r % m
+  dest = jnp.minimum(key // routed.shape[1], p - 1)
+  rank = position - first[dest]  # Place in its slot.
+  fits = (key < plan.num_experts) & (rank < r_slot)
+  row = jnp.where(fits, dest * r_slot + rank, p * r_slot).astype(jnp.int32)
+  r = jnp.arange(p * r_slot, dtype=jnp.int32)
+  slot, rank = r // r_slot, r % r_slot
   filled = rank < per_device[slot]
   choice = order[jnp.where(filled, first[slot] + rank, 0)]
   choice = jnp.where(filled, choice, m).astype(jnp.int32)
-  return row, choice, counts
+  # A slot keeps its first R rows: each expert's share of them.
+  kept_ends = jnp.minimum(jnp.cumsum(routed, axis=1), r_slot)
+  counts = jnp.diff(kept_ends, axis=1, prepend=0)
+  overflow = jnp.sum(per_device) - jnp.sum(kept_ends[:, -1])
+  return row, choice, counts, overflow
 
 
 def received_plan(counts: jax.Array, slot_rows: int) -> RoutingPlan:
@@ -93,7 +141,9 @@ def received_plan(counts: jax.Array, slot_rows: int) -> RoutingPlan:
 def dropless_experts(x: jax.Array, plan: RoutingPlan,
                      params: dict[str, jax.Array], dispatcher: Dispatcher,
                      expert_fn: Callable, axis_name: str,
-                     impl: str | None = None) -> jax.Array:
+                     impl: str | None = None,
+                     buffer_factor: float | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
   """One device's share of a dropless MoE over the experts of `axis_name`.
 
   Args:
@@ -104,22 +154,27 @@ def dropless_experts(x: jax.Array, plan: RoutingPlan,
     expert_fn: (params, ExpertInputs) -> outputs.
     axis_name: the expert mesh axis (P devices).
     impl: the exchange implementation (see ragged_exchange), None: default.
+    buffer_factor: f, the slots' size as a multiple of the balanced load
+      (slot_rows); None or 0: the worst case, where nothing overflows.
 
   Returns:
-    [G_l, S, D] the tokens' gate-weighted expert outputs.
+    y: [G_l, S, D] the tokens' gate-weighted expert outputs.
+    overflow: int32 scalar, this device's choices that did not fit (0
+      without a buffer_factor); their rows are missing from y.
   """
   g, s, k = plan.shape
-  m, d = g * s * k, x.shape[-1]
+  d = x.shape[-1]
   p = jax.lax.axis_size(axis_name)
-  row, choice, counts = destination_layout(plan, p)
+  r = slot_rows(g * s * k, p, buffer_factor)
+  row, choice, counts, overflow = destination_layout(plan, p, r)
   # The counts go first: they are each receiver's sizes and expert ids.
   received = jax.lax.all_to_all(counts, axis_name, 0, 0, tiled=True)
   sent, got = jnp.sum(counts, axis=1), jnp.sum(received, axis=1)
 
-  buffers = rows_from_choices(x, plan, choice, row).reshape(p, m, d)
+  buffers = rows_from_choices(x, plan, choice, row).reshape(p, r, d)
   rows = exchange(buffers, sent, got, axis_name, impl)
-  local_plan = received_plan(received, m)
-  y = run_local(rows.reshape(1, p * m, d), local_plan, params, dispatcher,
+  local_plan = received_plan(received, r)
+  y = run_local(rows.reshape(1, p * r, d), local_plan, params, dispatcher,
                 expert_fn)
-  back = exchange(y.reshape(p, m, d), got, sent, axis_name, impl)
-  return combine_rows(back.reshape(p * m, d), plan, row, choice)
+  back = exchange(y.reshape(p, r, d), got, sent, axis_name, impl)
+  return combine_rows(back.reshape(p * r, d), plan, row, choice), overflow

@@ -26,9 +26,12 @@ arrays, so its losses and metrics are exactly the single-device ones.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from moe_jax.core import moe as core_moe
 from moe_jax.core.dispatch import Dispatcher, run_local
@@ -39,6 +42,8 @@ from moe_jax.parallel import rules as rules_lib
 
 EXPERT_AXIS = 'expert'
 MODEL_AXIS = 'model'
+# aux name of the rows a bounded dropless exchange could not hold.
+OVERFLOW = 'ep_overflow_rows'
 
 
 def _mesh_sizes() -> dict[str, int]:
@@ -50,7 +55,9 @@ def _mesh_sizes() -> dict[str, int]:
 
 def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
                 dispatcher: Dispatcher, expert_fn: Callable, *,
-                exchange_impl: str | None = None) -> jax.Array:
+                exchange_impl: str | None = None,
+                buffer_factor: float | None = None,
+                metrics: dict[str, jax.Array] | None = None) -> jax.Array:
   """dispatch -> experts -> combine, expert-parallel when a mesh is set.
 
   Capacity dispatchers exchange their fixed [E, G_l·C, D] buffers with
@@ -67,6 +74,12 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
     expert_fn: (params, ExpertInputs) -> outputs in the same layout.
     exchange_impl: dropless only: 'ragged' or 'dense' (ragged_exchange.py);
       None picks by backend.
+    buffer_factor: dropless only: the exchange's slots as a multiple of
+      the balanced load (dropless_ep.slot_rows); None: the worst case.
+    metrics: a dict that receives OVERFLOW, the choices of all devices
+      that did not fit the bounded slots (int32 scalar), when the dropless
+      exchange runs with a buffer_factor. A dict, because the core's
+      RunExperts contract returns only the outputs.
 
   Returns:
     [G, S, D] combined expert outputs.
@@ -93,17 +106,22 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
   weights = {name: rules_lib.logical_to_spec(PARAM_AXES[name],
                                              rules_lib.active(), mesh)
              for name in params}
+  dropless_ep_on = ep > 1 and not dispatcher.needs_capacity
+  counted = dropless_ep_on and bool(buffer_factor)
 
   def local(x, plan_leaves, params):
     local_plan = jax.tree.unflatten(plan_tree, plan_leaves)
     params = {name: fsdp.gather_data(w, weights[name])
               for name, w in params.items()}
-    if ep > 1 and not dispatcher.needs_capacity:
-      y = dropless_ep.dropless_experts(x, local_plan, params, dispatcher,
-                                       expert_fn, EXPERT_AXIS, exchange_impl)
+    if dropless_ep_on:
+      y, overflow = dropless_ep.dropless_experts(
+          x, local_plan, params, dispatcher, expert_fn, EXPERT_AXIS,
+          exchange_impl, buffer_factor)
       # Everything after the experts is linear, so the partial products
       # over F are summed once, on the smallest array.
-      return jax.lax.psum(y, MODEL_AXIS) if tp > 1 else y
+      y = jax.lax.psum(y, MODEL_AXIS) if tp > 1 else y
+      # The groups' axes hold different tokens: their counts add up.
+      return (y, jax.lax.psum(overflow, _axes(groups[0]))) if counted else y
     inputs, ctx = dispatcher.dispatch(x, local_plan)
     xe = inputs.x
     if ep > 1:  # [E, N, D] -> [E/EP, EP·N, D]: rows travel to their expert.
@@ -115,9 +133,21 @@ def run_experts(x: jax.Array, plan: RoutingPlan, params: dict[str, jax.Array],
       y = jax.lax.all_to_all(y, EXPERT_AXIS, 1, 0, tiled=True)
     return dispatcher.combine(y, local_plan, ctx)
 
-  return jax.shard_map(
+  out = jax.shard_map(
       local, in_specs=(groups, plan_specs, weights),
-      out_specs=groups)(x, plan_leaves, params)
+      out_specs=(groups, P()) if counted else groups)(x, plan_leaves, params)
+  if not counted:
+    return out
+  if metrics is not None:
+    metrics[OVERFLOW] = out[1]
+  return out[0]
+
+
+def _axes(entry) -> tuple[str, ...]:
+  """A PartitionSpec entry's mesh axes as a tuple."""
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def parallel_moe_apply(params: dict[str, jax.Array], x: jax.Array, config,
@@ -128,7 +158,16 @@ def parallel_moe_apply(params: dict[str, jax.Array], x: jax.Array, config,
   exchange, this one is the entry point under a mesh.
 
   Same arguments and results (train, key, dtype, return_routing); only the
-  exchange is fixed to run_experts above.
+  exchange is fixed to run_experts above. With config.ep_buffer_factor set,
+  aux also holds OVERFLOW, the choices the bounded exchange dropped (0 when
+  nothing is exchanged: no mesh, or no expert axis).
   """
-  return core_moe.moe_apply(params, x, config, run_experts=run_experts,
-                            **kwargs)
+  if not config.ep_buffer_factor:
+    return core_moe.moe_apply(params, x, config, run_experts=run_experts,
+                              **kwargs)
+  counted = {}
+  run = functools.partial(run_experts, buffer_factor=config.ep_buffer_factor,
+                          metrics=counted)
+  y, aux = core_moe.moe_apply(params, x, config, run_experts=run, **kwargs)
+  aux[OVERFLOW] = counted.get(OVERFLOW, jnp.zeros((), jnp.int32))
+  return y, aux

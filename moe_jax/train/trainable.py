@@ -8,7 +8,7 @@ place that does, and both kinds answer the same questions:
   summary(state)          a line for the log, or None
   resumed(meta)           checks a restored checkpoint's meta
   start(state)            (the state a fresh run starts from, a log line)
-  step_fn(graphdef, tx, shardings, batch_sh, mesh)
+  step_fn(graphdef, tx, shardings, batch_sh, mesh[, keep_on_overflow])
                           (state, batch) -> (state, metrics), jitted
   eval_shardings(shardings), eval_view(state)
                           the state as evaluation sees it, and its shardings
@@ -23,7 +23,7 @@ import jax
 from flax import nnx
 
 from moe_jax.parallel import placement, rules
-from moe_jax.train import init_from, setup
+from moe_jax.train import ep_retry, init_from, setup
 from moe_jax.train import step as step_lib
 from moe_jax.train.lora import run as lora_run
 
@@ -82,11 +82,17 @@ class FullModel:
     return state, (f'initialised from step {source.step} of '
                    f'{source.workdir}{upcycled}')
 
-  def step_fn(self, graphdef, tx, shardings, batch_sh, mesh):
-    """(state, batch) -> (state, metrics): the jitted train step."""
+  def step_fn(self, graphdef, tx, shardings, batch_sh, mesh,
+              keep_on_overflow: bool = False):
+    """(state, batch) -> (state, metrics): the jitted train step.
+
+    keep_on_overflow: return the input state when a bounded expert-parallel
+    exchange overflowed (ep_retry.py reruns the step).
+    """
     step = functools.partial(
         step_lib.train_step, graphdef=graphdef, tx=tx,
         grad_accum_steps=self._config.train.grad_accum_steps)
+    step = ep_retry.keep_state_on_overflow(step) if keep_on_overflow else step
     return jax.jit(
         rules.traced_with(rules.for_config(self._config), step),
         in_shardings=(shardings, batch_sh),

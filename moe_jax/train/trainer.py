@@ -23,7 +23,7 @@ from moe_jax.models.param_count import count_params
 from moe_jax.parallel import mesh as mesh_lib
 from moe_jax.parallel import placement
 from moe_jax.parallel import rules as rules_lib
-from moe_jax.train import accumulate, optim, setup, trainable
+from moe_jax.train import accumulate, ep_retry, optim, setup, trainable
 from moe_jax.train.checkpoint import Checkpointer, has_checkpoint
 from moe_jax.train.evaluate import evaluate, make_eval_fn
 from moe_jax.train.interrupt import StopRequest, TrainingInterrupted
@@ -118,8 +118,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     say(started)
 
   batch_sh = placement.batch_shardings(mesh, batches.batch_at(0))
-  step_fn = trains.step_fn(graphdef, tx, shardings, batch_sh, mesh)
-  eval_fn = make_eval_fn(graphdef, trains.eval_shardings(shardings), batch_sh,
+  # With bounded expert-parallel buffers: the worst-case twin, which 'retry'
+  # reruns overflowing steps on and the evaluation always uses.
+  exact = ep_retry.exact_graphdef(mcfg, config, graphdef)
+  step_fn = ep_retry.step_fn(trains, graphdef, exact, tx, shardings, batch_sh,
+                             mesh, mcfg.moe)
+  eval_fn = make_eval_fn(exact, trains.eval_shardings(shardings), batch_sh,
                          mesh, rules_lib.for_config(config))
   val_batches = [placement.shard_batch(b, batch_sh) for b in data.val_batches]
   final_batches = val_batches if data.final_batches is data.val_batches else [

@@ -23,7 +23,7 @@ from flax import nnx
 
 from moe_jax.errors import UserInputError, check_non_negative, require
 from moe_jax.parallel import placement, rules
-from moe_jax.train import init_from, setup
+from moe_jax.train import ep_retry, init_from, setup
 from moe_jax.train import step as step_lib
 from moe_jax.train.lora import adapters as lora
 
@@ -120,12 +120,15 @@ class LoraRun:
     """(state, message): the adapters start as they were initialised."""
     return state, None
 
-  def step_fn(self, graphdef, tx, shardings, batch_sh, mesh):
-    """(state, batch) -> (state, metrics): the jitted step on the adapters."""
+  def step_fn(self, graphdef, tx, shardings, batch_sh, mesh,
+              keep_on_overflow: bool = False):
+    """(state, batch) -> (state, metrics): the jitted step on the adapters
+    (keep_on_overflow: as trainable.FullModel.step_fn)."""
     frozen, frozen_sh = self._frozen
     step = functools.partial(
         step_lib.train_step, graphdef=graphdef, tx=tx, lora_scale=self.scale,
         grad_accum_steps=self._config.train.grad_accum_steps)
+    step = ep_retry.keep_state_on_overflow(step) if keep_on_overflow else step
     fn = jax.jit(
         rules.traced_with(rules.for_config(self._config), step),
         in_shardings=(shardings, batch_sh, frozen_sh),
