@@ -12,14 +12,13 @@ from typing import Any
 
 from moe_jax.core import adaptive_balance as adaptive_lib
 from moe_jax.core import capacity as capacity_lib
+from moe_jax.core import config_checks as checks
 from moe_jax.core import losses
 from moe_jax.core import routing
 from moe_jax.core.dispatch import DISPATCHERS
 from moe_jax.core.experts import EXPERT_TYPES
-from moe_jax.errors import UserInputError, check_bool, check_choice, check_positive
+from moe_jax.errors import UserInputError, check_choice, check_positive
 
-# What a bounded expert-parallel exchange does with the rows it cannot hold.
-EP_OVERFLOW = ('retry', 'drop')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,12 +147,13 @@ class MoEConfig:
     check_positive('d_ff', self.d_ff)
     spec = routing.get(self.router)
     # Frozen: the resolved options replace what was given, once.
-    object.__setattr__(self, 'router_options', self._resolve_options(spec))
+    object.__setattr__(self, 'router_options',
+                       checks.resolve_router_options(self, spec))
     object.__setattr__(self, 'adaptive_balance',
                        adaptive_lib.resolve(self.adaptive_balance))
     check_choice('dispatcher', self.dispatcher, tuple(DISPATCHERS))
     check_choice('expert_type', self.expert_type, EXPERT_TYPES)
-    self._check_null_experts(spec)
+    checks.check_null_experts(self, spec)
     if self.top_k > self.num_experts + self.num_null_experts:
       raise UserInputError(
           f'top_k={self.top_k} must be <= num_experts={self.num_experts}'
@@ -181,102 +181,11 @@ class MoEConfig:
       if not getattr(self, name) >= 0:
         raise UserInputError(f'{name}={getattr(self, name)!r} must be >= 0.')
     check_positive('init_scale', self.init_scale, (int, float))
-    self._check_shared_fields(spec)
-    self._check_ep_buffer()
+    checks.check_shared_fields(self, spec)
+    checks.check_ep_buffer(self)
     if spec.check is not None:
       spec.check(self)
     adaptive_lib.check(self)
-
-  def _resolve_options(self, spec: routing.RouterSpec):
-    """The chosen router's Options from what router_options holds."""
-    given = self.router_options
-    if given is None:
-      return spec.options()
-    if isinstance(given, spec.options):
-      return given
-    if not hasattr(given, 'items'):
-      raise UserInputError(
-          f'router_options={given!r} is not the options of '
-          f'router={self.router!r}; pass its Options, a mapping '
-          f'{{{self.router!r}: {{...}}}}, or None.')
-    chosen = spec.options()
-    for name, fields in given.items():
-      other = routing.get(name) if name in routing.names() else None
-      if other is None:
-        raise UserInputError(
-            f'router_options.{name} names no registered router; registered: '
-            f'{", ".join(routing.names())}.')
-      fields = dict(fields.items())
-      try:
-        options = other.options(**fields)
-      except TypeError:
-        known = [f.name for f in dataclasses.fields(other.options)]
-        unknown = sorted(set(fields) - set(known))
-        raise UserInputError(
-            f'router_options.{name} has no field {unknown[0]!r}; its fields: '
-            f'{", ".join(known) or "none"}.') from None
-      if name == self.router:
-        chosen = options
-        continue
-      default = other.options()
-      for field in dataclasses.fields(options):
-        value = getattr(options, field.name)
-        if value != getattr(default, field.name):
-          raise UserInputError(
-              f'router_options.{name}.{field.name}={value!r} needs '
-              f'router={name!r} (router is {self.router!r}); set it to '
-              f'{getattr(default, field.name)!r}.')
-    return chosen
-
-  def _check_null_experts(self, spec: routing.RouterSpec) -> None:
-    n = self.num_null_experts
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-      raise UserInputError(
-          f'num_null_experts={n!r} must be an int >= 0 (0: no null experts).')
-    if n and not spec.null_experts:
-      able = [name for name in routing.names()
-              if routing.get(name).null_experts]
-      raise UserInputError(
-          f'num_null_experts={n} needs a router that can route to null '
-          f'experts, but router={self.router!r} cannot use them; use one of '
-          f'{", ".join(map(repr, able))} or set num_null_experts=0.')
-
-  def _check_ep_buffer(self) -> None:
-    check_choice('ep_overflow', self.ep_overflow, EP_OVERFLOW)
-    factor = self.ep_buffer_factor
-    if factor is None or factor == 0:
-      return
-    check_positive('ep_buffer_factor', factor, (int, float),
-                   'e.g. 2.0 (buffers twice the balanced load), or 0 for the '
-                   'worst-case buffers')
-    if DISPATCHERS[self.dispatcher].needs_capacity:
-      raise UserInputError(
-          f'ep_buffer_factor={factor} bounds the dropless dispatchers\' '
-          f'exchange, but dispatcher={self.dispatcher!r} has capacity '
-          "buffers; use a dropless dispatcher or set ep_buffer_factor=0.")
-
-  def _check_shared_fields(self, spec: routing.RouterSpec) -> None:
-    """Checks of the later shared fields (all off by default)."""
-    if self.fixed_capacity is not None:
-      check_positive('fixed_capacity', self.fixed_capacity)
-    check_positive('causal_chunk', self.causal_chunk)
-    check_choice('balance_loss_scope', self.balance_loss_scope,
-                 losses.BALANCE_SCOPES)
-    if (not isinstance(self.num_shared_experts, int) or
-        self.num_shared_experts < 0):
-      raise UserInputError(
-          f'num_shared_experts={self.num_shared_experts!r} must be an int >= 0.')
-    for name in ('shared_expert_gate', 'causal_routing', 'allow_noncausal'):
-      check_bool(name, getattr(self, name))
-    if self.shared_expert_gate and not self.num_shared_experts:
-      raise UserInputError(
-          'shared_expert_gate=True gates the shared experts, but '
-          'num_shared_experts=0; set num_shared_experts >= 1 or the gate off.')
-    if spec.group_wide and self.causal_routing and self.group_size is not None:
-      raise UserInputError(
-          f'causal {self.router} routes each sequence as its own group; '
-          f'unset group_size (now {self.group_size}) or set '
-          'causal_routing=False.')
 
   @property
   def spec(self) -> routing.RouterSpec:
