@@ -26,6 +26,7 @@ class Family:
   expert_names: tuple[str, str, str]  # HF names of (wi_gate, wi, wo).
   num_experts_key: str
   expert_width_key: str
+  shared_prefix: str = 'shared_expert.'  # The shared expert(s) in moe_prefix.
 
 
 MIXTRAL = Family('mixtral', 'MixtralForCausalLM', 'block_sparse_moe.',
@@ -34,6 +35,8 @@ QWEN2_MOE = Family('qwen2_moe', 'Qwen2MoeForCausalLM', 'mlp.',
                    ('gate_proj', 'up_proj', 'down_proj'), 'num_experts',
                    'moe_intermediate_size')
 FAMILIES = {f.model_type: f for f in (MIXTRAL, QWEN2_MOE)}
+# Converted by hf_deepseek.py (multi-head latent attention).
+DEEPSEEK_TYPES = ('deepseek_v2', 'deepseek_v3')
 FFN_NAMES = ('wi_gate', 'wi', 'wo')
 DENSE_HF = ('gate_proj', 'up_proj', 'down_proj')
 
@@ -59,7 +62,7 @@ def hf_family(hf: Mapping[str, Any]) -> Family:
   if kind not in FAMILIES:
     raise UserInputError(
         f'config.json model_type={kind!r} is not supported; import one of '
-        f'{sorted(FAMILIES)}.')
+        f'{sorted([*FAMILIES, *DEEPSEEK_TYPES])}.')
   return FAMILIES[kind]
 
 

@@ -36,15 +36,17 @@ import dataclasses
 import json
 import math
 import pathlib
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from moe_jax.convert import hf_config, hf_deepseek
 # The config half of the converter, re-exported: hf_moe is the public entry.
 from moe_jax.convert.hf_config import (DENSE_HF, FAMILIES, FFN_NAMES, MIXTRAL,  # pylint: disable=unused-import
-                                       QWEN2_MOE, Family, config_from_hf,
-                                       config_to_hf, family_for, hf_family)
+                                       QWEN2_MOE, Family, family_for,
+                                       hf_family)
 from moe_jax.convert.safetensors_dir import TensorReader, write_tensors
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
@@ -80,7 +82,9 @@ def _links(config: ModelConfig, family: Family) -> list[_Link]:
                     b + ('ffn_norm', 'scale'), 'vector'),
               _Link((p + 'self_attn.o_proj.weight',), b + ('attn', 'wo'),
                     'linear2')]
-    for n in 'qkv':
+    # MLA's projections (and V3's router bias) come from hf_deepseek.
+    links += [_Link(*t) for t in hf_deepseek.layer_links(c, family, i)]
+    for n in ('qkv' if c.mla is None else ''):
       links.append(_Link((p + f'self_attn.{n}_proj.weight',),
                          b + ('attn', 'w' + n), 'linear1'))
       if c.qkv_bias:
@@ -99,13 +103,32 @@ def _links(config: ModelConfig, family: Family) -> list[_Link]:
                     'experts')
               for ours, h in zip(FFN_NAMES, family.expert_names)]
     if m.num_shared_experts:
-      links += [_Link((q + f'shared_expert.{h}.weight',),
+      links += [_Link((q + f'{family.shared_prefix}{h}.weight',),
                       ffn + ('shared_' + ours,), 'linear1')
                 for ours, h in zip(FFN_NAMES, DENSE_HF)]
     if m.shared_expert_gate:
       links.append(_Link((q + 'shared_expert_gate.weight',),
                          ffn + ('shared_gate',), 'linear1'))
   return links
+
+
+def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
+  """ModelConfig of a config.json (as a dict) of any family converted here."""
+  if hf.get('model_type') in hf_deepseek.FAMILIES:
+    return hf_deepseek.config_from_hf(hf, **moe_overrides)
+  return hf_config.config_from_hf(hf, **moe_overrides)
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+  """The config.json of `config`: DeepSeek with MLA, else hf_config's."""
+  if config.mla is not None:
+    return hf_deepseek.config_to_hf(config)
+  return hf_config.config_to_hf(config)
+
+
+def _family(model_type: str) -> Family:
+  return (hf_deepseek.FAMILIES.get(model_type) or
+          hf_family({'model_type': model_type}))
 
 
 def _ours(link: _Link, arrays: list[np.ndarray], shape) -> np.ndarray:
@@ -155,9 +178,11 @@ def import_checkpoint(directory: str | pathlib.Path, dtype=np.float32,
   _, state = _abstract(config)
   shapes = nnx.to_pure_dict(state)
   params = {}
-  for link in _links(config, hf_family(hf)):
+  for link in _links(config, _family(hf['model_type'])):
     arrays = [reader.get(name).astype(dtype) for name in link.hf]
     _set(params, link.path, _ours(link, arrays, _get(shapes, link.path).shape))
+  if config.mla is not None:  # DeepSeek's RoPE layout -> ours.
+    params = hf_deepseek.params_from_hf(hf, config, params)
   return config, params
 
 
@@ -208,8 +233,10 @@ def export_checkpoint(config: ModelConfig, params, directory: str | pathlib.Path
   hf = config_to_hf(config)
   if isinstance(params, nnx.State):
     params = nnx.to_pure_dict(params)
+  if config.mla is not None:  # Our RoPE layout -> DeepSeek's.
+    params = hf_deepseek.params_to_hf(config, params)
   tensors = {}
-  for link in _links(config, FAMILIES[hf['model_type']]):
+  for link in _links(config, _family(hf['model_type'])):
     array = np.asarray(_get(params, link.path)).astype(dtype)
     tensors.update(zip(link.hf, _theirs(link, array)))
   directory = pathlib.Path(directory)

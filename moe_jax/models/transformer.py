@@ -14,20 +14,10 @@ from moe_jax.layers.params import param, scaled_init
 from moe_jax.models.attention import CausalSelfAttention
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.kv_cache import KVCache
-
-
-class RMSNorm(nnx.Module):
-  """Root-mean-square norm (Zhang & Sennrich 2019), computed in float32."""
-
-  def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6):
-    self.eps = eps
-    self.scale = param(rngs, nnx.initializers.ones, (dim,), ('embed',))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(
-        jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
-    return (x32 * self.scale[...]).astype(x.dtype)
+from moe_jax.models.mla import MultiHeadLatentAttention
+# RMSNorm lives in norm.py (MLA's latent norms use it too); importable from
+# here as before.
+from moe_jax.models.norm import RMSNorm
 
 
 class DenseFFN(nnx.Module):
@@ -59,11 +49,16 @@ class Block(nnx.Module):
     c = config
     dt = c.compute_dtype
     self.attn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
-    self.attn = CausalSelfAttention(
-        c.d_model, c.num_heads, rope=c.position == 'rope',
-        init_scale=c.init_scale, rngs=rngs, dtype=dt,
-        num_kv_heads=c.kv_heads, rope_theta=c.rope_theta, qkv_bias=c.qkv_bias,
-        sliding_window=c.sliding_window)
+    if c.mla is not None:  # Same calls and cache slots (models/mla.py).
+      self.attn = MultiHeadLatentAttention(
+          c.d_model, c.num_heads, c.mla, init_scale=c.init_scale, rngs=rngs,
+          dtype=dt, rope_theta=c.rope_theta)
+    else:
+      self.attn = CausalSelfAttention(
+          c.d_model, c.num_heads, rope=c.position == 'rope',
+          init_scale=c.init_scale, rngs=rngs, dtype=dt,
+          num_kv_heads=c.kv_heads, rope_theta=c.rope_theta,
+          qkv_bias=c.qkv_bias, sliding_window=c.sliding_window)
     self.ffn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
     self.is_moe = c.is_moe_layer(layer)
     if self.is_moe:
