@@ -16,9 +16,11 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
+from moe_jax.config.default_config import get_default_config
 from moe_jax.errors import UserInputError
 from moe_jax.models import KVCache, ModelConfig
-from moe_jax.models.mla import MLAConfig, MultiHeadLatentAttention
+from moe_jax.models.mla import MLAConfig, MultiHeadLatentAttention, off_section
+from moe_jax.train.setup import model_config
 
 D, H, L, THETA = 12, 3, 6, 100.0
 CONFIGS = {
@@ -157,6 +159,11 @@ def test_model_config_takes_a_mapping_and_sizes_the_cache():
   mla = dataclasses.asdict(CONFIGS['q_latent'])
   config = ModelConfig(**_MODEL, mla=mla)
   assert config.mla == CONFIGS['q_latent']
+  # A config file's section is off until kv_lora_rank is set.
+  assert ModelConfig(**_MODEL, mla=off_section()).mla is None
+  assert model_config(get_default_config()).mla is None
+  assert ModelConfig(**_MODEL, mla={'kv_lora_rank': 8}).mla == MLAConfig(
+      kv_lora_rank=8)
   cache = KVCache.zeros(config, 3, 10)
   assert cache.k[0].shape == (3, 10, 5) and cache.v[0].shape == (3, 10, 4)
 
@@ -166,10 +173,11 @@ _GOOD = dataclasses.asdict(CONFIGS['q_latent'])
 
 @pytest.mark.parametrize('model,match', [
     (dict(mla={**_GOOD, 'qk_rope_head_dim': 3}), 'qk_rope_head_dim=3 must be even'),
-    (dict(mla={**_GOOD, 'kv_lora_rank': 0}), r'kv_lora_rank=0 must be a positive'),
+    (dict(mla={**_GOOD, 'v_head_dim': 0}), r'v_head_dim=0 must be a positive'),
+    (dict(mla={**_GOOD, 'kv_lora_rank': 0}),
+     'qk_nope_head_dim=4 does nothing while model.mla.kv_lora_rank=0'),
     (dict(mla={**_GOOD, 'q_lora_rank': -1}), r'q_lora_rank=-1 must be a positive'),
     (dict(mla={**_GOOD, 'rank': 4}), "model.mla has no field 'rank'"),
-    (dict(mla={'kv_lora_rank': 4}), "model.mla lacks 'qk_nope_head_dim'"),
     (dict(mla=4), 'model.mla=4 must be None'),
     (dict(mla=_GOOD, num_kv_heads=1), 'excludes model.num_kv_heads'),
     (dict(mla=_GOOD, position='learned'), "excludes model.position='learned'"),

@@ -1,4 +1,5 @@
-"""Hugging Face Mixtral and Qwen2-MoE checkpoints <-> moe_jax, without PyTorch.
+"""Hugging Face Mixtral and Qwen2-MoE checkpoints <-> moe_jax, without PyTorch
+(DeepSeek-V2/V3 too: hf_deepseek.py adds their attention and routing).
 
 A Hugging Face model folder (`config.json` + `*.safetensors`) becomes a
 ModelConfig and the TransformerLM's parameters, and back. The conventions

@@ -49,22 +49,24 @@ LATENT_NORM_EPS = 1e-6
 
 @dataclasses.dataclass(frozen=True)
 class MLAConfig:
-  """model.mla: the latent attention's widths (DeepSeek-V3's in brackets).
+  """model.mla: the latent attention's widths; the defaults are
+  DeepSeek-V3's but for the query latent (V3: q_lora_rank=1536; V2-Lite
+  has none).
 
   Attributes:
-    kv_lora_rank: R, the compressed key/value latent per token [512].
-    qk_nope_head_dim: Dn, the per-head key/query width without RoPE [128].
-    qk_rope_head_dim: Dr, the rotated width, one key shared by all heads
-      [64]; even.
-    v_head_dim: Dv, the per-head value width [128].
-    q_lora_rank: Rq, the query latent [1536]; None: queries straight from
-      x (DeepSeek-V2-Lite).
+    kv_lora_rank: R, the compressed key/value latent per token. In a
+      config file's model.mla section 0 turns MLA off (the default).
+    qk_nope_head_dim: Dn, the per-head key/query width without RoPE.
+    qk_rope_head_dim: Dr, the rotated width, one key shared by all heads;
+      even.
+    v_head_dim: Dv, the per-head value width.
+    q_lora_rank: Rq, the query latent; None: queries straight from x.
   """
 
-  kv_lora_rank: int
-  qk_nope_head_dim: int
-  qk_rope_head_dim: int
-  v_head_dim: int
+  kv_lora_rank: int = 512
+  qk_nope_head_dim: int = 128
+  qk_rope_head_dim: int = 64
+  v_head_dim: int = 128
   q_lora_rank: int | None = None
 
   def __post_init__(self):
@@ -85,27 +87,37 @@ class MLAConfig:
     return self.qk_nope_head_dim + self.qk_rope_head_dim
 
 
+def off_section() -> dict[str, int | None]:
+  """A config file's model.mla section: MLAConfig's fields, MLA off."""
+  return dict(dataclasses.asdict(MLAConfig()), kv_lora_rank=0)
+
+
 def resolve(value: Any) -> MLAConfig | None:
   """model.mla as given (None, an MLAConfig, or a mapping such as a config
-  file's ConfigDict section) -> None or an MLAConfig."""
+  file's section, off while its kv_lora_rank is 0 or absent) -> None or an
+  MLAConfig."""
   if value is None or isinstance(value, MLAConfig):
     return value
   if not hasattr(value, 'items'):
     raise UserInputError(
         f'model.mla={value!r} must be None, an MLAConfig or a mapping of its '
-        'fields (kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, '
-        'v_head_dim, q_lora_rank).')
+        'fields.')
   fields = dict(value.items())
-  known = [f.name for f in dataclasses.fields(MLAConfig)]
-  unknown = sorted(set(fields) - set(known))
-  missing = [f for f in known[:4] if f not in fields]
-  if unknown or missing:
-    problem = (f'has no field {unknown[0]!r}' if unknown else
-               f'lacks {missing[0]!r}')
-    raise UserInputError(
-        f'model.mla {problem}; its fields: {", ".join(known)} (all but '
-        'q_lora_rank required).')
-  return MLAConfig(**fields)
+  defaults = off_section()
+  unknown = sorted(set(fields) - set(defaults))
+  if unknown:
+    raise UserInputError(f'model.mla has no field {unknown[0]!r}; its '
+                         f'fields: {", ".join(defaults)}.')
+  if fields.get('kv_lora_rank'):
+    return MLAConfig(**fields)
+  # Off: a width set anyway would do nothing, which is a mistake.
+  for name, given in fields.items():
+    if given != defaults[name]:
+      raise UserInputError(
+          f'model.mla.{name}={given!r} does nothing while '
+          'model.mla.kv_lora_rank=0 (MLA off); set kv_lora_rank (e.g. 512) '
+          f'or leave {name} at {defaults[name]!r}.')
+  return None
 
 
 def _kernel(rngs, scale, shape, axes, in_axes=1):
