@@ -1,9 +1,11 @@
 """Tiny random transformers MoE models of every family we convert, for the
 torch tests (tests/*_hf_torch.py). Takes the transformers module as an
-argument so that importing this file needs neither torch nor transformers.
+argument so that importing this file needs neither torch nor transformers;
+the tests get both from import_torch.
 """
 
 import numpy as np
+import pytest
 
 VOCAB = 64
 _COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4,
@@ -13,6 +15,17 @@ _COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4,
                eos_token_id=2)
 # A window shorter than the tests' 24-token sequences.
 _WINDOW = 8
+
+
+def import_torch():
+  """(torch, transformers); without them the calling test module skips."""
+  torch = pytest.importorskip(
+      'torch', reason='PyTorch is an optional test extra (pip install -r '
+      'requirements-hf.txt) used only to build the reference HF models')
+  transformers = pytest.importorskip(
+      'transformers', reason='transformers is an optional test extra (pip '
+      'install -r requirements-hf.txt)')
+  return torch, transformers
 
 
 def _configs(t):

@@ -1,7 +1,9 @@
 """Against `transformers` itself: tiny random Mixtral, Qwen2-MoE, OLMoE and
 Qwen3-MoE models (and Mixtral and Qwen3-MoE with a sliding window),
 imported and exported, give the same float32 logits as the PyTorch model,
-and transformers 5's fused expert layout imports to the same parameters.
+and transformers 5's fused expert layout imports to the same parameters;
+every family's defaults (DeepSeek's too) are transformers'. DeepSeek's
+models are in tests/test_convert_deepseek_hf_torch.py.
 
 PyTorch is used here only, to make and run the reference models; the
 converter itself reads safetensors with numpy. Neither torch nor
@@ -17,17 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip(
-    'torch', reason='PyTorch is an optional test extra (pip install -r '
-    'requirements-hf.txt) used only to build the reference HF models')
-transformers = pytest.importorskip(
-    'transformers', reason='transformers is an optional test extra (pip '
-    'install -r requirements-hf.txt)')
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from moe_jax.convert import hf_families, hf_moe
 from moe_jax.convert.safetensors_dir import TensorReader
 from tests import _hf_models
+
+torch, transformers = _hf_models.import_torch()
 
 TOKENS = np.random.default_rng(0).integers(0, _hf_models.VOCAB, (2, 24))
 
@@ -94,7 +90,9 @@ def test_export_matches_transformers(saved):
     (hf_families.MIXTRAL, 'MixtralConfig'),
     (hf_families.QWEN2_MOE, 'Qwen2MoeConfig'),
     (hf_families.OLMOE, 'OlmoeConfig'),
-    (hf_families.QWEN3_MOE, 'Qwen3MoeConfig')])
+    (hf_families.QWEN3_MOE, 'Qwen3MoeConfig'),
+    (hf_families.DEEPSEEK_V2, 'DeepseekV2Config'),
+    (hf_families.DEEPSEEK_V3, 'DeepseekV3Config')])
 def test_defaults_for_absent_keys_are_transformers_defaults(family, cls):
   # A config.json may leave a key out; transformers then reads its class's
   # default, and so must we.

@@ -50,6 +50,14 @@ CONFIGS = {
                            num_heads=4, num_kv_heads=2, head_dim=12, d_ff=48,
                            max_len=32, moe=_MOE, moe_every=1,
                            qk_norm='per_head'),
+    # Multi-head latent attention: the cache holds the latent and the rope
+    # key, and decoding reads it in the absorbed form (models/mla.py).
+    'mla': ModelConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=4,
+                       d_ff=48, max_len=32, moe=_MOE, moe_every=1,
+                       first_dense_layers=1,
+                       mla=dict(kv_lora_rank=12, qk_nope_head_dim=6,
+                                qk_rope_head_dim=4, v_head_dim=5,
+                                q_lora_rank=10)),
 }
 
 
@@ -92,7 +100,8 @@ _decode_step = nnx.jit(decode_step, static_argnames='moe_config')
                                       ('moe', 'capacity'),
                                       ('learned', 'dropless'),
                                       ('window', 'dropless'),
-                                      ('qk_norm', 'dropless')])
+                                      ('qk_norm', 'dropless'),
+                                      ('mla', 'dropless')])
 def test_cached_logits_equal_full_forward(models, name, moe):
   """Teacher-forced: prefill each prompt, then feed the true next tokens one
   at a time; every step's logits equal the full forward's at that position."""

@@ -10,16 +10,11 @@ Needs the optional test extras (pip install -r requirements-hf.txt).
 import numpy as np
 import pytest
 
-torch = pytest.importorskip(
-    'torch', reason='PyTorch is an optional test extra (pip install -r '
-    'requirements-hf.txt) used only to build the reference HF models')
-transformers = pytest.importorskip(
-    'transformers', reason='transformers is an optional test extra (pip '
-    'install -r requirements-hf.txt)')
+from moe_jax.convert import hf_moe
+from moe_jax.generation import generate
+from tests import _hf_models
 
-from moe_jax.convert import hf_moe  # pylint: disable=g-import-not-at-top
-from moe_jax.generation import generate  # pylint: disable=g-import-not-at-top
-from tests import _hf_models  # pylint: disable=g-import-not-at-top
+torch, transformers = _hf_models.import_torch()
 
 NEW = 12
 

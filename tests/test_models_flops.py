@@ -28,6 +28,17 @@ def test_for_model_leaves_out_lookups():
       6 * (1000 - 128 - 80) + 12 * 2 * 4 * 2 * 16)
 
 
+def test_latent_attention_counts_its_own_widths():
+  # MLA: queries meet keys over Dn + Dr = 6 + 4 and values are Dv = 5 wide:
+  # per layer 2·H·10·L (Q·Kᵀ) + 2·H·5·L (weights·V) forward, ×3 in all.
+  config = ModelConfig(vocab_size=10, d_model=8, num_layers=2, num_heads=4,
+                       d_ff=8, max_len=16, moe=MoEConfig(num_experts=4, d_ff=6),
+                       mla=dict(kv_lora_rank=12, qk_nope_head_dim=6,
+                                qk_rope_head_dim=4, v_head_dim=5))
+  assert flops.for_model(config, 1000, 16) == (
+      6 * (1000 - 80) + 3 * 2 * (4 * 10 * 16 + 4 * 5 * 16) * 2)
+
+
 @pytest.mark.parametrize('kind, peak', [
     ('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA A100-SXM4-80GB', 312e12),
     ('TPU v5 lite', 197e12), ('TPU v5p', 459e12), ('TPU v6 lite', 918e12),

@@ -13,6 +13,7 @@ from ml_collections import config_dict
 
 from moe_jax.config import renames
 from moe_jax.core import routing
+from moe_jax.models import mla
 from moe_jax.errors import UserInputError
 
 # The suffixes a config file accepts after its path (`configs/x.py:tiny`).
@@ -112,6 +113,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.head_dim = config_dict.placeholder(int)  # Dh; unset = D / H.
   # RMSNorm on q and k: 'per_head' (Qwen3) | 'all_heads' (OLMoE); unset: none.
   c.model.qk_norm = config_dict.placeholder(str)
+  # Multi-head latent attention (DeepSeek-V2/V3; moe_jax/models/mla.py):
+  # kv_lora_rank 0 is off; the other widths default to DeepSeek-V3's.
+  c.model.mla = ml_collections.ConfigDict(
+      dict(mla.off_section(), q_lora_rank=config_dict.placeholder(int)))
 
   # Refuses a field that moved (e.g. moe.slots_per_expert), naming its place.
   c.moe = renames.MovedFieldGuard()

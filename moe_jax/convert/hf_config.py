@@ -1,5 +1,7 @@
 """Hugging Face config.json <-> moe_jax's ModelConfig, for the MoE families
-of hf_families.py (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE).
+of hf_families.py (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE here; DeepSeek-V2/V3,
+whose attention is MLA, in hf_deepseek.py, which the three public functions
+hand them to).
 
 A config.json field that moe_jax cannot honour is refused in one line that
 names it; hf_moe.py's docstring lists them with the weight conventions.
@@ -9,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from moe_jax.convert.hf_families import (NUM_EXPERTS_KEYS, Family,
-                                         export_family, hf_family)
+from moe_jax.convert import hf_deepseek
+from moe_jax.convert.hf_families import (Family, Reader, export_family,
+                                         hf_family, read_rope_theta)
 from moe_jax.core.config import MoEConfig
 # HF's routing is softmax top-k: this converter depends on that router.
 from moe_jax.core.routing import topk
@@ -19,43 +22,6 @@ from moe_jax.models.config import ModelConfig
 
 
 # -------------------------------------------------------------- import --
-
-class _Reader:
-  """config.json's values, or the family's default where a key is absent
-  (as transformers reads them); sizes without a default must be there."""
-
-  def __init__(self, hf: Mapping[str, Any], family: Family):
-    self.hf, self.family = hf, family
-
-  def __call__(self, key: str):
-    if key in self.hf:
-      return self.hf[key]
-    if key in self.family.defaults:
-      return self.family.defaults[key]
-    raise UserInputError(f'config.json has no {key!r}, which '
-                         f'{self.family.model_type} needs.')
-
-  def num_experts(self) -> int:
-    for key in NUM_EXPERTS_KEYS:
-      if self.hf.get(key) is not None:
-        return self.hf[key]
-    raise UserInputError(f'config.json has neither of {NUM_EXPERTS_KEYS}; '
-                         'an MoE config names its expert count.')
-
-
-def _rope_theta(hf: Mapping[str, Any], default: float) -> float:
-  """θ from transformers 5's rope_parameters or the older rope_theta."""
-  params = hf.get('rope_parameters') or {}
-  scaling = hf.get('rope_scaling') or {}
-  kind = (params.get('rope_type') or scaling.get('rope_type') or
-          scaling.get('type') or 'default')
-  if kind != 'default':
-    raise UserInputError(
-        f'RoPE scaling {kind!r} is not modelled; only the default rotary '
-        'embedding imports (drop rope_scaling from config.json for short '
-        'contexts).')
-  return float(params.get('rope_theta', hf.get('rope_theta', default)))
-
 
 def _first_dense_layers(mlp_only_layers) -> int:
   dense = sorted(mlp_only_layers or [])
@@ -66,7 +32,7 @@ def _first_dense_layers(mlp_only_layers) -> int:
   return len(dense)
 
 
-def _refuse(get: _Reader, d: int, heads: int) -> None:
+def _refuse(get: Reader, d: int, heads: int) -> None:
   """One line naming the first config.json field we cannot honour."""
   family = get.family
   head_dim = get('head_dim')
@@ -90,7 +56,7 @@ def _refuse(get: _Reader, d: int, heads: int) -> None:
       raise UserInputError(f'config.json {text}.')
 
 
-def _window(get: _Reader) -> int | None:
+def _window(get: Reader) -> int | None:
   mode = get.family.window
   if mode == 'always' or (mode == 'flag' and get('use_sliding_window')):
     return get('sliding_window')
@@ -104,7 +70,9 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
   eval_capacity_factor=1.0 for the capacity counterfactual.
   """
   family = hf_family(hf)
-  get = _Reader(hf, family)
+  if family.mla:
+    return hf_deepseek.config_from_hf(hf, family, **moe_overrides)
+  get = Reader(hf, family)
   d, heads = get('hidden_size'), get('num_attention_heads')
   _refuse(get, d, heads)
   width = get(family.expert_width_key)
@@ -138,7 +106,7 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
       first_dense_layers=(_first_dense_layers(get('mlp_only_layers'))
                           if family.dense_layers else 0),
       norm_eps=float(get('rms_norm_eps')),
-      rope_theta=_rope_theta(hf, family.defaults['rope_theta']),
+      rope_theta=read_rope_theta(hf, family.defaults['rope_theta']),
       tie_embeddings=bool(get('tie_word_embeddings')),
       qkv_bias=family.bias_key == 'qkv_bias' and bool(get('qkv_bias')),
       sliding_window=_window(get),
@@ -150,6 +118,8 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
 
 def family_for(config: ModelConfig) -> Family:
   """The HF architecture that can hold `config`, or a one-line error."""
+  if config.mla is not None:
+    return hf_deepseek.family_for(config)
   c, m = config, config.moe
   family = export_family(c)
   name = family.architecture
@@ -186,6 +156,8 @@ def family_for(config: ModelConfig) -> Family:
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
   """The config.json of `config`, in the family family_for picks."""
+  if config.mla is not None:
+    return hf_deepseek.config_to_hf(config)
   c, m = config, config.moe
   family = family_for(c)
   hf = {

@@ -2,10 +2,12 @@
 
 Each Family says how its config.json and tensors name the MoE parts, which
 of moe_jax's features it has (QK-norm, a shared expert, dense layers, a
-sliding window) and transformers' defaults for the keys a config.json may
-leave out (HF reads a missing key as its config class's default, so we do
-too; tests/test_convert_hf_torch.py checks the table against transformers).
-hf_config.py maps configs with it, hf_tensors.py weights.
+sliding window, multi-head latent attention) and transformers' defaults for
+the keys a config.json may leave out (HF reads a missing key as its config
+class's default, so we do too, through Reader; tests/test_convert_hf_torch.py
+and tests/test_convert_deepseek_hf_torch.py check the table against
+transformers). hf_config.py (hf_deepseek.py for the MLA families) maps
+configs with it, hf_tensors.py weights.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ class Family:
     bias_key: 'qkv_bias' (q/k/v biases, our model.qkv_bias), 'attention_bias'
       (q/k/v and o biases: refused when true) or None.
     head_dim: whether config.json's head_dim may differ from D/H.
+    shared_prefix: the shared expert(s) inside moe_prefix.
+    mla: multi-head latent attention (DeepSeek; hf_deepseek.py converts
+      the config, and none of the fields above from qk_norm on applies).
+    router_bias: the router's selection bias, `gate.e_score_correction_bias`
+      (DeepSeek-V3), is our router_bias.
   """
   model_type: str
   architecture: str
@@ -52,6 +59,9 @@ class Family:
   window: str = 'none'
   bias_key: str | None = None
   head_dim: bool = False
+  shared_prefix: str = 'shared_expert.'
+  mla: bool = False
+  router_bias: bool = False
 
 
 _SWIGLU = ('gate_proj', 'up_proj', 'down_proj')
@@ -90,7 +100,27 @@ QWEN3_MOE = Family(
     qk_norm='per_head', dense_layers=True, window='flag',
     bias_key='attention_bias', head_dim=True)
 
-FAMILIES = {f.model_type: f for f in (MIXTRAL, QWEN2_MOE, OLMOE, QWEN3_MOE)}
+# No head_dim: transformers sets it to Dr whatever config.json says.
+_DEEPSEEK = dict(hidden_act='silu', tie_word_embeddings=False, rope_theta=1e4,
+                 rms_norm_eps=1e-6, attention_bias=False, q_lora_rank=1536)
+DEEPSEEK_V2 = Family(
+    'deepseek_v2', 'DeepseekV2ForCausalLM', 'mlp.', _SWIGLU,
+    'n_routed_experts', 'moe_intermediate_size', dict(
+        _DEEPSEEK, max_position_embeddings=2048, num_key_value_heads=None,
+        mlp_bias=False, first_k_dense_replace=0, n_shared_experts=2,
+        n_group=None, topk_group=None, topk_method='greedy',
+        norm_topk_prob=False, routed_scaling_factor=1.0),
+    shared_prefix='shared_experts.', mla=True)
+DEEPSEEK_V3 = Family(
+    'deepseek_v3', 'DeepseekV3ForCausalLM', 'mlp.', _SWIGLU,
+    'n_routed_experts', 'moe_intermediate_size', dict(
+        _DEEPSEEK, max_position_embeddings=4096, num_key_value_heads=128,
+        first_k_dense_replace=3, n_shared_experts=1, n_group=8, topk_group=4,
+        norm_topk_prob=True, routed_scaling_factor=2.5, rope_interleave=True),
+    shared_prefix='shared_experts.', mla=True, router_bias=True)
+
+FAMILIES = {f.model_type: f for f in (MIXTRAL, QWEN2_MOE, OLMOE, QWEN3_MOE,
+                                      DEEPSEEK_V2, DEEPSEEK_V3)}
 # The two spellings of E: transformers maps each to the other per family.
 NUM_EXPERTS_KEYS = ('num_experts', 'num_local_experts')
 
@@ -106,10 +136,50 @@ def hf_family(hf: Mapping[str, Any]) -> Family:
 
 
 def export_family(config) -> Family:
-  """The family a ModelConfig exports as: its QK-norm names OLMoE or
-  Qwen3-MoE; otherwise shared experts make it Qwen2-MoE, else Mixtral.
-  (hf_config.family_for then checks that the family can hold it.)"""
+  """The family a ModelConfig without MLA exports as: its QK-norm names
+  OLMoE or Qwen3-MoE; otherwise shared experts make it Qwen2-MoE, else
+  Mixtral. (hf_config.family_for then checks that the family can hold it;
+  hf_deepseek.family_for picks between the MLA families.)"""
   by_norm = {f.qk_norm: f for f in (OLMOE, QWEN3_MOE)}
   if config.qk_norm is not None:
     return by_norm[config.qk_norm]
   return QWEN2_MOE if config.moe.num_shared_experts else MIXTRAL
+
+
+class Reader:
+  """config.json's values, or the family's default where a key is absent
+  (as transformers reads them); sizes without a default must be there."""
+
+  def __init__(self, hf: Mapping[str, Any], family: Family):
+    self.hf, self.family = hf, family
+
+  def __call__(self, key: str):
+    if key in self.hf:
+      return self.hf[key]
+    if key in self.family.defaults:
+      return self.family.defaults[key]
+    raise UserInputError(f'config.json has no {key!r}, which '
+                         f'{self.family.model_type} needs.')
+
+  def num_experts(self) -> int:
+    keys = tuple(dict.fromkeys((self.family.num_experts_key,
+                                *NUM_EXPERTS_KEYS)))
+    for key in keys:
+      if self.hf.get(key) is not None:
+        return self.hf[key]
+    raise UserInputError(f'config.json has none of {keys}; an MoE config '
+                         'names its expert count.')
+
+
+def read_rope_theta(hf: Mapping[str, Any], default: float) -> float:
+  """θ from transformers 5's rope_parameters or the older rope_theta."""
+  params = hf.get('rope_parameters') or {}
+  scaling = hf.get('rope_scaling') or {}
+  kind = (params.get('rope_type') or scaling.get('rope_type') or
+          scaling.get('type') or 'default')
+  if kind != 'default':
+    raise UserInputError(
+        f'RoPE scaling {kind!r} is not modelled; only the default rotary '
+        'embedding imports (drop rope_scaling from config.json for short '
+        'contexts).')
+  return float(params.get('rope_theta', hf.get('rope_theta', default)))

@@ -1,5 +1,6 @@
-"""Hugging Face Mixtral, Qwen2-MoE, OLMoE and Qwen3-MoE checkpoints <->
-moe_jax, without PyTorch.
+"""Hugging Face Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE and DeepSeek-V2/V3
+checkpoints <-> moe_jax, without PyTorch (hf_deepseek.py's docstring gives
+what DeepSeek's latent attention and routing add to the list below).
 
 A Hugging Face model folder (`config.json` + `*.safetensors`) becomes a
 ModelConfig and the TransformerLM's parameters, and back. The conventions
@@ -53,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from moe_jax.convert import hf_deepseek
 # The config half of the converter, re-exported: hf_moe is the public entry.
 from moe_jax.convert.hf_config import (config_from_hf, config_to_hf,  # pylint: disable=unused-import
                                        family_for)
@@ -86,9 +88,11 @@ def _abstract(config: ModelConfig):
                                                         rngs=nnx.Rngs(0))))
 
 
-def _check_tensors(reader: TensorReader, wanted: dict[str, tuple]) -> None:
+def _check_tensors(reader: TensorReader, wanted: dict[str, tuple],
+                   unused: tuple[str, ...] = ()) -> None:
   """One line for the first tensor that is missing, extra, of another shape
-  or not a float, before anything is read."""
+  or not a float, before anything is read. Names starting with one of
+  `unused` (V3's multi-token-prediction layers) are not extra."""
   names = reader.names()
   missing = sorted(set(wanted) - names)
   if missing:
@@ -97,7 +101,8 @@ def _check_tensors(reader: TensorReader, wanted: dict[str, tuple]) -> None:
         'missing); its config.json does not match its weights (or it is not '
         'a supported architecture).')
   extra = sorted(n for n in names - set(wanted)
-                 if not n.endswith(_IGNORED_SUFFIXES))
+                 if not n.endswith(_IGNORED_SUFFIXES) and
+                 not n.startswith(unused))
   if extra:
     raise UserInputError(
         f'the checkpoint has a tensor {extra[0]!r} ({len(extra)} extra) that '
@@ -130,7 +135,8 @@ def import_checkpoint(directory: str | pathlib.Path, dtype=np.float32,
   plan = [(link, _get(shapes, link.path).shape) for link in
           links(config, hf_family(hf), is_fused(reader.names()))]
   _check_tensors(reader, {name: want for link, shape in plan for name, want
-                          in zip(link.hf, hf_shapes(link, shape))})
+                          in zip(link.hf, hf_shapes(link, shape))},
+                 hf_deepseek.mtp_prefixes(hf))
   params, last = {}, ((), [])
   for link, shape in plan:
     # The fused gate_up_proj feeds two parameters: read it once.
@@ -138,6 +144,8 @@ def import_checkpoint(directory: str | pathlib.Path, dtype=np.float32,
         reader.get(name).astype(dtype) for name in link.hf]
     last = (link.hf, arrays)
     _set(params, link.path, to_ours(link, arrays, shape))
+  if config.mla is not None:  # DeepSeek's RoPE layout -> ours.
+    params = hf_deepseek.params_from_hf(hf, config, params)
   return config, params
 
 
@@ -188,6 +196,8 @@ def export_checkpoint(config: ModelConfig, params, directory: str | pathlib.Path
   hf = config_to_hf(config)
   if isinstance(params, nnx.State):
     params = nnx.to_pure_dict(params)
+  if config.mla is not None:  # Our RoPE layout -> DeepSeek's.
+    params = hf_deepseek.params_to_hf(config, params)
   tensors = {}
   for link in links(config, FAMILIES[hf['model_type']]):
     array = np.asarray(_get(params, link.path)).astype(dtype)

@@ -7,8 +7,8 @@ and what exports write) stores each expert's matrices apart, e.g.
 experts fused, and save_pretrained(..., save_original_format=False) writes
 them so, in every family under `mlp.` (Mixtral's `block_sparse_moe.` renamed):
 `mlp.experts.gate_up_proj` [E, 2F, D], the gate's F rows then the up's
-(the forward's `.chunk(2, dim=-1)`), and `mlp.experts.down_proj` [E, D, F].
-Imports read either.
+(the forward's `.chunk(2, dim=-1)`), and `mlp.experts.down_proj` [E, D, F]
+(DeepSeek-V2/V3 too). Imports read either.
 """
 
 from __future__ import annotations
@@ -61,6 +61,23 @@ def _attention(c: ModelConfig, p: str, b: tuple) -> list[Link]:
   return links
 
 
+def _mla(c: ModelConfig, p: str, b: tuple) -> list[Link]:
+  """DeepSeek's latent attention (hf_deepseek.py's docstring has the names;
+  its RoPE rows are reordered there, after these plain transposes)."""
+  names = ({'wq': 'q_proj'} if c.mla.q_lora_rank is None else
+           {'wq_a': 'q_a_proj', 'wq_b': 'q_b_proj'})
+  names.update(wkv_a='kv_a_proj_with_mqa', wkv_b='kv_b_proj')
+  norms = {'kv_norm': 'kv_a_layernorm'}
+  if c.mla.q_lora_rank is not None:
+    norms['q_norm'] = 'q_a_layernorm'
+  p += 'self_attn.'
+  return ([Link((p + 'o_proj.weight',), b + ('attn', 'wo'), 'linear2')] +
+          [Link((p + f'{h}.weight',), b + ('attn', ours), 'linear1')
+           for ours, h in names.items()] +
+          [Link((p + f'{h}.weight',), b + ('attn', ours, 'scale'), 'vector')
+           for ours, h in norms.items()])
+
+
 def _experts(m, q: str, ffn: tuple, family: Family, fused: bool):
   if fused:
     gate_up = (q + 'experts.gate_up_proj',)
@@ -86,7 +103,7 @@ def links(config: ModelConfig, family: Family, fused: bool = False
                  'vector'),
             Link((p + 'post_attention_layernorm.weight',),
                  b + ('ffn_norm', 'scale'), 'vector')]
-    out += _attention(c, p, b)
+    out += _attention(c, p, b) if c.mla is None else _mla(c, p, b)
     ffn = b + ('ffn',)
     if not c.is_moe_layer(i):
       out += [Link((p + f'mlp.{h}.weight',), ffn + (ours,), 'linear1')
@@ -95,9 +112,12 @@ def links(config: ModelConfig, family: Family, fused: bool = False
     q = p + ('mlp.' if fused else family.moe_prefix)
     out.append(Link((q + 'gate.weight',), ffn + ('router_kernel',),
                     'linear1'))
+    if family.router_bias:
+      out.append(Link((q + 'gate.e_score_correction_bias',),
+                      ffn + ('router_bias',), 'vector'))
     out += _experts(m, q, ffn, family, fused)
     if m.num_shared_experts:
-      out += [Link((q + f'shared_expert.{h}.weight',),
+      out += [Link((q + f'{family.shared_prefix}{h}.weight',),
                    ffn + ('shared_' + ours,), 'linear1')
               for ours, h in zip(FFN_NAMES, DENSE_HF)]
     if m.shared_expert_gate:

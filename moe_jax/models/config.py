@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 
 from moe_jax.core.config import MoEConfig
 from moe_jax.errors import (UserInputError, check_bool, check_choice,
                             check_non_negative, check_positive, require)
+from moe_jax.models import mla as mla_lib
 from moe_jax.models.norm import QK_NORMS
 
 POSITIONS = ('rope', 'learned')
@@ -53,6 +55,9 @@ class ModelConfig:
       RoPE: 'per_head' (Qwen3: each head over its Dh, one [Dh] scale) or
       'all_heads' (OLMoE: the whole H·Dh projection, an [H, Dh] scale);
       None: no norm.
+    mla: multi-head latent attention (DeepSeek-V2/V3, models/mla.py) in
+      place of the q/k/v attention: an MLAConfig, or a mapping of its
+      fields; None: the usual attention.
   """
 
   vocab_size: int = 256
@@ -75,6 +80,7 @@ class ModelConfig:
   sliding_window: int | None = None
   head_dim: int | None = None
   qk_norm: str | None = None
+  mla: Any = None
 
   def __post_init__(self):
     for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
@@ -98,6 +104,7 @@ class ModelConfig:
       check_positive('model.sliding_window', self.sliding_window,
                      fix='or leave it unset for full attention')
     self._check_architecture()
+    self._check_mla()
     self._check_causal_routing()
 
   def _check_architecture(self) -> None:
@@ -120,6 +127,27 @@ class ModelConfig:
     require(isinstance(first, int) and 0 <= first <= self.num_layers,
             'model.first_dense_layers', first,
             f'be an int in [0, model.num_layers={self.num_layers}]')
+
+  def _check_mla(self) -> None:
+    """MLA replaces the q/k/v projections, so their options do not apply."""
+    # Frozen: the resolved MLAConfig replaces a mapping, once.
+    object.__setattr__(self, 'mla', mla_lib.resolve(self.mla))
+    if self.mla is None:
+      return
+    clashes = [(self.position != 'rope', f'model.position={self.position!r} '
+                "(MLA's decoupled keys are rotary: 'rope')"),
+               (self.num_kv_heads is not None, 'model.num_kv_heads (MLA '
+                'shares one latent across heads; leave it unset)'),
+               (self.qkv_bias, 'model.qkv_bias=True (MLA has no biases)'),
+               (self.sliding_window is not None, 'model.sliding_window '
+                '(not modelled with MLA; leave it unset)'),
+               (self.qk_norm is not None, 'model.qk_norm (MLA norms its '
+                'latents instead; leave it unset)'),
+               (self.head_dim is not None, 'model.head_dim (MLA sets its '
+                'widths in model.mla; leave it unset)')]
+    found = [text for bad, text in clashes if bad]
+    if found:
+      raise UserInputError(f'model.mla is set, which excludes {found[0]}.')
 
   def _check_causal_routing(self) -> None:
     """This model is a causal decoder: refuse routing that sees the future."""

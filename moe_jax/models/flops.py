@@ -16,6 +16,12 @@ The count is PaLM's (Chowdhery et al. 2022, Appendix B):
   with the backward. Like PaLM (and MaxText's causal count aside), it counts
   the whole L×L score matrix, not the causal half, so it is the work of a
   dense attention kernel.
+  Multi-head latent attention (model.mla, models/mla.py) has queries meet
+  keys over Dn + Dr and values Dv wide, so its term is
+  6 · n_layers · H · (Dn + Dr + Dv) · L: the form training computes, keys
+  and values expanded from the latent (their expansion, c·W_UKV, is a
+  parameter matmul, counted in N_matmul). With Dn + Dr = Dv = Dh this is the
+  12 · n_layers · H · Dh · L above.
 
 MFU is achieved FLOP/s per device over the device's peak. The peaks are the
 vendors' dense bf16 matmul figures (no sparsity), per chip; a float32 run is
@@ -60,30 +66,38 @@ def peak_flops_per_device(configured: float = 0.0) -> float | None:
 
 
 def attention_flops_per_token(num_layers: int, num_heads: int, head_dim: int,
-                              seq_len: int) -> int:
-  """12 · n_layers · H · Dh · L (module docstring)."""
-  return 12 * num_layers * num_heads * head_dim * seq_len
+                              seq_len: int, value_dim: int | None = None
+                              ) -> int:
+  """6 · n_layers · H · (Dqk + Dv) · L, Dqk = head_dim and Dv = value_dim
+  (default head_dim: 12 · n_layers · H · Dh · L; module docstring)."""
+  value_dim = head_dim if value_dim is None else value_dim
+  return 6 * num_layers * num_heads * (head_dim + value_dim) * seq_len
 
 
 def train_flops_per_token(active_params: int, embedding_params: int, *,
                           tied_embeddings: bool, num_layers: int,
-                          num_heads: int, head_dim: int, seq_len: int) -> int:
+                          num_heads: int, head_dim: int, seq_len: int,
+                          value_dim: int | None = None) -> int:
   """6 · N_matmul + attention (module docstring).
 
   active_params: the run header's active count (embedding included).
   embedding_params: V · D, the input embedding table's size.
+  head_dim, value_dim: the query·key and the value width per head (MLA:
+    Dn + Dr and Dv); value_dim None: head_dim.
   """
   matmul = active_params - (0 if tied_embeddings else embedding_params)
   return 6 * matmul + attention_flops_per_token(num_layers, num_heads,
-                                                head_dim, seq_len)
+                                                head_dim, seq_len, value_dim)
 
 
 def for_model(config, active_params: int, seq_len: int) -> int:
   """train_flops_per_token for a ModelConfig and the header's active count."""
   lookups = config.max_len * config.d_model if config.position == 'learned' \
       else 0
+  mla = config.mla
   return train_flops_per_token(
       active_params - lookups, config.vocab_size * config.d_model,
       tied_embeddings=config.tie_embeddings, num_layers=config.num_layers,
-      num_heads=config.num_heads, head_dim=config.head_width,
-      seq_len=seq_len)
+      num_heads=config.num_heads,
+      head_dim=config.head_width if mla is None else mla.qk_head_dim,
+      value_dim=None if mla is None else mla.v_head_dim, seq_len=seq_len)

@@ -14,9 +14,11 @@ from moe_jax.layers.params import param, scaled_init
 from moe_jax.models.attention import CausalSelfAttention
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.kv_cache import KVCache
-from moe_jax.parallel.fsdp import whole_over_data
-# RMSNorm lives with QK-norm in norm.py; importable from here as before.
+from moe_jax.models.mla import MultiHeadLatentAttention
+# RMSNorm lives in norm.py (QK-norm and MLA's latent norms use it too);
+# importable from here as before.
 from moe_jax.models.norm import RMSNorm
+from moe_jax.parallel.fsdp import whole_over_data
 
 EMBED_AXES = ('vocab', 'embed')  # The token embedding [V, D].
 
@@ -50,12 +52,17 @@ class Block(nnx.Module):
     c = config
     dt = c.compute_dtype
     self.attn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
-    self.attn = CausalSelfAttention(
-        c.d_model, c.num_heads, rope=c.position == 'rope',
-        init_scale=c.init_scale, rngs=rngs, dtype=dt,
-        num_kv_heads=c.kv_heads, rope_theta=c.rope_theta, qkv_bias=c.qkv_bias,
-        sliding_window=c.sliding_window, head_dim=c.head_width,
-        qk_norm=c.qk_norm, norm_eps=c.norm_eps)
+    if c.mla is not None:  # Same calls and cache slots (models/mla.py).
+      self.attn = MultiHeadLatentAttention(
+          c.d_model, c.num_heads, c.mla, init_scale=c.init_scale, rngs=rngs,
+          dtype=dt, rope_theta=c.rope_theta)
+    else:
+      self.attn = CausalSelfAttention(
+          c.d_model, c.num_heads, rope=c.position == 'rope',
+          init_scale=c.init_scale, rngs=rngs, dtype=dt,
+          num_kv_heads=c.kv_heads, rope_theta=c.rope_theta,
+          qkv_bias=c.qkv_bias, sliding_window=c.sliding_window,
+          head_dim=c.head_width, qk_norm=c.qk_norm, norm_eps=c.norm_eps)
     self.ffn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
     self.is_moe = c.is_moe_layer(layer)
     if self.is_moe:
