@@ -183,6 +183,8 @@ _GOOD = dataclasses.asdict(CONFIGS['q_latent'])
     (dict(mla=_GOOD, position='learned'), "excludes model.position='learned'"),
     (dict(mla=_GOOD, qkv_bias=True), 'excludes model.qkv_bias=True'),
     (dict(mla=_GOOD, sliding_window=4), 'excludes model.sliding_window'),
+    (dict(mla=_GOOD, qk_norm='per_head'), 'excludes model.qk_norm'),
+    (dict(mla=_GOOD, head_dim=4), 'excludes model.head_dim'),
 ])
 def test_bad_config_is_one_line(model, match):
   with pytest.raises(UserInputError, match=match) as e:
