@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from testlib import run_device_script
+from testlib import load_npz, run_device_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'tests' / '_parallel_accumulate.py'
@@ -33,8 +33,7 @@ def results(tmp_path_factory):
 
 
 def _load(results, name):
-  with np.load(results / f'{name}.npz') as data:
-    return dict(data)
+  return load_npz(results / f'{name}.npz')
 
 
 def _compared(step):

@@ -10,9 +10,8 @@ import json
 import pathlib
 import re
 
-import numpy as np
 import pytest
-from testlib import assert_trees_close, run_device_script
+from testlib import assert_trees_close, load_npz, run_device_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'tests' / '_parallel_fsdp.py'
@@ -32,8 +31,7 @@ def results(tmp_path_factory):
 
 
 def _load(path):
-  with np.load(path) as data:
-    return dict(data)
+  return load_npz(path)
 
 
 @pytest.mark.parametrize('case,reference', [

@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 import pytest
-from testlib import run_device_script
+from testlib import load_npz, run_device_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'tests' / '_parallel_moe.py'
@@ -48,8 +48,7 @@ def results(tmp_path_factory):
 
 
 def _load(results, case, mesh):
-  with np.load(results / f'{case}_{mesh}.npz') as data:
-    return dict(data)
+  return load_npz(results / f'{case}_{mesh}.npz')
 
 
 def _shards(results):

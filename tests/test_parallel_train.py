@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 import pytest
-from testlib import assert_trees_close, run_device_script
+from testlib import assert_trees_close, load_npz, run_device_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'tests' / '_parallel_train.py'
@@ -33,8 +33,7 @@ def results(tmp_path_factory):
 
 
 def _load(path):
-  with np.load(path) as data:
-    return dict(data)
+  return load_npz(path)
 
 
 def _is_expert_weight(key, shape):

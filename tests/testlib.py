@@ -39,6 +39,14 @@ def run_device_script(script: pathlib.Path, out_dir, num_devices: int, *,
   assert proc.returncode == 0, proc.stderr[-5000:]
 
 
+def load_npz(path) -> dict:
+  """The arrays of an .npz file a device script wrote, as a plain dict
+  (the file is closed before returning)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with np.load(path) as data:
+    return dict(data)
+
+
 def assert_trees_close(have: dict, want: dict, rtol: float, what: str):
   """Two {name: array} dicts hold the same arrays: floats to `rtol` of
   each array's scale, everything else (step counters, keys) exactly."""
