@@ -23,18 +23,20 @@ run regime --seeds 5 --config.data.kind=text \
   --config.data.path=../shared/data/tinyshakespeare.txt \
   --out experiments/results/regime_shakespeare
 # The short top-1 vs top-2 ablation next: its claims were 0.05 apart in the
-# pilot, so it can decide them in about 1.5 core-hours. Then the long
-# regime, and the long top-1 vs top-2 runs (cf 1.25 and the FLOP-matched
-# pair first, then cf 1.0 and 2.0; dense is copied from regime_long when the
-# runner finds it there).
+# pilot, so it can decide them in about 1.5 core-hours.
 run top1_vs_top2
 # The long regime (about 8 core-hours): it resumes from its checkpoints.
 run regime_long --seeds 6
-run top1_vs_top2_long --seeds 6 \
-  --variants top1_cf1.25,top2_cf1.25,top2_halfwidth_cf1.25
+# The six older ablations in the short regime next (about 2 hours of the
+# machine; most of their verdicts were inconclusive), then the long
+# top-1 vs top-2 runs (about 9 core-hours for the cf 1.25 and FLOP-matched
+# variants; dense is copied from regime_long). The fifth session moved the
+# short reruns ahead of the long top-1 vs top-2 runs.
 for ablation in capacity aux_weight z_loss num_experts routing_schemes \
     upcycling; do
   run "$ablation"
 done
+run top1_vs_top2_long --seeds 6 \
+  --variants top1_cf1.25,top2_cf1.25,top2_halfwidth_cf1.25
 run top1_vs_top2_long --seeds 6
 run regime_scan --seeds 1
