@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from experiments.ablation import CheckpointMetrics
+
 
 def with_derived(ab, rows, curves) -> list[dict]:
   """`rows` with ab.derived's columns added (NaN where a run lacks the
@@ -93,3 +95,40 @@ def cpu_us_per_token(row, points) -> float:
     return 1e6 * float(row['train_cpu_s']) / tokens
   except (KeyError, TypeError, ValueError, ZeroDivisionError):
     return math.nan
+
+
+# Columns measured on a run's last checkpoint (Ablation.checkpoint_metrics):
+# they need the model, not its logs, so they are computed once when the run
+# finishes (experiments/records.py) and stored in runs.csv.
+
+
+def domain_nmi(config, workdir) -> dict[str, float]:
+  """Expert × domain normalised mutual information of a run trained on a
+  labelled mix (moe_jax/analysis/corpora.py write_mix), as notebook 02
+  measures it: the first-choice expert of every MoE layer traced over
+  train.eval_batches windows of the validation split, NMI by
+  analysis.routing.expert_label_mi, and its floor with the labels shuffled.
+
+  Returns:
+    domain_nmi and domain_nmi_floor (means over the MoE layers), and
+    neg_domain_nmi = −(domain_nmi − domain_nmi_floor): lower is more
+    specialised, so a claim (lower is better) can read it.
+  """
+  from moe_jax.analysis import corpora, routing  # Slow imports.
+  from moe_jax.analysis.trace import trace_checkpoint
+  from moe_jax.data.pipeline import eval_batches
+  from moe_jax.data.split import split_corpus
+  _, val = split_corpus(corpora.read_mix(config.data.path),
+                        config.data.val_fraction, config.data.split)
+  batches = eval_batches(val, config.batch_size, config.seq_len,
+                         config.train.eval_batches)
+  trace = trace_checkpoint(config, str(workdir), batches=batches)
+  mi = routing.expert_label_mi(trace, trace.domain)
+  nmi = float(np.mean(mi['nmi']))
+  floor = float(np.mean(mi['nmi_shuffled']))
+  return {'domain_nmi': nmi, 'domain_nmi_floor': floor,
+          'neg_domain_nmi': floor - nmi}
+
+
+DOMAIN_NMI = CheckpointMetrics(
+    ('domain_nmi', 'domain_nmi_floor', 'neg_domain_nmi'), domain_nmi)

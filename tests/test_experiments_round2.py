@@ -11,13 +11,15 @@ import re
 import pytest
 from flax import traverse_util
 
-from experiments import (balancing, derived, drop_upcycling, granularity,
-                         judge, null_experts, remoe, run, upcycling)
+from experiments import (balance_scope, balancing, derived, drop_upcycling,
+                         granularity, judge, null_experts, remoe, run,
+                         upcycling)
 from experiments.ablation import Ablation, Comparison, Variant, apply_overrides
 from moe_jax.models import accounting
 from moe_jax.train import setup
 
-ROUND2 = (balancing, remoe, null_experts, granularity, drop_upcycling)
+ROUND2 = (balancing, remoe, null_experts, granularity, drop_upcycling,
+          balance_scope)
 MESH = accounting.parse_mesh('')
 
 
@@ -52,8 +54,9 @@ def test_round2_ablations_are_runnable_and_state_their_sources(module):
     assert names and all(n in ab.source for n in names), comp.claim
     for side, column in (comp.better, comp.worse):
       ab.variant(side)
+      measured = ab.checkpoint_metrics.columns if ab.checkpoint_metrics else ()
       assert column.startswith('eval_') or column in ab.derived or column in (
-          'train_cpu_s',), column
+          'train_cpu_s', *measured), column
 
 
 def test_balancing_variants_differ_only_in_how_they_balance():
