@@ -53,6 +53,9 @@ SCOPES = ('global', 'micro_batch', 'sequence')
 MIX_BYTES, MIX_SYNTHETIC, MIX_SEED = 3_000_000, 2, 0
 ACCUM = 4  # Micro-batches per step: 4 sequences each of the 16.
 SAME = 'equal steps'
+DATA_NOTE = (' Data: notebook 02\'s mix (code, prose, 2 synthetic languages; '
+             f'{MIX_BYTES:,} bytes), 4 micro-batches of 4 sequences per '
+             'step.')
 
 
 def mix_path() -> str:
@@ -99,10 +102,8 @@ ABLATION = Ablation(
     ),
     steps=regime_config.REGIME_STEPS,
     quick_steps=60,
-    notes=regime_config.CAPACITY_NOTE + (
-        ' Data: notebook 02\'s mix (code, prose, 2 synthetic languages; '
-        f'{MIX_BYTES:,} bytes), 4 micro-batches of 4 sequences per step. '
-        'domain_nmi: NMI between the first-choice expert and the domain '
+    notes=regime_config.CAPACITY_NOTE + DATA_NOTE + (
+        ' domain_nmi: NMI between the first-choice expert and the domain '
         '(mean over the MoE layers) on train.eval_batches validation '
         'batches of the last checkpoint; domain_nmi_floor: the same with '
         'the labels shuffled; neg_domain_nmi = floor − NMI.'),

@@ -102,3 +102,45 @@ def test_the_summary_has_a_table_of_the_checkpoint_columns(tmp_path):
   text = (tmp_path / 'summary.md').read_text()
   assert '## From the last checkpoints' in text
   assert '| global | 0.15 ± 0.07071' in text.replace('0.1500', '0.15')
+
+
+def test_eval_sorting_reuses_balance_scopes_runs_config_for_config():
+  from experiments import eval_sorting
+  from experiments.run_hash import config_hash
+  ab = eval_sorting.ABLATION
+  for v in ab.variants:
+    mine = apply_overrides(ab.base(ab.steps), v.overrides)
+    theirs = apply_overrides(AB.base(AB.steps), AB.variant(v.name).overrides)
+    assert config_hash(mine) == config_hash(theirs)
+  for comp in ab.comparisons:
+    assert comp.basis == 'same checkpoint'
+    assert comp.better[0] == comp.worse[0]
+    assert {comp.better[1], comp.worse[1]} <= set(ab.checkpoint_metrics.columns)
+
+
+def test_sorted_eval_scores_both_orders_with_batch_wide_groups(mix,
+                                                               monkeypatch):
+  from moe_jax.analysis import capacity
+  calls = []
+
+  def fake_curve(config, workdir, factors, *, dropless, batches, **over):
+    calls.append((factors, dropless, len(batches), over))
+    assert all('domains' not in b for b in batches)
+    loss = 2.0 if len(calls) == 1 else 2.5
+    return {'loss': np.array([loss]), 'dropped': np.array([loss / 10]),
+            'dropless_loss': 1.9 if dropless else np.nan}
+
+  monkeypatch.setattr(capacity, 'capacity_curve', fake_curve)
+  config = apply_overrides(AB.base(4), {
+      'data.path': mix, 'batch_size': 4, 'seq_len': 32,
+      'train.eval_batches': 3})
+  metrics = derived.sorted_eval(1.1)
+  got = metrics.measure(config, '/some/run')
+  assert set(got) == set(metrics.columns)
+  # One call per order, the capacity shared by each batch's 4·32 tokens.
+  assert [c[:3] for c in calls] == [((1.1,), False, 3), ((1.1,), True, 3)]
+  assert all(c[3] == {'moe__group_size': 128} for c in calls)
+  assert got == pytest.approx({
+      'eval_loss_sorted_cf1.1': 2.0, 'eval_loss_shuffled_cf1.1': 2.5,
+      'eval_dropped_sorted_cf1.1': 0.2, 'eval_dropped_shuffled_cf1.1': 0.25,
+      'eval_loss_dropless': 1.9, 'sorted_penalty_cf1.1': -0.5})
