@@ -187,3 +187,11 @@ def test_a_claim_on_a_derived_column_gets_a_paired_verdict():
   assert j.verdict.verdict == 'agrees' and j.seeds == [0, 1, 2]
   assert j.better == pytest.approx([0.2, 0.21, 0.22])
   assert 'jitter' not in rows[0]  # The caller's rows are left as they were.
+
+
+def test_quick_runs_end_with_a_short_final_evaluation():
+  got = run.quick_overrides(60)
+  assert got == {'train.eval_batches': 4, 'train.eval_every': 30,
+                 'train.final_eval_batches': run.QUICK_FINAL_EVAL_BATCHES}
+  assert run.QUICK_FINAL_EVAL_BATCHES == 16 and run.quick_overrides(1)[
+      'train.eval_every'] == 1
