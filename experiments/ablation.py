@@ -51,6 +51,16 @@ class Comparison:
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckpointMetrics:
+  """Columns measured on a finished run's last checkpoint.
+
+  measure: (config, workdir) -> {column: number}, one of each `columns`.
+  """
+  columns: tuple[str, ...]
+  measure: Callable[..., dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
 class Ablation:
   """One ablation of experiments/README.md.
 
@@ -76,6 +86,13 @@ class Ablation:
     derived: column -> (row, the run's curve points) -> number: columns
       computed from the logged curves (experiments/derived.py), shown in
       the summary and usable in comparisons like runs.csv's own.
+    checkpoint_metrics: optional CheckpointMetrics, measured on each
+      finished run's last checkpoint (e.g. from a routing trace,
+      experiments/derived.py DOMAIN_NMI), stored in runs.csv and usable in
+      comparisons.
+    prepare: optional () -> None, run once by the runner before any run of
+      the ablation trains or is reused: writes what the runs read (e.g. a
+      generated corpus), so that building a config stays free of I/O.
   """
   name: str
   title: str
@@ -92,6 +109,8 @@ class Ablation:
   init_run: Variant | None = None
   derived: dict[str, Callable[..., float]] = dataclasses.field(
       default_factory=dict)
+  checkpoint_metrics: CheckpointMetrics | None = None
+  prepare: Callable[[], None] | None = None
 
   def variant(self, name: str) -> Variant:
     for v in self.variants:

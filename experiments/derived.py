@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from experiments.ablation import CheckpointMetrics
+
 
 def with_derived(ab, rows, curves) -> list[dict]:
   """`rows` with ab.derived's columns added (NaN where a run lacks the
@@ -93,3 +95,85 @@ def cpu_us_per_token(row, points) -> float:
     return 1e6 * float(row['train_cpu_s']) / tokens
   except (KeyError, TypeError, ValueError, ZeroDivisionError):
     return math.nan
+
+
+# Columns measured on a run's last checkpoint (Ablation.checkpoint_metrics):
+# they need the model, not its logs, so they are computed once when the run
+# finishes (experiments/records.py) and stored in runs.csv.
+
+
+def _labelled_val(config):
+  """The validation split of a run trained on a write_mix corpus, with the
+  mix's domain labels (the split depends only on the length, so it is the
+  trainer's)."""
+  from moe_jax.analysis import corpora  # Slow imports.
+  from moe_jax.data.split import split_corpus
+  return split_corpus(corpora.read_mix(config.data.path),
+                      config.data.val_fraction, config.data.split)[1]
+
+
+def domain_nmi(config, workdir) -> dict[str, float]:
+  """Expert × domain normalised mutual information of a run trained on a
+  labelled mix (moe_jax/analysis/corpora.py write_mix), as notebook 02
+  measures it: the first-choice expert of every MoE layer traced over
+  train.eval_batches windows of the validation split, NMI by
+  analysis.routing.expert_label_mi, and its floor with the labels shuffled.
+
+  Returns:
+    domain_nmi and domain_nmi_floor (means over the MoE layers), and
+    neg_domain_nmi = −(domain_nmi − domain_nmi_floor): lower is more
+    specialised, so a claim (lower is better) can read it.
+  """
+  from moe_jax.analysis import routing  # Slow imports.
+  from moe_jax.analysis.trace import trace_checkpoint
+  from moe_jax.data.pipeline import eval_batches
+  batches = eval_batches(_labelled_val(config), config.batch_size,
+                         config.seq_len, config.train.eval_batches)
+  trace = trace_checkpoint(config, str(workdir), batches=batches)
+  mi = routing.expert_label_mi(trace, trace.domain)
+  nmi = float(np.mean(mi['nmi']))
+  floor = float(np.mean(mi['nmi_shuffled']))
+  return {'domain_nmi': nmi, 'domain_nmi_floor': floor,
+          'neg_domain_nmi': floor - nmi}
+
+
+DOMAIN_NMI = CheckpointMetrics(
+    ('domain_nmi', 'domain_nmi_floor', 'neg_domain_nmi'), domain_nmi)
+
+
+def sorted_eval(factor: float) -> CheckpointMetrics:
+  """Eval loss and dropped fraction at eval capacity factor `factor` with
+  one capacity per batch (moe.group_size = B·L), on the same validation
+  windows batched domain by domain ('sorted') and shuffled
+  (analysis/capacity.py domain_ordered_batches; train.eval_batches
+  batches), and the dropless loss of those windows, which no order
+  changes. Columns: eval_loss_{sorted,shuffled}_cf<f>,
+  eval_dropped_{sorted,shuffled}_cf<f>, eval_loss_dropless and
+  sorted_penalty_cf<f> (sorted minus shuffled loss)."""
+  tag = f'cf{factor:g}'
+
+  def measure(config, workdir) -> dict[str, float]:
+    from moe_jax.analysis import capacity  # Slow import.
+    orders = capacity.domain_ordered_batches(
+        _labelled_val(config), config.batch_size, config.seq_len,
+        config.train.eval_batches)
+    out = {}
+    for name, batches in orders.items():
+      batches = [{k: v for k, v in b.items() if k != 'domains'}
+                 for b in batches]
+      curve = capacity.capacity_curve(
+          config, str(workdir), (factor,), dropless=name == 'shuffled',
+          batches=batches,
+          moe__group_size=config.batch_size * config.seq_len)
+      out[f'eval_loss_{name}_{tag}'] = float(curve['loss'][0])
+      out[f'eval_dropped_{name}_{tag}'] = float(curve['dropped'][0])
+      if name == 'shuffled':
+        out['eval_loss_dropless'] = curve['dropless_loss']
+    out[f'sorted_penalty_{tag}'] = (out[f'eval_loss_sorted_{tag}'] -
+                                    out[f'eval_loss_shuffled_{tag}'])
+    return out
+
+  columns = tuple(f'eval_{m}_{o}_{tag}' for m in ('loss', 'dropped')
+                  for o in ('sorted', 'shuffled')) + (
+                      'eval_loss_dropless', f'sorted_penalty_{tag}')
+  return CheckpointMetrics(columns, measure)

@@ -25,8 +25,9 @@ performance gains" but "the training progresses slower than when trained
 from scratch". Their runs are hundreds of billions of tokens; these are 2M
 bytes after the dense start, so the late crossing the paper shows may not
 come within N steps. Their reference code (Taishi-N324/Drop-Upcycling,
-conversions/drop_upcycling.py) was read to match the re-draw; see
-drop_upcycle.py for the one difference (one index set per expert).
+conversions/drop_upcycling.py) was read to match the re-draw; it draws a
+separate index set per weight, where the paper (and drop_upcycle.py, which
+says why) uses one per expert.
 """
 
 from __future__ import annotations

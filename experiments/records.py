@@ -99,9 +99,11 @@ def describe_data(config) -> dict:
 
 
 def extra_evals(ab, config, workdir: pathlib.Path) -> dict:
-  """The ablation's eval-only counterfactuals of the run's last checkpoint."""
+  """The ablation's eval-only counterfactuals of the run's last checkpoint,
+  and its checkpoint_metrics."""
   from moe_jax.train.evaluate import evaluate_checkpoint  # Slow import.
-  row = {}
+  row = dict(ab.checkpoint_metrics.measure(config, workdir)
+             if ab.checkpoint_metrics else {})
   for name, eval_overrides in ab.extra_evals.items():
     kwargs = {k.replace('.', '__'): v for k, v in eval_overrides.items()}
     metrics = evaluate_checkpoint(config, str(workdir), **kwargs)
@@ -145,7 +147,7 @@ def reuse_run(ab, variant: str, seed: int, config, found) -> tuple[dict, list]:
   row, curves, workdir = found
   source = f'{workdir.parent.parent.parent.name}/{row["variant"]}'
   row = {k: v for k, v in row.items() if '@' not in k}
-  if ab.extra_evals:
+  if ab.extra_evals or ab.checkpoint_metrics:
     if not (workdir / 'checkpoints').is_dir():
       raise FileNotFoundError(workdir)
     row.update(extra_evals(ab, config, workdir))

@@ -71,11 +71,12 @@ def extra_eval_table(ab, rows) -> list[str]:
   return lines
 
 
-def derived_table(ab, rows) -> list[str]:
-  """Per variant, the ablation's columns computed from the curves."""
-  if not ab.derived:
+def derived_table(ab, rows, names=None) -> list[str]:
+  """Per variant, the ablation's columns computed from the curves (or the
+  columns `names`)."""
+  names = list(ab.derived) if names is None else list(names)
+  if not names:
     return []
-  names = list(ab.derived)
   lines = ['| variant | ' + ' | '.join(names) + ' |',
            '|---' * (len(names) + 1) + '|']
   for v in ab.variants:
@@ -247,6 +248,11 @@ def write(ab, rows, curves, out: pathlib.Path) -> None:
     lines += ['## From the logged curves (experiments/derived.py)', '',
               'Mean ± std over seeds; the ablation file (and its notes above) '
               'defines each column.', ''] + columns + ['']
+  if ab.checkpoint_metrics:
+    lines += ['## From the last checkpoints', '',
+              'Mean ± std over seeds; the ablation file (and its notes above) '
+              'defines each column.', ''] + derived_table(
+                  ab, rows, ab.checkpoint_metrics.columns) + ['']
   extra = extra_eval_table(ab, rows)
   if extra:
     lines += ['## The same checkpoints at other eval settings', ''] + extra + ['']

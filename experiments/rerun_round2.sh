@@ -8,7 +8,9 @@
 #   bash experiments/rerun_round2.sh
 # Estimated cost (experiments/README.md, "Round 2"), from the --quick runs'
 # CPU time per step: null_experts 0.39, remoe 0.52, balancing 0.61,
-# drop_upcycling 0.90, granularity 0.82 core-hours; about 3.2 in all.
+# drop_upcycling 0.90, granularity 0.82, balance_scope 0.4 core-hours and
+# eval_sorting 0.1 (evaluation only); about 3.7 in all. eval_sorting
+# re-evaluates balance_scope's checkpoints, so it comes after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PYTHON:-python}
@@ -19,3 +21,5 @@ run remoe
 run balancing
 run drop_upcycling
 run granularity
+run balance_scope
+run eval_sorting

@@ -87,6 +87,22 @@ def test_full_redraw_keeps_the_dense_statistics():
                                                  rel=0.03)
 
 
+def test_partial_redraw_has_the_replaced_entries_statistics():
+  # r = 0.5 of F = 256 with D = 64: each expert's re-drawn columns of wi
+  # (64 × 128 draws) have the mean and sample std of the dense entries they
+  # replace; the kept columns are the dense ones, bit for bit.
+  plan, source, new = _layer(d=64, f=256, e=3, seed=1)
+  out = drop_upcycle.apply(plan, source, new, 0.5, seed=3)
+  for e in range(3):
+    fresh = np.any(out['l/wi'][e] != source['l/wi'], 0)
+    assert fresh.sum() == 128
+    dense, drawn = source['l/wi'][:, fresh], out['l/wi'][e][:, fresh]
+    assert drawn.mean() == pytest.approx(dense.mean(), abs=0.05)
+    assert drawn.std() == pytest.approx(dense.std(ddof=1), rel=0.03)
+    np.testing.assert_array_equal(out['l/wi'][e][:, ~fresh],
+                                  source['l/wi'][:, ~fresh])
+
+
 class _Experts(nnx.Module):
   """An MoE FFN's expert weights (swiglu) under the trainer's names."""
 

@@ -15,7 +15,8 @@ import pytest
 from configs import switch_top1
 from experiments import (judge, records, run, run_hash, run_store, scheduler,
                          verdict)
-from experiments.ablation import Ablation, Comparison, Variant, apply_overrides
+from experiments.ablation import (Ablation, CheckpointMetrics, Comparison,
+                                  Variant, apply_overrides)
 from experiments.scheduler import Seeds
 from moe_jax.train import setup
 
@@ -171,6 +172,15 @@ def _tiny(steps):
   return c
 
 
+PREPARED = []  # One entry per call of TINY's prepare.
+
+
+def _has_checkpoint(config, workdir):
+  del config
+  return {'has_checkpoint': float((pathlib.Path(workdir) /
+                                   'checkpoints').is_dir())}
+
+
 TINY = Ablation(
     name='tiny', title='test', source='none',
     base=_tiny,
@@ -180,7 +190,10 @@ TINY = Ablation(
                  Comparison('cf 4 beats cf 1', ('top1', 'eval_loss@cf4'),
                             ('top1', 'eval_loss'), 'same checkpoint')),
     steps=3, quick_steps=2,
-    extra_evals={'cf4': {'moe.eval_capacity_factor': 4.0}})
+    extra_evals={'cf4': {'moe.eval_capacity_factor': 4.0}},
+    checkpoint_metrics=CheckpointMetrics(('has_checkpoint',),
+                                         _has_checkpoint),
+    prepare=lambda: PREPARED.append(1))
 
 
 def _rows(out):
@@ -192,9 +205,14 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
                                                     compilation_cache_on):
   monkeypatch.setattr(run, 'RESULTS', tmp_path)
   out = tmp_path / 'tiny'
+  prepared = len(PREPARED)
   run.run_ablation(TINY, seeds=Seeds(2), steps=3, out=out, overrides={},
                    command='test')
+  assert len(PREPARED) == prepared + 1  # Once, before the first run.
   rows = _rows(out)
+  # The checkpoint metric ran on each run's own workdir, after training.
+  assert all(float(r['has_checkpoint']) == 1 for r in rows)
+  assert '## From the last checkpoints' in (out / 'summary.md').read_text()
   assert sorted((r['variant'], r['seed']) for r in rows) == [
       ('dense', '0'), ('dense', '1'), ('top1', '0'), ('top1', '1')]
   for r in rows:
@@ -222,7 +240,7 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
                       lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
   run.run_ablation(TINY, seeds=Seeds(2), steps=3, out=out, overrides={},
                    command='test')
-  assert calls == []
+  assert calls == [] and len(PREPARED) == prepared + 1  # Nothing to do.
   kept = [r for r in rows if (r['variant'], r['seed']) != ('dense', '1')]
   with (out / 'runs.csv').open('w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -246,6 +264,7 @@ def test_runner_end_to_end_then_skips_finished_runs(tmp_path, monkeypatch,
   assert reused['reused_from'] == 'tiny/top1'
   assert reused['eval_loss'] == original[0]['eval_loss']
   assert float(reused['eval_loss@cf1']) > 0 and 'eval_loss@cf4' not in reused
+  assert float(reused['has_checkpoint']) == 1  # Measured on tiny's workdir.
   # --fresh retrains it instead, and gets the same loss bit for bit.
   run.run_ablation(other, seeds=Seeds(1), steps=3, out=tmp_path / 'fresh',
                    overrides={}, command='test', reuse=False)

@@ -11,13 +11,15 @@ import re
 import pytest
 from flax import traverse_util
 
-from experiments import (balancing, derived, drop_upcycling, granularity,
-                         judge, null_experts, remoe, run, upcycling)
+from experiments import (balance_scope, balancing, derived, drop_upcycling,
+                         granularity, judge, null_experts, remoe, run,
+                         upcycling)
 from experiments.ablation import Ablation, Comparison, Variant, apply_overrides
 from moe_jax.models import accounting
 from moe_jax.train import setup
 
-ROUND2 = (balancing, remoe, null_experts, granularity, drop_upcycling)
+ROUND2 = (balancing, remoe, null_experts, granularity, drop_upcycling,
+          balance_scope)
 MESH = accounting.parse_mesh('')
 
 
@@ -52,8 +54,9 @@ def test_round2_ablations_are_runnable_and_state_their_sources(module):
     assert names and all(n in ab.source for n in names), comp.claim
     for side, column in (comp.better, comp.worse):
       ab.variant(side)
+      measured = ab.checkpoint_metrics.columns if ab.checkpoint_metrics else ()
       assert column.startswith('eval_') or column in ab.derived or column in (
-          'train_cpu_s',), column
+          'train_cpu_s', *measured), column
 
 
 def test_balancing_variants_differ_only_in_how_they_balance():
@@ -184,3 +187,11 @@ def test_a_claim_on_a_derived_column_gets_a_paired_verdict():
   assert j.verdict.verdict == 'agrees' and j.seeds == [0, 1, 2]
   assert j.better == pytest.approx([0.2, 0.21, 0.22])
   assert 'jitter' not in rows[0]  # The caller's rows are left as they were.
+
+
+def test_quick_runs_end_with_a_short_final_evaluation():
+  got = run.quick_overrides(60)
+  assert got == {'train.eval_batches': 4, 'train.eval_every': 30,
+                 'train.final_eval_batches': run.QUICK_FINAL_EVAL_BATCHES}
+  assert run.QUICK_FINAL_EVAL_BATCHES == 16 and run.quick_overrides(1)[
+      'train.eval_every'] == 1

@@ -16,6 +16,8 @@ from typing import Mapping
 import ml_collections
 import numpy as np
 
+from moe_jax.data.corpus import Corpus
+from moe_jax.data.pipeline import eval_windows, window_batches
 from moe_jax.train.evaluate import evaluate_checkpoint
 
 DEFAULT_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
@@ -69,3 +71,41 @@ def compare_capacity(runs: Mapping[str, tuple[ml_collections.ConfigDict, str]],
   """
   return {name: capacity_curve(cfg, workdir, factors, **kwargs)
           for name, (cfg, workdir) in runs.items()}
+
+
+def domain_ordered_batches(corpus: Corpus, batch_size: int, seq_len: int,
+                           max_batches: int | None = None, seed: int = 0
+                           ) -> dict[str, list[dict[str, np.ndarray]]]:
+  """One set of labelled validation windows batched two ways.
+
+  'sorted': the windows stably sorted by their majority domain, so most
+  batches hold one domain, as an evaluation that walks its eval sets one
+  after another (Marin's TaggedEvaluator, marin-community/marin#8134);
+  'shuffled': the same windows in a seeded random order, so each batch
+  mixes the domains as the corpus does. Where a capacity is shared by a
+  batch's tokens (moe.group_size spanning sequences), a domain's experts
+  overflow more in the sorted batches; with one sequence per group the two
+  orders route alike.
+
+  Args:
+    corpus: a split with domain labels (e.g. corpora.read_mix's).
+    batch_size, seq_len: B and L.
+    max_batches: at most this many batches, their windows spread over the
+      split as eval_batches spreads them; None: every full batch.
+    seed: the shuffled order.
+
+  Returns:
+    {'sorted': [...], 'shuffled': [...]}: batch dicts as eval_batches'.
+  """
+  starts = eval_windows(corpus, seq_len)
+  count = len(starts) // batch_size
+  if max_batches is not None:
+    count = min(count, max_batches)
+  pick = np.linspace(0, len(starts), count * batch_size, endpoint=False)
+  starts = starts[pick.astype(np.int64)]
+  windows = corpus.domains[starts[:, None] + np.arange(seq_len)]  # [W, L]
+  majority = np.array([np.bincount(w).argmax() for w in windows])
+  orders = {'sorted': np.argsort(majority, kind='stable'),
+            'shuffled': np.random.default_rng(seed).permutation(len(starts))}
+  return {name: window_batches(corpus, starts[order], batch_size, seq_len)
+          for name, order in orders.items()}

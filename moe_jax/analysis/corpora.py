@@ -11,6 +11,8 @@ added as further domains.
 from __future__ import annotations
 
 import ast
+import os
+import pathlib
 import warnings
 
 import numpy as np
@@ -107,3 +109,48 @@ def code_prose_mix(num_bytes: int, synthetic_domains: int = 0,
   labels = np.concatenate([np.full(len(docs[i][1]), docs[i][0], np.int32)
                            for i in order])
   return Corpus(tokens, labels, 'stdlib code+prose mix'), names
+
+
+def write_mix(path, num_bytes: int, synthetic_domains: int = 0,
+              seed: int = 0) -> str:
+  """Writes code_prose_mix's bytes to `path` (for data.kind='text') and its
+  domain labels beside it (domains_path), once; returns the path.
+
+  A run trains on the bytes; an analysis of its checkpoint reads the labels
+  back with read_mix (the trainer's split depends only on the length, so
+  split_corpus of the labelled corpus holds out the same windows). Both
+  files are written to a temporary name and renamed, so a process that sees
+  them sees them whole.
+  """
+  path = pathlib.Path(path).expanduser()
+  if path.exists() and domains_path(path).exists():
+    return str(path)
+  mix, _ = code_prose_mix(num_bytes, synthetic_domains, seed)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  suffix = f'.tmp{os.getpid()}'
+  labels = domains_path(path)
+  # uint8: a quarter of int32's bytes; there are at most 2 + a few domains.
+  np.save(str(labels) + suffix, mix.domains.astype(np.uint8),
+          allow_pickle=False)
+  os.replace(str(labels) + suffix + '.npy', labels)
+  tmp = path.with_name(path.name + suffix)
+  tmp.write_bytes(mix.tokens.tobytes())
+  os.replace(tmp, path)
+  return str(path)
+
+
+def domains_path(path) -> pathlib.Path:
+  """Where write_mix keeps the domain labels of the mix at `path`."""
+  path = pathlib.Path(path)
+  return path.with_name(path.name + '.domains.npy')
+
+
+def read_mix(path) -> Corpus:
+  """The labelled Corpus of a file written by write_mix."""
+  path = pathlib.Path(path).expanduser()
+  tokens = np.frombuffer(path.read_bytes(), np.uint8)
+  domains = np.load(domains_path(path), allow_pickle=False)
+  if len(domains) != len(tokens):
+    raise ValueError(f'{path} holds {len(tokens)} bytes but its labels '
+                     f'{len(domains)}; delete both and write them again.')
+  return Corpus(tokens, domains.astype(np.int32), 'stdlib code+prose mix')

@@ -36,7 +36,8 @@ def router_options() -> ml_collections.ConfigDict:
     gshard.second_policy ('random'), gshard.second_policy_eval ('all'),
     topk.renormalize (True), sigmoid.bias_update_rate (0.0; DeepSeek-V3:
     1e-3), sigmoid.bias_update ('sign'; 'quantile': quantile balancing),
-    sigmoid.quantile_weight (1.0), noisy_topk.importance_weight and .load_cv_weight (0.0; Shazeer
+    sigmoid.quantile_weight (1.0), deepseek.* (the same three bias fields,
+    plus its group limit and scaling), noisy_topk.importance_weight and .load_cv_weight (0.0; Shazeer
     et al.: 0.1), soft.slots_per_expert (1).
 
   Built from the registry, so a router registered before the config is

@@ -154,7 +154,13 @@ def eval_batches(corpus: Corpus, batch_size: int, seq_len: int,
       pick = np.linspace(0, len(starts), num_batches * batch_size,
                          endpoint=False).astype(np.int64)
       starts = starts[pick]
-  return [
-      _make_batch(corpus, starts[i * batch_size:(i + 1) * batch_size],
-                  seq_len) for i in range(num_batches)
-  ]
+  return window_batches(corpus, starts[:num_batches * batch_size],
+                        batch_size, seq_len)
+
+
+def window_batches(corpus: Corpus, starts: np.ndarray, batch_size: int,
+                   seq_len: int) -> list[dict[str, np.ndarray]]:
+  """The windows at `starts`, in that order, as full batches of batch_size
+  (a remainder is left out), each a dict as eval_batches'."""
+  return [_make_batch(corpus, starts[i:i + batch_size], seq_len)
+          for i in range(0, len(starts) - batch_size + 1, batch_size)]

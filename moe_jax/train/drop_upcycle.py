@@ -9,16 +9,31 @@ experts start different and specialise, while keeping most of what the
 dense model learned. r = 0 is naive upcycling; r = 1 keeps nothing of the
 dense FFN but its weight statistics.
 
-What is re-drawn, per MoE layer and per expert e (the reference code,
-Taishi-N324/Drop-Upcycling conversions/drop_upcycling.py, does the same per
-weight):
+What is re-drawn, per MoE layer and per expert e, as the paper's method
+(Sec. 3, "diversity re-initialization") describes it: one index set S_e
+serves every weight of the expert, the same indicator of S_e masking wi
+(and wi_gate) and wo, so that whole hidden units are renewed:
   * n = floor(r·F) indices of the intermediate dimension, drawn without
     replacement;
   * at those indices, the columns of wi (and wi_gate) [D, F] and the rows of
     wo [F, D] get fresh values from N(μ, σ²), with μ and σ (ddof = 1, as
     torch's .std()) of the dense weight's entries at those same indices.
-One index set per expert serves all its weights here, so whole hidden units
-are renewed; the reference code draws a separate set for each weight.
+
+The authors' conversion script (github Taishi-N324/Drop-Upcycling,
+conversions/drop_upcycling.py at commit 481747d, read 2026-12-06) differs
+in two ways, and we follow the paper in both:
+  * shuffle_and_partially_initialize, called once per weight, draws its own
+    init_indices = randperm(F)[:int(F·r)], so gate_proj, up_proj and
+    down_proj each renew a different set: a hidden unit may get a fresh
+    gate row and keep its dense down column. With one set, a unit is
+    either the dense model's or new (tests/test_drop_upcycle.py checks
+    that the renewed columns of wi are the renewed rows of wo);
+  * before that, every weight of an expert is permuted along F by one
+    permutation per expert (index_select with perm[:F]). A permutation
+    shared by the three weights only relabels hidden units and computes the
+    same function, so leaving it out changes nothing but the labels.
+The statistics agree: both take μ and the unbiased σ over the dense entries
+being replaced (the script's init_part.mean() and .std()).
 
 The draws come from numpy seeded by the run's seed, so every process of a
 multi-host run computes the same experts.

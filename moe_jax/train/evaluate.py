@@ -33,7 +33,11 @@ from moe_jax.train.step import EVAL_ROUTING_METRICS, eval_step
 EVAL_ONLY_FIELDS = ('moe.eval_capacity_factor', 'moe.dispatcher',
                     *router_eval_only_fields(), 'moe.min_capacity',
                     'train.eval_batches', 'train.final_eval_batches',
-                    'data.kind', 'data.path')
+                    'data.kind', 'data.path',
+                    # Which tokens share a capacity: no parameter depends on
+                    # it (e.g. batch-wide groups at evaluation, as capacity
+                    # cells per device; experiments/eval_sorting.py).
+                    'moe.group_size')
 
 
 def make_eval_fn(graphdef, shardings, batch_sh, mesh,
@@ -149,20 +153,23 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        batches: list | None = None,
                         **eval_overrides) -> dict[str, float]:
   """Eval metrics of the latest checkpoint in `workdir` (as the trainer's).
 
   Args:
     config: the config the checkpoint was trained with.
     workdir: the run's workdir.
+    batches: host batch dicts to score, all of one shape; default the
+      batches of the run's own final evaluation, so the numbers compare.
     **eval_overrides: EVAL_ONLY_FIELDS with '.' written as '__', e.g.
       moe__eval_capacity_factor=4.0 or moe__dispatcher='dropless'.
   """
   r = restore_checkpoint(config, workdir, **eval_overrides)
-  batch_sh = placement.batch_shardings(r.mesh, r.final_batches[0])
+  batches = r.final_batches if batches is None else batches
+  batch_sh = placement.batch_shardings(r.mesh, batches[0])
   eval_fn = make_eval_fn(r.graphdef, r.shardings, batch_sh, r.mesh,
                          rules_lib.for_config(r.config))
-  # The batches of the run's own final evaluation, so the numbers compare.
-  batches = [placement.shard_batch(b, batch_sh) for b in r.final_batches]
+  batches = [placement.shard_batch(b, batch_sh) for b in batches]
   with jax.set_mesh(r.mesh):
     return evaluate(eval_fn, r.state, batches, r.unit)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from moe_jax.core import losses
 from moe_jax.core.plan import RoutingPlan
-from moe_jax.core.routing import registry
+from moe_jax.core.routing import quantile_balance, registry
 from moe_jax.core.routing import sigmoid as sigmoid_lib
 from moe_jax.core.routing.common import build_plan, choose, top_k_experts
 from moe_jax.errors import UserInputError, check_bool, check_choice, require
@@ -59,6 +59,10 @@ class Options:
     routed_scaling_factor: multiplies the gates (V3: 2.5; V2: 16).
     bias_update_rate: γ of the loss-free selection bias (V3: 1e-3); 0: no
       bias. Moved like the sigmoid router's (sigmoid.update_bias).
+    bias_update: 'sign' (the ±γ rule) or 'quantile' (quantile balancing,
+      quantile_balance.py: the bias solved from each step's batch; γ stays
+      0 and a bias is always present). As the sigmoid router's.
+    quantile_weight: w of quantile balancing's EMA; 1: the solve itself.
   """
 
   score: str = 'sigmoid'
@@ -68,6 +72,8 @@ class Options:
   renormalize: bool = True
   routed_scaling_factor: float = 1.0
   bias_update_rate: float = 0.0
+  bias_update: str = 'sign'
+  quantile_weight: float = 1.0
 
   def __post_init__(self):
     name = 'router_options.deepseek.'
@@ -86,6 +92,12 @@ class Options:
       require(isinstance(value, (int, float)) and not isinstance(value, bool)
               and value >= 0 and value < float('inf'), name + field, value,
               'be a finite number >= 0')
+    sigmoid_lib.check_bias_update(self, name)
+
+  @property
+  def has_bias(self) -> bool:
+    """Whether the layers carry a selection bias."""
+    return sigmoid_lib.has_bias(self)
 
 
 def _group_mask(select: jax.Array, n_group: int, topk_group: int,
@@ -110,7 +122,8 @@ def deepseek_top_k(logits: jax.Array, *, capacity: int | None, k: int,
                    key: jax.Array | None = None,
                    bias: jax.Array | None = None,
                    balance_fn: Callable = losses.load_balance_loss,
-                   replay: jax.Array | None = None
+                   replay: jax.Array | None = None,
+                   solve_quantile: bool = False
                    ) -> tuple[RoutingPlan, dict]:
   """Group-limited top-k on sigmoid or softmax affinities (module docstring).
 
@@ -123,10 +136,13 @@ def deepseek_top_k(logits: jax.Array, *, capacity: int | None, k: int,
     bias: float [E] selection bias b, or None (b = 0).
     balance_fn: the load-balance loss, applied to s / Σ_e s (the softmax
       itself for softmax scores).
+    solve_quantile: also solve the quantile-balancing bias of this batch
+      (needs bias and k < E).
 
   Returns:
     (plan, aux); aux adds 'expert_load' [E], the routed choices per expert
-    over the whole batch (what the bias update reads).
+    over the whole batch (what the sign update reads), with a bias
+    'router_bias' [E], and with solve_quantile 'quantile_bias' [E].
   """
   del key
   logits = logits.astype(jnp.float32)
@@ -136,6 +152,7 @@ def deepseek_top_k(logits: jax.Array, *, capacity: int | None, k: int,
     scores = jax.nn.softmax(logits, axis=-1)
   select = scores if bias is None else scores + jax.lax.stop_gradient(
       bias.astype(jnp.float32))
+  kept = None
   if options.n_group > 1:
     kept = _group_mask(select, options.n_group, options.topk_group,
                        options.group_score)
@@ -153,15 +170,24 @@ def deepseek_top_k(logits: jax.Array, *, capacity: int | None, k: int,
       jax.nn.one_hot(expert_index, scores.shape[-1]), axis=(0, 1, 2))
   if bias is not None:  # Logged like the sigmoid router's bias.
     aux['router_bias'] = jax.lax.stop_gradient(bias.astype(jnp.float32))
+    if solve_quantile:
+      # Solved where the bias is added, on the affinities s, over each
+      # token's kept groups: solving over all E experts instead ignores the
+      # group limit and settled 37.5% above T·K/E on the skewed batch of
+      # tests/test_core_deepseek_quantile.py.
+      aux['quantile_bias'] = quantile_balance.solve_bias(scores, bias, k,
+                                                         eligible=kept)
   return plan, aux
 
 
 def _route(inputs, config, *, train, capacity, key, balance_fn):
-  del train
+  # The solve is for the update after a training step; eval skips its sort.
+  solve = train and config.router_options.bias_update == 'quantile'
   return deepseek_top_k(inputs.logits, capacity=capacity, k=config.top_k,
                         options=config.router_options, key=key,
                         bias=inputs.params.get('router_bias'),
-                        balance_fn=balance_fn, replay=inputs.replay)
+                        balance_fn=balance_fn, replay=inputs.replay,
+                        solve_quantile=solve)
 
 
 def _check(config) -> None:
@@ -178,6 +204,7 @@ def _check(config) -> None:
         f"{name}group_score='top2_sum' needs >= 2 experts per group, but "
         f'num_experts={e} in n_group={o.n_group} gives {per_group}; use '
         "group_score='max' or fewer groups.")
+  sigmoid_lib.check_quantile_top_k(config, 'deepseek')
   if config.top_k > o.topk_group * per_group:
     raise UserInputError(
         f'top_k={config.top_k} is more than the {o.topk_group * per_group} '
@@ -185,15 +212,10 @@ def _check(config) -> None:
         f'({per_group} each); raise {name}topk_group or lower top_k.')
 
 
-def _update_state(state, aux, options):
-  return {'router_bias': sigmoid_lib.update_bias(
-      state['router_bias'], aux['expert_load'], options.bias_update_rate)}
-
-
 SPEC = registry.register(registry.RouterSpec(
     name='deepseek', route=_route, options=Options, check=_check,
     replayable=True,
     extra_params=lambda config: (
-        (sigmoid_lib.ROUTER_BIAS,)
-        if config.router_options.bias_update_rate > 0 else ()),
-    update_state=_update_state, totals=('expert_load',)))
+        (sigmoid_lib.ROUTER_BIAS,) if config.router_options.has_bias else ()),
+    update_state=sigmoid_lib.update_state, totals=('expert_load',),
+    batch_pooled=sigmoid_lib.batch_pooled('deepseek')))

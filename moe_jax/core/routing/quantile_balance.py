@@ -55,13 +55,23 @@ import jax.numpy as jnp
 from moe_jax.core.routing.common import top_k_experts
 
 
-def solve_bias(scores: jax.Array, bias: jax.Array, k: int) -> jax.Array:
+def solve_bias(scores: jax.Array, bias: jax.Array, k: int,
+               eligible: jax.Array | None = None) -> jax.Array:
   """The bias that would give each expert T·K/E tokens of this batch.
 
   Args:
     scores: float [G, S, E] selection scores (without the bias).
     bias: float [E] the bias the batch was routed with.
     k: K, < E.
+    eligible: optional bool [G, S, E], the experts each token may take
+      (DeepSeek's group limit, deepseek.py: the experts of its kept
+      groups). The LP then fixes x_te = 0 elsewhere: α_t is the (K+1)-th
+      best among the token's eligible experts (its best not taken; the
+      (K+1)-th of all where it has only K), and an ineligible token counts
+      for no expert, its margin put below every other. One step is then the
+      coordinate step of the LP under the current group choice; the group
+      choice moves with the bias, and over steps the loads converge
+      (tests/test_core_deepseek_quantile.py).
 
   Returns:
     float32 [E], no gradient: b_e = −((n+1)-th largest over tokens of
@@ -74,7 +84,15 @@ def solve_bias(scores: jax.Array, bias: jax.Array, k: int) -> jax.Array:
   tokens = flat.shape[0]
   adjusted, _ = top_k_experts(flat + bias, k + 1)
   alpha = adjusted[:, k:]  # [T, 1] best expert not taken.
-  margins = jnp.sort(flat - alpha, axis=0)  # [T, E] ascending per expert.
+  if eligible is not None:
+    eligible = eligible.reshape(-1, num_experts)
+    within, _ = top_k_experts(jnp.where(eligible, flat + bias, -jnp.inf),
+                              k + 1)
+    alpha = jnp.where(jnp.isfinite(within[:, k:]), within[:, k:], alpha)
+  margins = flat - alpha
+  if eligible is not None:
+    margins = jnp.where(eligible, margins, jnp.min(margins))
+  margins = jnp.sort(margins, axis=0)  # [T, E] ascending per expert.
   n = min(tokens * k // num_experts, tokens - 1)
   return -margins[tokens - 1 - n]
 

@@ -62,28 +62,40 @@ class Options:
       raise UserInputError(
           f'router_options.sigmoid.bias_update_rate={value!r} must be >= 0 '
           '(e.g. 1e-3; 0 turns loss-free balancing off).')
-    check_choice('router_options.sigmoid.bias_update', self.bias_update,
-                 BIAS_UPDATES)
-    w = self.quantile_weight
-    if (not isinstance(w, (int, float)) or isinstance(w, bool) or
-        not 0 < w <= 1):
-      raise UserInputError(
-          f'router_options.sigmoid.quantile_weight={w!r} must be in (0, 1] '
-          '(1: take each solve outright).')
-    if self.bias_update == 'quantile' and value:
-      raise UserInputError(
-          f'router_options.sigmoid.bias_update_rate={value!r} is the sign '
-          "rule's step; bias_update='quantile' solves the bias instead: set "
-          'it to 0.')
-    if self.bias_update == 'sign' and w != 1:
-      raise UserInputError(
-          f'router_options.sigmoid.quantile_weight={w!r} only acts with '
-          "bias_update='quantile'; set that or leave the weight at 1.")
+    check_bias_update(self, 'router_options.sigmoid.')
 
   @property
   def has_bias(self) -> bool:
     """Whether the layers carry a selection bias."""
-    return self.bias_update == 'quantile' or self.bias_update_rate > 0
+    return has_bias(self)
+
+
+def check_bias_update(options, name: str) -> None:
+  """The checks of bias_update and quantile_weight against
+  bias_update_rate, for every router whose Options hold the three (this
+  one and deepseek.py); `name` is the options' prefix in messages."""
+  value, w = options.bias_update_rate, options.quantile_weight
+  check_choice(name + 'bias_update', options.bias_update, BIAS_UPDATES)
+  if (not isinstance(w, (int, float)) or isinstance(w, bool) or
+      not 0 < w <= 1):
+    raise UserInputError(
+        f'{name}quantile_weight={w!r} must be in (0, 1] '
+        '(1: take each solve outright).')
+  if options.bias_update == 'quantile' and value:
+    raise UserInputError(
+        f'{name}bias_update_rate={value!r} is the sign '
+        "rule's step; bias_update='quantile' solves the bias instead: set "
+        'it to 0.')
+  if options.bias_update == 'sign' and w != 1:
+    raise UserInputError(
+        f'{name}quantile_weight={w!r} only acts with '
+        "bias_update='quantile'; set that or leave the weight at 1.")
+
+
+def has_bias(options) -> bool:
+  """Whether the layers carry a selection bias: QB always, the sign rule
+  with γ > 0."""
+  return options.bias_update == 'quantile' or options.bias_update_rate > 0
 
 
 def sigmoid_top_k(logits: jax.Array, *, capacity: int | None, k: int,
@@ -155,14 +167,19 @@ def _route(inputs, config, *, train, capacity, key, balance_fn):
                        solve_quantile=solve)
 
 
-def _check(config):
+def check_quantile_top_k(config, router: str) -> None:
+  """QB solves for the (K+1)-th best expert of each token: K < E."""
   if (config.router_options.bias_update == 'quantile' and
       config.top_k >= config.num_experts):
     raise UserInputError(
-        f"router_options.sigmoid.bias_update='quantile' needs top_k < "
+        f"router_options.{router}.bias_update='quantile' needs top_k < "
         f'num_experts (top_k={config.top_k}, num_experts='
         f'{config.num_experts}): with every expert chosen there is nothing '
         'to balance; use the sign rule or more experts.')
+
+
+def _check(config):
+  check_quantile_top_k(config, 'sigmoid')
 
 
 # The selection bias b [E]: state, not a parameter (no gradient, no weight
@@ -172,7 +189,9 @@ ROUTER_BIAS = registry.ExtraParam(
     jax.nn.initializers.zeros, (None,), trainable=False)
 
 
-def _update_state(state, aux, options):
+def update_state(state, aux, options):
+  """The selection bias after a step, by options.bias_update (sign or
+  quantile); shared with deepseek.py."""
   bias = state['router_bias']
   if options.bias_update == 'quantile':
     return {'router_bias': quantile_balance.update_bias(
@@ -181,11 +200,14 @@ def _update_state(state, aux, options):
                                      options.bias_update_rate)}
 
 
-def _batch_pooled(config) -> str | None:
-  if config.router_options.bias_update == 'quantile':
-    return ("router_options.sigmoid.bias_update='quantile' solves the bias "
-            "from every score of the batch at once; use the sign rule")
-  return None
+def batch_pooled(router: str) -> Callable:
+  """RouterSpec.batch_pooled of a router with these bias options."""
+  def words(config) -> str | None:
+    if config.router_options.bias_update == 'quantile':
+      return (f"router_options.{router}.bias_update='quantile' solves the "
+              'bias from every score of the batch at once; use the sign rule')
+    return None
+  return words
 
 
 SPEC = registry.register(registry.RouterSpec(
@@ -193,6 +215,6 @@ SPEC = registry.register(registry.RouterSpec(
     replayable=True,
     extra_params=lambda config: (
         (ROUTER_BIAS,) if config.router_options.has_bias else ()),
-    update_state=_update_state, totals=('expert_load',),
-    batch_pooled=_batch_pooled,
+    update_state=update_state, totals=('expert_load',),
+    batch_pooled=batch_pooled('sigmoid'),
     legacy_fields=(('bias_update_rate', 'bias_update_rate'),)))
