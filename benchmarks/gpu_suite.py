@@ -13,7 +13,7 @@ Parts (bfloat16 compute, parameters and router in float32):
   ragged   dropless_ragged (jax.lax.ragged_dot, a grouped matmul on GPU)
            against the blocked dropless layouts at a fine-grained shape
            (E = 64, K = 8, the same K·F).
-  mfu      one train step of a ~125M-active-parameter byte-level LM (every
+  mfu      one train step of a 126.4M-active-parameter byte-level LM (every
            2nd FFN an E = 8 top-2 MoE of width F/2) and of its dense twin
            (moe_every=0): tokens/s and MFU by moe_jax/models/flops.py's count
            and peak table (--peak-flops overrides the table, e.g. on a CPU).
@@ -145,23 +145,29 @@ def main(argv=None):
     print('note: no accelerator; these are the GPU sizes on a CPU (slow). '
           'Use --cpu-smoke to check that the suite runs.', flush=True)
   results = {}
+  payload = {'mode': 'cpu-smoke' if args.cpu_smoke else 'full',
+             'dtype': 'bfloat16', 'sizes': dataclasses.asdict(sizes),
+             'parts': results}
   for name in parts:
     start = time.perf_counter()
     kwargs = {'peak_flops': args.peak_flops} if name == 'mfu' else {}
     results[name] = PARTS[name](sizes, **kwargs)
     results[name]['seconds'] = time.perf_counter() - start
     print(f'{name}: {results[name]["seconds"]:.1f} s', flush=True)
+    # Written after every part, so a run cut by a time limit keeps its
+    # finished parts ('complete' says whether every part ran).
+    common.write_json(args.out, {**payload, 'complete': name == parts[-1]})
   layer = results.get('layer')
   if layer:
     common.print_table(layer['rows'], ['dispatcher', 'cf', 'dense_ms',
                                        'moe_ms', 'moe_over_dense'])
+  mfu = results.get('mfu')
+  if mfu:
+    common.print_table(mfu['rows'], ['model', 'params_total', 'params_active',
+                                     'step_ms', 'tokens_per_s', 'mfu'])
   for name in parts:
-    if name != 'layer':
-      print(name, {k: v for k, v in results[name].items() if k != 'rows'})
-  common.write_json(args.out, {'mode': 'cpu-smoke' if args.cpu_smoke
-                               else 'full', 'dtype': 'bfloat16',
-                               'sizes': dataclasses.asdict(sizes),
-                               'parts': results})
+    if name not in ('layer', 'mfu'):
+      print(name, results[name])
 
 
 if __name__ == '__main__':
