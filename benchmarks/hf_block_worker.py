@@ -1,14 +1,15 @@
 """The torch side of benchmarks/hf_block.py: transformers' MixtralSparseMoeBlock
 in its own process (no jax here), driven over stdin / stdout.
 
-  python hf_block_worker.py WEIGHTS.npz OUT.npz THREADS IMPLS MODES
+  python hf_block_worker.py WEIGHTS.npz OUT.npz THREADS IMPLS MODES CLOCK
 
 WEIGHTS.npz holds x [B, L, D] and the block's tensors in transformers'
 layout (gate [E, D], gate_up_proj [E, 2F, D], down_proj [E, D, F]) plus
 meta [K]. The worker writes each experts implementation's output (and with
 mode fwdbwd the gradient of mean(y²) by x) to OUT.npz, prints 'ready', then
 answers each line 'IMPL MODE INNER' with the seconds of INNER back-to-back
-calls, until 'quit'.
+calls, until 'quit'; CLOCK 'wall' (time.perf_counter) or 'cpu' (this
+process's CPU time, time.process_time).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def call(block, x: torch.Tensor, mode: str):
 
 
 def main(argv):
-  weights_path, out_path, threads, impls, modes = argv
+  weights_path, out_path, threads, impls, modes, clock = argv
+  clock = time.perf_counter if clock == 'wall' else time.process_time
   torch.set_num_threads(int(threads))
   with np.load(weights_path) as f:
     weights = dict(f)
@@ -71,10 +73,10 @@ def main(argv):
       break
     impl, mode, inner = line.split()
     config._experts_implementation = impl  # pylint: disable=protected-access
-    start = time.perf_counter()
+    start = clock()
     for _ in range(int(inner)):
       call(block, x, mode)
-    print(time.perf_counter() - start, flush=True)
+    print(clock() - start, flush=True)
 
 
 if __name__ == '__main__':
