@@ -63,7 +63,8 @@ class Sizes:
   inner: int
 
 
-# ~125M active: 10 · 12·D² (attention 4·D², FFN 8·D²) at D = 1024.
+# lm: 10 layers of 12·D² (attention 4·D², FFN 8·D²) at D = 1024, 126.4M
+# active parameters in both models (moe_jax.models.accounting.model_cost).
 GPU = Sizes(T=16384, S=1024, D=1024, layer=(8, 2, 2048), fine=(64, 8, 512),
             lm=(1024, 10, 16, 4096, 16, 1024), a2a_rows=4096, repeats=7,
             inner=5)
