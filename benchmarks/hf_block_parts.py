@@ -8,7 +8,8 @@ top-k alone); 'matmuls' (the experts' FLOPs as three plain matmuls over the
 T·K rows with one expert's weights: what a perfect dispatch would cost);
 'per_expert' (the same as one batched matmul over E balanced buffers).
 A layer near 'matmuls' is bound by the matmul kernel, not by its routing or
-token movement.
+token movement. expert_GFLOP_per_s is the experts' FLOPs over each row's
+time, so it compares the layer rows only.
 """
 
 from __future__ import annotations
