@@ -67,6 +67,7 @@ def main(argv=None):
   parser.add_argument('--clock', choices=sorted(hf_block.CLOCKS),
                       default='wall')
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--inner', type=int, default=3)
   parser.add_argument('--experts', type=int, default=hf_block.SHAPES['E'])
   parser.add_argument('--top-k', type=int, default=hf_block.SHAPES['K'])
   parser.add_argument('--d-ff', type=int, default=hf_block.SHAPES['F'])
@@ -79,11 +80,12 @@ def main(argv=None):
   samples = {n: [] for n in fns}
   for fn in fns.values():
     fn()
-  for _ in range(args.repeats):  # Interleaved rounds, one call each.
+  for _ in range(args.repeats):  # Interleaved rounds of --inner calls each.
     for name, fn in fns.items():
       start = clock()
-      fn()
-      samples[name].append(clock() - start)
+      for _ in range(args.inner):
+        fn()
+      samples[name].append((clock() - start) / args.inner)
   flops = 2 * 3 * shapes['B'] * shapes['L'] * shapes['K'] * shapes['D'] * (
       shapes['F'])
   rows = [{'part': n, 'ms': 1e3 * statistics.median(s),
