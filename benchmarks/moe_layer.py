@@ -44,7 +44,7 @@ def dense_step(params, x):
   dense = {'wi': params['wi'][:1], 'wo': params['wo'][:1]}
 
   def loss(p, x):
-    y = gelu_mlp(p, ExpertInputs(x.reshape(1, T, D)))
+    y = gelu_mlp(p, ExpertInputs(x.reshape(1, -1, x.shape[-1])))
     return jnp.mean(jnp.square(y))
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1)))
