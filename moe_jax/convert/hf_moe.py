@@ -33,9 +33,11 @@ tests/test_convert_hf_torch.py):
   use_sliding_window=true, is model.sliding_window in every layer, as
   transformers 5 masks it.
 - RMSNorm ε and RoPE θ come from the config; keys it leaves out take
-  transformers' defaults for the family (hf_families.py).
+  transformers' defaults for the family (hf_families.py). A YaRN
+  rope_scaling is model.rope_scaling (models/yarn.py).
 
-Not supported (one-line error naming the field): RoPE scaling,
+Not supported (one-line error naming the field): RoPE scalings other than
+YaRN,
 activations other than SiLU, non-prefix mlp_only_layers, Qwen2-MoE's
 use_sliding_window (per-layer windows), attention_bias=true (an o_proj
 bias), OLMoE's clip_qkv, and a head_dim apart from D/H in Qwen2-MoE and
