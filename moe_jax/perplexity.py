@@ -30,6 +30,7 @@ from flax import nnx
 from moe_jax.convert import hf_moe
 from moe_jax.data.tokenize import encode, load_tokenizer
 from moe_jax.errors import UserInputError, check_positive, require
+from moe_jax.generation.load import hf_folder
 from moe_jax.models.transformer import TransformerLM
 from moe_jax.train.step import eval_step
 
@@ -53,20 +54,6 @@ class Score:
     return (f'{self.setting}: loss {self.loss:.4f} nats/token, perplexity '
             f'{self.perplexity:.4g}, dropped {self.dropped_fraction:.4f} of '
             f'expert choices ({self.tokens} tokens)')
-
-
-def _check_folder(folder: pathlib.Path, data: pathlib.Path) -> None:
-  if not folder.is_dir():
-    raise UserInputError(f"no folder at '{folder}'; pass --hf a Hugging Face "
-                         'model folder (config.json, *.safetensors, '
-                         'tokenizer.json)')
-  if not (folder / 'tokenizer.json').is_file():
-    raise UserInputError(f"'{folder}' has no tokenizer.json, so the text "
-                         "cannot be encoded; add the model's tokenizer.json "
-                         'to the folder')
-  if not data.is_file():
-    raise UserInputError(f"no text file at '{data}'; pass --data a UTF-8 "
-                         'text file')
 
 
 def windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +81,10 @@ def score_folder(folder: str, data: str, capacity_factors: Sequence[float],
     batch_size: windows per forward pass.
     max_tokens: score only the text's first this many tokens.
   """
-  folder_path, data_path = pathlib.Path(folder), pathlib.Path(data)
-  _check_folder(folder_path, data_path)
+  folder_path, data_path = hf_folder(folder, 'the text'), pathlib.Path(data)
+  if not data_path.is_file():
+    raise UserInputError(f"no text file at '{data}'; pass --data a UTF-8 "
+                         'text file')
   for cf in capacity_factors:
     check_positive('--eval_capacity_factor', cf, (int, float))
   check_positive('--seq_len', seq_len)

@@ -20,6 +20,7 @@ from tests import _hf_models
 
 torch, transformers = _hf_models.import_torch()
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_convert_deepseek_hf_torch import _COMMON, _relative_error  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DS = {'type': 'yarn', 'factor': 40, 'original_max_position_embeddings': 4096,
        'beta_fast': 32, 'beta_slow': 1}
@@ -69,14 +70,9 @@ def test_frequencies_and_factors_equal_transformers(name):
 # rotary factor and MLA's temperature differ from 1. (V2 runs the same MLA
 # code; its released factors are checked above.)
 _YARN = {'type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 8}
-_DEEPSEEK = dict(
-    vocab_size=64, hidden_size=32, intermediate_size=48,
-    moe_intermediate_size=12, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8,
-    num_experts_per_tok=2, n_group=4, topk_group=2, first_k_dense_replace=1,
-    kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=6,
-    max_position_embeddings=32, initializer_range=0.2, rms_norm_eps=1e-5,
-    tie_word_embeddings=False)
+# The DeepSeek torch tests' tiny model, with two layers and a wider Dr.
+_DEEPSEEK = dict(_COMMON, num_hidden_layers=2, qk_rope_head_dim=8,
+                 max_position_embeddings=32)
 TINY = {
     'deepseek_v3': (transformers.DeepseekV3Config, dict(
         _DEEPSEEK, q_lora_rank=24, routed_scaling_factor=2.5,
@@ -91,10 +87,6 @@ TINY = {
 }
 TOKENS = np.random.default_rng(0).integers(0, 64, (2, 24))
 _forward = nnx.jit(lambda model, tokens: model(tokens)[0])
-
-
-def _relative_error(ours, ref):
-  return float(np.abs(np.asarray(ours) - ref).max() / np.abs(ref).max())
 
 
 @pytest.mark.parametrize('name', list(TINY))
