@@ -35,6 +35,9 @@ CONFIGS = {
 CONFIGS['yarn'] = CONFIGS['q_latent']
 YARN = {'yarn': YarnConfig(factor=4.0, original_max_len=2, mscale=1.0,
                            mscale_all_dim=0.5)}
+# DeepSeek's softmax temperature m(s, mscale_all_dim)² by hand:
+# (0.1·0.5·ln 4 + 1)².
+TEMPERATURE = {'yarn': (0.05 * np.log(4.0) + 1) ** 2}
 _call = nnx.jit(lambda module, x: module(x))
 _cached = nnx.jit(lambda module, *args: module.cached(*args))
 
@@ -80,7 +83,8 @@ def _reference(layer, x):
   """The module docstring's formulas, token by token, head by head, in
   float64 with explicit per-head keys [k_nope, k_r] and values."""
   m, yarn = layer.mla, layer.rope_scaling
-  temperature = 1.0 if yarn is None else yarn.mla_softmax_factor
+  temperature = next((t for name, t in TEMPERATURE.items()
+                      if YARN[name] == yarn), 1.0)
   p = {k: np.asarray(v, np.float64)
        for k, v in nnx.to_flat_state(nnx.state(layer))}
   p = {'/'.join(map(str, k)): v for k, v in p.items()}
