@@ -107,7 +107,8 @@ def test_models_with_yarn_match_transformers(name, tmp_path):
   without = _relative_error(_forward(_model(dataclasses.replace(
       config, rope_scaling=None), params), jnp.asarray(TOKENS)), ref)
   print(f'{name} with YaRN: max |logit difference| / max |logit|: HF -> ours '
-        f'{imported:.1e}, ours -> HF {exported:.1e}, without YaRN {without:.1e}')
+        f'{imported:.1e}, ours -> HF {exported:.1e}, without YaRN '
+        f'{without:.1e}')
   assert imported < 1e-4 and exported < 1e-4, (imported, exported)
   assert without > 1e-3, without
 

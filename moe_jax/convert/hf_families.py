@@ -202,8 +202,9 @@ def read_rope(hf: Mapping[str, Any], default_theta: float
         'short contexts).')
   unknown = sorted(set(spec) - set(_YARN_KEYS))
   if unknown:
-    raise UserInputError(f'config.json rope_scaling key {unknown[0]!r} is '
-                         f'not part of YaRN; its keys: {", ".join(_YARN_KEYS)}.')
+    raise UserInputError(
+        f'config.json rope_scaling key {unknown[0]!r} is not part of YaRN; '
+        f'its keys: {", ".join(_YARN_KEYS)}.')
   original = (hf.get('original_max_position_embeddings') or
               spec.get('original_max_position_embeddings') or
               hf.get('max_position_embeddings'))

@@ -16,11 +16,11 @@ interpolation), with a linear ramp between:
 The rotated q and k are also scaled by the attention factor
   a = m(s, mscale) / m(s, mscale_all_dim)   when both mscales are given,
       m(s, 1)                               otherwise,
-with m(s, μ) = 0.1·μ·ln s + 1 (1 for s <= 1), so a rotated score q·k grows by
-a². DeepSeek's latent attention (models/mla.py) further multiplies its
-softmax scale by m(s, mscale_all_dim)², which for DeepSeek-V2/V3's released
-configs (mscale = mscale_all_dim) replaces a² on every score, not only the
-rotated part.
+with m(s, μ) = 0.1·μ·ln s + 1 (1 for s <= 1), so a rotated score q·k grows
+by a². DeepSeek's latent attention (models/mla.py) further multiplies its
+softmax scale by m(s, mscale_all_dim)²: with DeepSeek-V2/V3's released
+configs (mscale = mscale_all_dim, so a = 1) that temperature scales every
+score, the rotated and the unrotated part alike.
 
 These are the formulas of transformers 5.23 (`_compute_yarn_parameters` in
 modeling_rope_utils.py and `yarn_apply_mscale` in modeling_deepseek_v3.py),
