@@ -217,8 +217,8 @@ def test_bad_input_is_one_line(tmp_path):
   with pytest.raises(UserInputError, match='dense layers'):
     hf_moe.config_to_hf(mixtral_like(first_dense_layers=1))
   hf = hf_moe.config_to_hf(mixtral_like())
-  with pytest.raises(UserInputError, match='RoPE scaling'):
-    hf_moe.config_from_hf({**hf, 'rope_scaling': {'type': 'yarn'}})
+  with pytest.raises(UserInputError, match="rope_scaling type 'linear'"):
+    hf_moe.config_from_hf({**hf, 'rope_scaling': {'type': 'linear'}})
   with pytest.raises(UserInputError, match="model_type='llama'"):
     hf_moe.config_from_hf({**hf, 'model_type': 'llama'})
   with pytest.raises(UserInputError, match='config.json is missing'):

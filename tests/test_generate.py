@@ -50,6 +50,12 @@ CONFIGS = {
                            num_heads=4, num_kv_heads=2, head_dim=12, d_ff=48,
                            max_len=32, moe=_MOE, moe_every=1,
                            qk_norm='per_head'),
+    # YaRN (models/yarn.py): cached keys rotated by the scaled frequencies
+    # at their own positions, past the pretraining context of 4.
+    'yarn': ModelConfig(vocab_size=V, d_model=32, num_layers=1, num_heads=4,
+                        num_kv_heads=2, d_ff=48, max_len=32, moe=_MOE,
+                        moe_every=1, rope_scaling=dict(
+                            factor=4.0, original_max_len=4)),
     # Multi-head latent attention: the cache holds the latent and the rope
     # key, and decoding reads it in the absorbed form (models/mla.py).
     'mla': ModelConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=4,
@@ -101,6 +107,7 @@ _decode_step = nnx.jit(decode_step, static_argnames='moe_config')
                                       ('learned', 'dropless'),
                                       ('window', 'dropless'),
                                       ('qk_norm', 'dropless'),
+                                      ('yarn', 'dropless'),
                                       ('mla', 'dropless')])
 def test_cached_logits_equal_full_forward(models, name, moe):
   """Teacher-forced: prefill each prompt, then feed the true next tokens one

@@ -20,6 +20,7 @@ from moe_jax.config.default_config import get_default_config
 from moe_jax.errors import UserInputError
 from moe_jax.models import KVCache, ModelConfig
 from moe_jax.models.mla import MLAConfig, MultiHeadLatentAttention, off_section
+from moe_jax.models.yarn import YarnConfig
 from moe_jax.train.setup import model_config
 
 D, H, L, THETA = 12, 3, 6, 100.0
@@ -29,6 +30,14 @@ CONFIGS = {
     'no_q_latent': MLAConfig(kv_lora_rank=5, qk_nope_head_dim=2,
                              qk_rope_head_dim=6, v_head_dim=4),
 }
+# With YaRN (models/yarn.py): mscale != mscale_all_dim, so both the rotated
+# q and k (by a) and the softmax (by m(s, mscale_all_dim)²) are scaled.
+CONFIGS['yarn'] = CONFIGS['q_latent']
+YARN = {'yarn': YarnConfig(factor=4.0, original_max_len=2, mscale=1.0,
+                           mscale_all_dim=0.5)}
+# DeepSeek's softmax temperature m(s, mscale_all_dim)² by hand:
+# (0.1·0.5·ln 4 + 1)².
+TEMPERATURE = {'yarn': (0.05 * np.log(4.0) + 1) ** 2}
 _call = nnx.jit(lambda module, x: module(x))
 _cached = nnx.jit(lambda module, *args: module.cached(*args))
 
@@ -38,7 +47,8 @@ def layers():
   out = {}
   for name, mla in CONFIGS.items():
     layer = MultiHeadLatentAttention(D, H, mla, init_scale=1.0,
-                                     rngs=nnx.Rngs(0), rope_theta=THETA)
+                                     rngs=nnx.Rngs(0), rope_theta=THETA,
+                                     rope_scaling=YARN.get(name))
     for i, norm in enumerate(n for n in (getattr(layer, 'q_norm', None),
                                          layer.kv_norm) if n is not None):
       # Ones at init: make a swapped or skipped norm show.
@@ -56,19 +66,25 @@ def _rms(v, scale):
   return v / np.sqrt(np.mean(v ** 2, -1, keepdims=True) + 1e-6) * scale
 
 
-def _rotate(v, pos, dr):
-  """RoPE on the pairs (v_i, v_{i+Dr/2}) by angle pos·θ^(-2i/Dr)."""
+def _rotate(v, pos, dr, yarn=None):
+  """RoPE on the pairs (v_i, v_{i+Dr/2}) by angle pos·θ^(-2i/Dr), or by
+  YaRN's frequencies and scaled by its attention factor."""
   half = dr // 2
-  angle = pos * THETA ** (-2.0 * np.arange(half) / dr)
+  if yarn is None:
+    angle, scale = pos * THETA ** (-2.0 * np.arange(half) / dr), 1.0
+  else:
+    angle, scale = pos * yarn.inv_freq(dr, THETA), yarn.rope_factor
   a, b = v[..., :half], v[..., half:]
-  return np.concatenate([a * np.cos(angle) - b * np.sin(angle),
-                         a * np.sin(angle) + b * np.cos(angle)], -1)
+  return scale * np.concatenate([a * np.cos(angle) - b * np.sin(angle),
+                                 a * np.sin(angle) + b * np.cos(angle)], -1)
 
 
 def _reference(layer, x):
   """The module docstring's formulas, token by token, head by head, in
   float64 with explicit per-head keys [k_nope, k_r] and values."""
-  m = layer.mla
+  m, yarn = layer.mla, layer.rope_scaling
+  temperature = next((t for name, t in TEMPERATURE.items()
+                      if YARN[name] == yarn), 1.0)
   p = {k: np.asarray(v, np.float64)
        for k, v in nnx.to_flat_state(nnx.state(layer))}
   p = {'/'.join(map(str, k)): v for k, v in p.items()}
@@ -85,10 +101,12 @@ def _reference(layer, x):
     c = _rms(kv[:, :r], p['kv_norm/scale'])
     for i in range(L):
       for h in range(H):
-        qi = np.concatenate([q[i, h, :dn], _rotate(q[i, h, dn:], i, dr)])
+        qi = np.concatenate([q[i, h, :dn], _rotate(q[i, h, dn:], i, dr,
+                                                   yarn)])
         keys = [np.concatenate([c[j] @ p['wkv_b'][:, h, :dn],
-                                _rotate(kv[j, r:], j, dr)]) for j in range(i + 1)]
-        s = np.array([qi @ k for k in keys]) / np.sqrt(dn + dr)
+                                _rotate(kv[j, r:], j, dr, yarn)])
+                for j in range(i + 1)]
+        s = np.array([qi @ k for k in keys]) * temperature / np.sqrt(dn + dr)
         w = np.exp(s - s.max())
         w /= w.sum()
         v = np.stack([c[j] @ p['wkv_b'][:, h, dn:] for j in range(i + 1)])

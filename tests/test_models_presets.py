@@ -38,7 +38,19 @@ PUBLISHED = {
     'olmoe_1b_7b': (6.9, 1.3),
     'qwen15_moe_a27b': (14.3, 2.7),
     'grok_1': (314, None),  # "25% of the weights active": checked below.
+    'qwen3_30b_a3b': (30.5, 3.3),
+    'qwen3_235b_a22b': (235, 22),
+    'deepseek_v2_lite': (15.7, 2.4),
+    'deepseek_v3': (671, 37),  # The main model; without the 14B MTP module.
 }
+# Active figures published to two significant figures, checked relatively.
+# DeepSeek counts them without the input embedding (a lookup, not a
+# matmul): V2-Lite's 2.4B is 2.45B that way and 2.66B with it; V3's 37B is
+# 36.63B (37.55B with it). Qwen3-30B-A3B's 3.3B is 3.35B here, every width
+# as in its config.json (its total matches to 0.1%).
+ACTIVE_RELATIVE = {'qwen3_30b_a3b': 0.02, 'qwen3_235b_a22b': 0.01,
+                   'deepseek_v2_lite': 0.025, 'deepseek_v3': 0.015}
+WITHOUT_INPUT_EMBEDDING = ('deepseek_v2_lite', 'deepseek_v3')
 
 
 def test_every_preset_is_checked():
@@ -52,6 +64,14 @@ def test_preset_matches_its_published_size(name):
   assert abs(cost.total / 1e9 - total) <= 0.01 * total, cost.total
   if name.startswith('mixtral'):  # Published as 12.9B and 39B: ±1%.
     assert abs(cost.active / 1e9 - active) <= 0.01 * active, cost.active
+  elif name in ACTIVE_RELATIVE:
+    counted = cost.active
+    if name in WITHOUT_INPUT_EMBEDDING:
+      mcfg = model_config(load_config_file(
+          f'{REPO}/configs/presets/{name}.py'))
+      counted -= mcfg.vocab_size * mcfg.d_model
+    assert abs(counted / 1e9 - active) <= ACTIVE_RELATIVE[name] * active, (
+        counted)
   elif active is not None:
     assert abs(cost.active / 1e9 - active) <= 0.05 + 1e-9, cost.active
 
@@ -82,8 +102,16 @@ def test_tiny_preset_keeps_the_shape(name):
   full = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py'))
   tiny = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py:tiny'))
   for field in ('moe_every', 'first_dense_layers', 'tie_embeddings',
-                'qkv_bias', 'qk_norm'):
+                'qkv_bias', 'qk_norm', 'rope_scaling'):
     assert getattr(tiny, field) == getattr(full, field), field
+  for field in ('mla', 'head_dim'):  # Shrunk, but present or absent alike.
+    assert (getattr(tiny, field) is None) == (getattr(full, field) is None)
+  if full.head_dim is not None:  # Qwen3's H·Dh / D.
+    assert (tiny.num_heads * tiny.head_dim * full.d_model ==
+            full.num_heads * full.head_dim * tiny.d_model)
+  if full.mla is not None:
+    assert ((tiny.mla.q_lora_rank is None) ==
+            (full.mla.q_lora_rank is None))
   for field in ('top_k', 'router', 'num_shared_experts', 'shared_expert_gate',
                 'router_options', 'expert_type'):
     assert getattr(tiny.moe, field) == getattr(full.moe, field), field

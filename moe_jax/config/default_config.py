@@ -14,6 +14,7 @@ from ml_collections import config_dict
 from moe_jax.config import renames
 from moe_jax.core import routing
 from moe_jax.models import mla
+from moe_jax.models import yarn
 from moe_jax.errors import UserInputError
 
 # The suffixes a config file accepts after its path (`configs/x.py:tiny`).
@@ -118,6 +119,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # kv_lora_rank 0 is off; the other widths default to DeepSeek-V3's.
   c.model.mla = ml_collections.ConfigDict(
       dict(mla.off_section(), q_lora_rank=config_dict.placeholder(int)))
+  # YaRN rotary scaling (DeepSeek-V2/V3, Qwen3; moe_jax/models/yarn.py):
+  # factor 0 is off; original_max_len is the pretraining context.
+  c.model.rope_scaling = ml_collections.ConfigDict(dict(
+      yarn.off_section(), attention_factor=config_dict.placeholder(float)))
 
   # Refuses a field that moved (e.g. moe.slots_per_expert), naming its place.
   c.moe = renames.MovedFieldGuard()

@@ -17,6 +17,9 @@ from moe_jax.config.default_config import (check_variant, get_default_config,
 # would make even a tiny model large).
 _TINY_HEAD_DIM = 8
 _TINY_MAX_EXPERTS = 64
+# Heads the tiny twin may have: two kv heads unless their groups would make
+# more (Qwen3-235B's 16 query heads per kv head: then one kv head).
+_TINY_MAX_HEADS = 16
 
 
 def preset_config(model: dict, moe: dict) -> ml_collections.ConfigDict:
@@ -39,21 +42,31 @@ def shrink_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   expert count (capped at 64) and width ratios, at D = 8 per head.
 
   Kept: top_k, router, moe_every, first_dense_layers, shared experts and
-  their gate, tied embeddings, qkv biases, num_heads / num_kv_heads, and
-  d_ff / d_model and moe.d_ff / d_model. Shrunk: layers (first dense ones +
-  two MoE layers), heads (two kv heads), V (256 bytes) and the training run
-  (shrink_for_tests).
+  their gate, tied embeddings, qkv biases, num_heads / num_kv_heads,
+  d_ff / d_model and moe.d_ff / d_model, H·Dh / D where head_dim is set,
+  MLA (at widths of 8 per head) and RoPE scaling. Shrunk: layers (first
+  dense ones + two MoE layers), heads (two kv heads, or one for groups of
+  more than 8), V (256 bytes) and the training run (shrink_for_tests).
   """
   m, moe = c.model, c.moe
   group = m.num_heads // (m.num_kv_heads or m.num_heads)
-  heads = 2 * group
+  kv_heads = 2 if 2 * group <= _TINY_MAX_HEADS else 1
+  heads = kv_heads * group
   d_model = heads * _TINY_HEAD_DIM
+  if m.head_dim is not None:  # Qwen3: H·Dh apart from D; keep their ratio.
+    d_model = round(d_model * m.d_model / (m.num_heads * m.head_dim))
+    m.head_dim = _TINY_HEAD_DIM
   ratio = lambda width: max(1, round(width * d_model / m.d_model))
   moe_d_ff, d_ff = ratio(moe.d_ff), ratio(m.d_ff)
   shrink_for_tests(c)  # Data, batch and steps; its model sizes are replaced.
   m.d_model, m.num_heads, m.d_ff = d_model, heads, d_ff
   if m.num_kv_heads is not None:
-    m.num_kv_heads = 2
+    m.num_kv_heads = kv_heads
+  if m.mla.kv_lora_rank:  # DeepSeek-V2/V3: the latents at 2 and 3 heads.
+    m.mla.update(kv_lora_rank=2 * _TINY_HEAD_DIM,
+                 qk_nope_head_dim=_TINY_HEAD_DIM,
+                 qk_rope_head_dim=_TINY_HEAD_DIM, v_head_dim=_TINY_HEAD_DIM,
+                 q_lora_rank=m.mla.q_lora_rank and 3 * _TINY_HEAD_DIM)
   m.num_layers = m.first_dense_layers + 2 * max(1, m.moe_every)
   m.vocab_size = 256
   moe.d_ff = moe_d_ff

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from moe_jax.convert import hf_deepseek
 from moe_jax.convert.hf_families import (Family, Reader, export_family,
-                                         hf_family, read_rope_theta)
+                                         hf_family, read_rope, rope_to_hf)
 from moe_jax.core.config import MoEConfig
 # HF's routing is softmax top-k: this converter depends on that router.
 from moe_jax.core.routing import topk
@@ -96,6 +96,7 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
   moe.update(moe_overrides)
   kv_heads = get('num_key_value_heads') or heads
   head_dim = get('head_dim')
+  theta, rope_scaling = read_rope(hf, family.defaults['rope_theta'])
   return ModelConfig(
       vocab_size=get('vocab_size'), d_model=d,
       num_layers=get('num_hidden_layers'), num_heads=heads,
@@ -106,7 +107,7 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
       first_dense_layers=(_first_dense_layers(get('mlp_only_layers'))
                           if family.dense_layers else 0),
       norm_eps=float(get('rms_norm_eps')),
-      rope_theta=read_rope_theta(hf, family.defaults['rope_theta']),
+      rope_theta=theta, rope_scaling=rope_scaling,
       tie_embeddings=bool(get('tie_word_embeddings')),
       qkv_bias=family.bias_key == 'qkv_bias' and bool(get('qkv_bias')),
       sliding_window=_window(get),
@@ -166,7 +167,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       'num_hidden_layers': c.num_layers, 'num_attention_heads': c.num_heads,
       'num_key_value_heads': c.kv_heads, 'hidden_act': 'silu',
       'max_position_embeddings': c.max_len, 'rms_norm_eps': c.norm_eps,
-      'rope_theta': c.rope_theta, 'tie_word_embeddings': c.tie_embeddings,
+      **rope_to_hf(c), 'tie_word_embeddings': c.tie_embeddings,
       family.num_experts_key: m.num_experts,
       'num_experts_per_tok': m.top_k,
       'router_aux_loss_coef': m.load_balance_weight,

@@ -26,9 +26,11 @@ against transformers 5.23 both ways):
 - n_shared_experts un-gated shared experts of moe_intermediate_size each,
   the first first_k_dense_replace layers dense (intermediate_size).
 
-Refused with one line naming the field: RoPE scaling (YaRN, which the
-released checkpoints use for long contexts: drop rope_scaling for contexts
-up to original_max_position_embeddings), num_key_value_heads other than
+YaRN rope_scaling (the released checkpoints') is model.rope_scaling
+(models/yarn.py), with DeepSeek's mscale_all_dim softmax temperature.
+
+Refused with one line naming the field: other RoPE scalings,
+num_key_value_heads other than
 num_attention_heads, attention or MLP biases, activations other than SiLU,
 moe_layer_freq other than 1, no shared expert, a scoring_func or topk_method
 other than what transformers computes, V2's norm_topk_prob=true (transformers
@@ -44,7 +46,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from moe_jax.convert.hf_families import (DEEPSEEK_V2, DEEPSEEK_V3, Family,
-                                         Reader, hf_family, read_rope_theta)
+                                         Reader, hf_family, read_rope,
+                                         rope_to_hf)
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.routing import deepseek
 from moe_jax.errors import UserInputError
@@ -127,6 +130,7 @@ def config_from_hf(hf: Mapping[str, Any], family: Family,
       load_balance_weight=float(hf.get('aux_loss_alpha') or 0.0),
       z_loss_weight=0.0)
   moe.update(moe_overrides)
+  theta, rope_scaling = read_rope(hf, family.defaults['rope_theta'])
   mla = MLAConfig(**{name: get(name) for name in (
       'kv_lora_rank', 'qk_nope_head_dim', 'qk_rope_head_dim', 'v_head_dim',
       'q_lora_rank')})
@@ -137,7 +141,7 @@ def config_from_hf(hf: Mapping[str, Any], family: Family,
       max_len=get('max_position_embeddings'), position='rope', moe_every=1,
       first_dense_layers=get('first_k_dense_replace'),
       norm_eps=float(get('rms_norm_eps')),
-      rope_theta=read_rope_theta(hf, family.defaults['rope_theta']),
+      rope_theta=theta, rope_scaling=rope_scaling,
       tie_embeddings=bool(get('tie_word_embeddings')), mla=mla,
       moe=MoEConfig(**moe))
 
@@ -198,7 +202,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       'q_lora_rank': a.q_lora_rank, 'qk_nope_head_dim': a.qk_nope_head_dim,
       'qk_rope_head_dim': a.qk_rope_head_dim, 'v_head_dim': a.v_head_dim,
       'hidden_act': 'silu', 'max_position_embeddings': c.max_len,
-      'rms_norm_eps': c.norm_eps, 'rope_theta': c.rope_theta,
+      'rms_norm_eps': c.norm_eps, **rope_to_hf(c),
       'tie_word_embeddings': c.tie_embeddings, 'attention_bias': False,
       'aux_loss_alpha': m.load_balance_weight, 'torch_dtype': 'float32',
   }

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from moe_jax.errors import UserInputError
+from moe_jax.models.yarn import YarnConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,15 +172,79 @@ class Reader:
                          'names its expert count.')
 
 
-def read_rope_theta(hf: Mapping[str, Any], default: float) -> float:
-  """θ from transformers 5's rope_parameters or the older rope_theta."""
-  params = hf.get('rope_parameters') or {}
-  scaling = hf.get('rope_scaling') or {}
-  kind = (params.get('rope_type') or scaling.get('rope_type') or
-          scaling.get('type') or 'default')
-  if kind != 'default':
+# config.json's YaRN keys (transformers 5.23's `_validate_yarn_rope_parameters`
+# plus the type keys); anything else in a yarn rope_scaling is refused.
+_YARN_KEYS = ('type', 'rope_type', 'rope_theta', 'factor',
+              'original_max_position_embeddings', 'beta_fast', 'beta_slow',
+              'mscale', 'mscale_all_dim', 'attention_factor', 'truncate')
+
+
+def read_rope(hf: Mapping[str, Any], default_theta: float
+              ) -> tuple[float, YarnConfig | None]:
+  """(θ, YaRN or None) from transformers 5's rope_parameters or the older
+  rope_theta and rope_scaling; other scalings are refused in one line.
+
+  Absent YaRN keys are read as transformers reads them: factor as
+  max_position_embeddings / original_max_position_embeddings, the original
+  length as a top-level original_max_position_embeddings or else
+  max_position_embeddings, beta_fast 32, beta_slow 1, no mscales.
+  """
+  spec = dict(hf.get('rope_scaling') or {})
+  spec.update(hf.get('rope_parameters') or {})
+  theta = float(spec.get('rope_theta', hf.get('rope_theta', default_theta)))
+  kind = spec.get('rope_type') or spec.get('type') or 'default'
+  if kind == 'default':
+    return theta, None
+  if kind != 'yarn':
     raise UserInputError(
-        f'RoPE scaling {kind!r} is not modelled; only the default rotary '
-        'embedding imports (drop rope_scaling from config.json for short '
-        'contexts).')
-  return float(params.get('rope_theta', hf.get('rope_theta', default)))
+        f'config.json rope_scaling type {kind!r} is not modelled; only the '
+        "default rotary embedding and 'yarn' import (drop rope_scaling for "
+        'short contexts).')
+  unknown = sorted(set(spec) - set(_YARN_KEYS))
+  if unknown:
+    raise UserInputError(
+        f'config.json rope_scaling key {unknown[0]!r} is not part of YaRN; '
+        f'its keys: {", ".join(_YARN_KEYS)}.')
+  original = (hf.get('original_max_position_embeddings') or
+              spec.get('original_max_position_embeddings') or
+              hf.get('max_position_embeddings'))
+  factor = spec.get('factor')
+  if factor is None and original:
+    factor = hf.get('max_position_embeddings', original) / original
+  return theta, YarnConfig(
+      factor=factor, original_max_len=original,
+      beta_fast=spec.get('beta_fast') or 32.0,
+      beta_slow=spec.get('beta_slow') or 1.0,
+      mscale=spec.get('mscale') or 0.0,
+      mscale_all_dim=spec.get('mscale_all_dim') or 0.0,
+      attention_factor=spec.get('attention_factor'),
+      truncate=spec.get('truncate', True))
+
+
+def read_rope_theta(hf: Mapping[str, Any], default: float) -> float:
+  """θ alone, for a family that does not model YaRN (refused in one line)."""
+  theta, scaling = read_rope(hf, default)
+  if scaling is not None:
+    raise UserInputError(
+        "RoPE scaling 'yarn' is not modelled for this family; drop "
+        'rope_scaling from config.json for short contexts.')
+  return theta
+
+
+def rope_to_hf(config) -> dict[str, Any]:
+  """config.json's rope_theta, and rope_scaling (as the released DeepSeek
+  and Qwen3 configs write it) when the model has YaRN."""
+  out = {'rope_theta': config.rope_theta}
+  y = config.rope_scaling
+  if y is not None:
+    out['rope_scaling'] = {
+        'type': 'yarn', 'rope_type': 'yarn', 'factor': y.factor,
+        'original_max_position_embeddings': y.original_max_len,
+        'beta_fast': y.beta_fast, 'beta_slow': y.beta_slow,
+        'truncate': y.truncate,
+        # 0 is our "not given"; transformers reads absent keys the same way.
+        **{k: getattr(y, k) for k in ('mscale', 'mscale_all_dim')
+           if getattr(y, k)},
+        **({} if y.attention_factor is None else
+           {'attention_factor': y.attention_factor})}
+  return out

@@ -33,9 +33,11 @@ tests/test_convert_hf_torch.py):
   use_sliding_window=true, is model.sliding_window in every layer, as
   transformers 5 masks it.
 - RMSNorm ε and RoPE θ come from the config; keys it leaves out take
-  transformers' defaults for the family (hf_families.py).
+  transformers' defaults for the family (hf_families.py). A YaRN
+  rope_scaling is model.rope_scaling (models/yarn.py).
 
-Not supported (one-line error naming the field): RoPE scaling,
+Not supported (one-line error naming the field): RoPE scalings other than
+YaRN,
 activations other than SiLU, non-prefix mlp_only_layers, Qwen2-MoE's
 use_sliding_window (per-layer windows), attention_bias=true (an o_proj
 bias), OLMoE's clip_qkv, and a head_dim apart from D/H in Qwen2-MoE and
@@ -61,8 +63,9 @@ from moe_jax.convert.hf_config import (config_from_hf, config_to_hf,  # pylint: 
 from moe_jax.convert.hf_families import FAMILIES, hf_family
 from moe_jax.convert.hf_tensors import (hf_shapes, is_fused, links, to_ours,
                                         to_theirs)
-from moe_jax.convert.safetensors_dir import TensorReader, write_tensors
+from moe_jax.convert.safetensors_dir import INDEX, TensorReader, write_tensors
 from moe_jax.errors import UserInputError
+from moe_jax.files import atomic_folder
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.transformer import TransformerLM
 
@@ -187,7 +190,9 @@ def export_checkpoint(config: ModelConfig, params, directory: str | pathlib.Path
   Args:
     config: the model's ModelConfig.
     params: its parameters: nnx.State, or a nested dict of arrays.
-    directory: the output folder (created).
+    directory: the output folder, written whole or not at all: an earlier
+      export there is replaced (files it did not write, such as a
+      tokenizer.json, are kept).
     dtype: the dtype of the written tensors.
 
   Returns:
@@ -202,8 +207,23 @@ def export_checkpoint(config: ModelConfig, params, directory: str | pathlib.Path
   for link in links(config, FAMILIES[hf['model_type']]):
     array = np.asarray(_get(params, link.path)).astype(dtype)
     tensors.update(zip(link.hf, to_theirs(link, array)))
-  directory = pathlib.Path(directory)
-  names = write_tensors(directory, tensors, max_shard_bytes)
   hf['torch_dtype'] = np.dtype(dtype).name
-  (directory / 'config.json').write_text(json.dumps(hf, indent=2))
+  directory = pathlib.Path(directory)
+  if (directory.is_dir() and not (directory / 'config.json').is_file()
+      and any(directory.iterdir())):
+    raise UserInputError(
+        f"'{directory}' holds files but no config.json, so it is not an "
+        'earlier export and is not replaced; export to a new or empty folder.')
+  # Written beside `directory` and renamed into place: a failure half-way
+  # leaves no half-written folder and an earlier export as it was.
+  with atomic_folder(directory, keep=_not_written_by_export) as tmp:
+    names = write_tensors(tmp, tensors, max_shard_bytes)
+    (tmp / 'config.json').write_text(json.dumps(hf, indent=2))
   return names
+
+
+def _not_written_by_export(entry: pathlib.Path) -> bool:
+  """What a re-export keeps of the folder it replaces: everything but an
+  earlier export's config.json and tensors (e.g. a tokenizer.json)."""
+  return not (entry.name in ('config.json', INDEX) or
+              entry.name.endswith('.safetensors'))

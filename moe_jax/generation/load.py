@@ -77,21 +77,28 @@ def from_workdir(workdir: str) -> Loaded:
   return Loaded(nnx.merge(r.graphdef, *states), codec)
 
 
-def from_hf(folder: str) -> Loaded:
-  """A Mixtral / Qwen2-MoE folder (moe_jax.convert.hf_moe) with its
-  tokenizer.json, stopping at config.json's eos_token_id."""
-  from moe_jax.convert import hf_moe  # pylint: disable=g-import-not-at-top
-  from moe_jax.data.tokenize import load_tokenizer  # pylint: disable=g-import-not-at-top
-
+def hf_folder(folder: str, encoded: str) -> pathlib.Path:
+  """The path of a model folder --hf names that holds a tokenizer.json,
+  or a one-line error; `encoded` says what the tokenizer is for."""
   path = pathlib.Path(folder).expanduser()
   if not path.is_dir():
     raise UserInputError(f"no folder at '{folder}'; pass --hf a Hugging Face "
                          'model folder (config.json, *.safetensors, '
                          'tokenizer.json)')
   if not (path / 'tokenizer.json').is_file():
-    raise UserInputError(f"'{folder}' has no tokenizer.json, so the prompt "
+    raise UserInputError(f"'{folder}' has no tokenizer.json, so {encoded} "
                          "cannot be encoded; add the model's tokenizer.json "
                          'to the folder')
+  return path
+
+
+def from_hf(folder: str) -> Loaded:
+  """A Mixtral / Qwen2-MoE folder (moe_jax.convert.hf_moe) with its
+  tokenizer.json, stopping at config.json's eos_token_id."""
+  from moe_jax.convert import hf_moe  # pylint: disable=g-import-not-at-top
+  from moe_jax.data.tokenize import load_tokenizer  # pylint: disable=g-import-not-at-top
+
+  path = hf_folder(folder, 'the prompt')
   codec = TokenizerCodec(load_tokenizer(path), True)
   model = hf_moe.load_model(path)
   eos = json.loads((path / 'config.json').read_text()).get('eos_token_id')

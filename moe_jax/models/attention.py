@@ -9,9 +9,11 @@ from flax import nnx
 
 from moe_jax.layers.params import param
 from moe_jax.models.norm import qk_norm as make_qk_norm
+from moe_jax.models.yarn import YarnConfig
 
 
-def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0):
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0,
+           scaling: YarnConfig | None = None):
   """Rotary position embedding (Su et al. 2021) on x [B, L, H, Dh].
 
   positions: [L] (every sequence at the same positions, as in training) or
@@ -23,13 +25,22 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0):
   "rotate half" layout of Hugging Face's Llama/Mixtral code, not the
   interleaved pairs (x_{2i}, x_{2i+1}) of the original paper, so their q/k
   weights load without a permutation.
+
+  scaling: YaRN (models/yarn.py): its frequencies, and sin and cos scaled by
+  its attention factor, as transformers scales them.
   """
   half = x.shape[-1] // 2
-  freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if scaling is None:
+    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  else:  # Static: computed once in float64 when traced.
+    freq = jnp.asarray(scaling.inv_freq(2 * half, base), jnp.float32)
   angle = positions[..., None].astype(jnp.float32) * freq  # [(B,) L, Dh/2]
+  sin, cos = jnp.sin(angle), jnp.cos(angle)
+  if scaling is not None:
+    sin, cos = sin * scaling.rope_factor, cos * scaling.rope_factor
   # A heads axis, so [L, 1, Dh/2] or [B, L, 1, Dh/2] broadcasts against x.
-  sin = jnp.sin(angle)[..., None, :].astype(x.dtype)
-  cos = jnp.cos(angle)[..., None, :].astype(x.dtype)
+  sin = sin[..., None, :].astype(x.dtype)
+  cos = cos[..., None, :].astype(x.dtype)
   x1, x2 = x[..., :half], x[..., half:]
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
@@ -43,7 +54,8 @@ class CausalSelfAttention(nnx.Module):
   Hugging Face's repeat_kv uses.
 
   head_dim: Dh when it is not D / H (Qwen3); qk_norm: None, 'per_head' or
-  'all_heads' (models/norm.py), with ε = norm_eps.
+  'all_heads' (models/norm.py), with ε = norm_eps; rope_scaling: YaRN
+  (models/yarn.py) or None.
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope: bool,
@@ -51,7 +63,7 @@ class CausalSelfAttention(nnx.Module):
                num_kv_heads: int | None = None, rope_theta: float = 10000.0,
                qkv_bias: bool = False, sliding_window: int | None = None,
                head_dim: int | None = None, qk_norm: str | None = None,
-               norm_eps: float = 1e-6):
+               norm_eps: float = 1e-6, rope_scaling: YarnConfig | None = None):
     h, dh = num_heads, head_dim or d_model // num_heads
     hkv = num_kv_heads or num_heads
     # W: position i attends to j with i - W < j <= i (Mistral/Mixtral's
@@ -59,6 +71,7 @@ class CausalSelfAttention(nnx.Module):
     self.sliding_window = sliding_window
     self.rope = rope
     self.rope_theta = rope_theta
+    self.rope_scaling = rope_scaling
     self.dtype = dtype
     self.qkv_bias = qkv_bias
     # [D, H, Dh]: fan-in is D (axis 0); heads and head width are fan-out.
@@ -105,8 +118,8 @@ class CausalSelfAttention(nnx.Module):
     length = x.shape[1]
     if self.rope:
       positions = jnp.arange(length)
-      q = rotary(q, positions, self.rope_theta)
-      k = rotary(k, positions, self.rope_theta)
+      q = rotary(q, positions, self.rope_theta, self.rope_scaling)
+      k = rotary(k, positions, self.rope_theta, self.rope_scaling)
     group = q.shape[2] // k.shape[2]
     if group > 1:  # GQA: copy each kv head to the R query heads it serves.
       k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
@@ -147,8 +160,8 @@ class CausalSelfAttention(nnx.Module):
     x = x.astype(dt)
     q, k, v = self._qkv(x)  # [B, L, H or Hkv, Dh]
     if self.rope:  # At each token's own position, not its index in x.
-      q = rotary(q, positions, self.rope_theta)
-      k = rotary(k, positions, self.rope_theta)
+      q = rotary(q, positions, self.rope_theta, self.rope_scaling)
+      k = rotary(k, positions, self.rope_theta, self.rope_scaling)
     rows = jnp.arange(x.shape[0])[:, None]  # [B, 1]
     k_cache = k_cache.at[rows, positions].set(k.astype(k_cache.dtype))
     v_cache = v_cache.at[rows, positions].set(v.astype(v_cache.dtype))

@@ -11,6 +11,7 @@ from moe_jax.core.config import MoEConfig
 from moe_jax.errors import (UserInputError, check_bool, check_choice,
                             check_non_negative, check_positive, require)
 from moe_jax.models import mla as mla_lib
+from moe_jax.models import yarn
 from moe_jax.models.norm import QK_NORMS
 
 POSITIONS = ('rope', 'learned')
@@ -58,6 +59,9 @@ class ModelConfig:
     mla: multi-head latent attention (DeepSeek-V2/V3, models/mla.py) in
       place of the q/k/v attention: an MLAConfig, or a mapping of its
       fields; None: the usual attention.
+    rope_scaling: YaRN rotary scaling for contexts beyond the pretraining
+      one (DeepSeek-V2/V3, Qwen3; models/yarn.py): a YarnConfig, or a
+      mapping of its fields; None: plain RoPE.
   """
 
   vocab_size: int = 256
@@ -81,6 +85,7 @@ class ModelConfig:
   head_dim: int | None = None
   qk_norm: str | None = None
   mla: Any = None
+  rope_scaling: Any = None
 
   def __post_init__(self):
     for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
@@ -105,6 +110,7 @@ class ModelConfig:
                      fix='or leave it unset for full attention')
     self._check_architecture()
     self._check_mla()
+    self._check_rope_scaling()
     self._check_causal_routing()
 
   def _check_architecture(self) -> None:
@@ -148,6 +154,14 @@ class ModelConfig:
     found = [text for bad, text in clashes if bad]
     if found:
       raise UserInputError(f'model.mla is set, which excludes {found[0]}.')
+
+  def _check_rope_scaling(self) -> None:
+    # Frozen: the resolved YarnConfig replaces a mapping, once.
+    object.__setattr__(self, 'rope_scaling', yarn.resolve(self.rope_scaling))
+    if self.rope_scaling is not None:
+      require(self.position == 'rope', 'model.position', self.position,
+              "be 'rope' when model.rope_scaling is set",
+              fix='or set model.rope_scaling.factor=0')
 
   def _check_causal_routing(self) -> None:
     """This model is a causal decoder: refuse routing that sees the future."""

@@ -43,6 +43,8 @@ from moe_jax.errors import UserInputError, check_positive
 from moe_jax.layers.params import param, scaled_init
 from moe_jax.models.attention import rotary
 from moe_jax.models.norm import RMSNorm
+from moe_jax.models.section import resolve_section
+from moe_jax.models.yarn import YarnConfig
 
 LATENT_NORM_EPS = 1e-6
 
@@ -96,28 +98,9 @@ def resolve(value: Any) -> MLAConfig | None:
   """model.mla as given (None, an MLAConfig, or a mapping such as a config
   file's section, off while its kv_lora_rank is 0 or absent) -> None or an
   MLAConfig."""
-  if value is None or isinstance(value, MLAConfig):
-    return value
-  if not hasattr(value, 'items'):
-    raise UserInputError(
-        f'model.mla={value!r} must be None, an MLAConfig or a mapping of its '
-        'fields.')
-  fields = dict(value.items())
-  defaults = off_section()
-  unknown = sorted(set(fields) - set(defaults))
-  if unknown:
-    raise UserInputError(f'model.mla has no field {unknown[0]!r}; its '
-                         f'fields: {", ".join(defaults)}.')
-  if fields.get('kv_lora_rank'):
-    return MLAConfig(**fields)
-  # Off: a width set anyway would do nothing, which is a mistake.
-  for name, given in fields.items():
-    if given != defaults[name]:
-      raise UserInputError(
-          f'model.mla.{name}={given!r} does nothing while '
-          'model.mla.kv_lora_rank=0 (MLA off); set kv_lora_rank (e.g. 512) '
-          f'or leave {name} at {defaults[name]!r}.')
-  return None
+  return resolve_section(value, MLAConfig, name='model.mla', article='an',
+                         off=off_section(), switch='kv_lora_rank',
+                         off_words='MLA off', example='512')
 
 
 def _kernel(rngs, scale, shape, axes, in_axes=1):
@@ -140,12 +123,16 @@ class MultiHeadLatentAttention(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, mla: MLAConfig, *,
                init_scale: float, rngs: nnx.Rngs, dtype=jnp.float32,
-               rope_theta: float = 10000.0):
+               rope_theta: float = 10000.0,
+               rope_scaling: YarnConfig | None = None):
     h, m = num_heads, mla
     self.mla = mla
     self.dtype = dtype
     self.rope_theta = rope_theta
+    self.rope_scaling = rope_scaling
     self.scale = 1.0 / math.sqrt(m.qk_head_dim)
+    if rope_scaling is not None:  # DeepSeek's YaRN temperature (yarn.py).
+      self.scale *= rope_scaling.mla_softmax_factor
     if m.q_lora_rank is None:
       self.wq = _kernel(rngs, init_scale, (d_model, h, m.qk_head_dim),
                         ('embed', 'heads', 'kv'))
@@ -177,13 +164,15 @@ class MultiHeadLatentAttention(nnx.Module):
       q_latent = self.q_norm(jnp.einsum('bld,dr->blr', x, self._w('wq_a')))
       q = jnp.einsum('blr,rhk->blhk', q_latent, self._w('wq_b'))
     dn = self.mla.qk_nope_head_dim
-    return q[..., :dn], rotary(q[..., dn:], positions, self.rope_theta)
+    return q[..., :dn], rotary(q[..., dn:], positions, self.rope_theta,
+                                  self.rope_scaling)
 
   def _latent(self, x, positions):
     """x [B, L, D] -> normed latent c [B, L, R], rotated k_r [B, L, Dr]."""
     kv = jnp.einsum('bld,dr->blr', x, self._w('wkv_a'))
     r = self.mla.kv_lora_rank
-    k_rope = rotary(kv[..., None, r:], positions, self.rope_theta)[..., 0, :]
+    k_rope = rotary(kv[..., None, r:], positions, self.rope_theta,
+                    self.rope_scaling)[..., 0, :]
     return self.kv_norm(kv[..., :r]), k_rope
 
   def _out(self, out):

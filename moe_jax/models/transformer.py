@@ -55,14 +55,15 @@ class Block(nnx.Module):
     if c.mla is not None:  # Same calls and cache slots (models/mla.py).
       self.attn = MultiHeadLatentAttention(
           c.d_model, c.num_heads, c.mla, init_scale=c.init_scale, rngs=rngs,
-          dtype=dt, rope_theta=c.rope_theta)
+          dtype=dt, rope_theta=c.rope_theta, rope_scaling=c.rope_scaling)
     else:
       self.attn = CausalSelfAttention(
           c.d_model, c.num_heads, rope=c.position == 'rope',
           init_scale=c.init_scale, rngs=rngs, dtype=dt,
           num_kv_heads=c.kv_heads, rope_theta=c.rope_theta,
           qkv_bias=c.qkv_bias, sliding_window=c.sliding_window,
-          head_dim=c.head_width, qk_norm=c.qk_norm, norm_eps=c.norm_eps)
+          head_dim=c.head_width, qk_norm=c.qk_norm, norm_eps=c.norm_eps,
+          rope_scaling=c.rope_scaling)
     self.ffn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
     self.is_moe = c.is_moe_layer(layer)
     if self.is_moe:
