@@ -156,7 +156,8 @@ def family_for(config: ModelConfig) -> Family:
       (m.num_shared_experts < 1 or m.shared_expert_gate,
        'moe.num_shared_experts < 1 or moe.shared_expert_gate (DeepSeek has '
        '>= 1 un-gated shared expert)'),
-      (m.num_null_experts > 0, 'moe.num_null_experts (not in DeepSeek)')]
+      (m.num_null_experts > 0, 'moe.num_null_experts (not in DeepSeek)'),
+      (m.use_bias, 'moe.use_bias (DeepSeek has no router or expert biases)')]
   if m.spec is deepseek.SPEC:
     if o.score == 'sigmoid':
       family = DEEPSEEK_V3
