@@ -50,6 +50,16 @@ CONFIGS = {
                            num_heads=4, num_kv_heads=2, head_dim=12, d_ff=48,
                            max_len=32, moe=_MOE, moe_every=1,
                            qk_norm='per_head'),
+    # gpt-oss: sinks, q/k/v/o biases, a window in layer 0 and full attention
+    # in layer 1, clamped SwiGLU experts with router and expert biases.
+    'gpt_oss': ModelConfig(vocab_size=V, d_model=32, num_layers=2,
+                           num_heads=4, num_kv_heads=2, d_ff=48, max_len=32,
+                           moe=dataclasses.replace(
+                               _MOE, expert_type='swiglu_clamped',
+                               use_bias=True),
+                           moe_every=1, qkv_bias=True, attn_out_bias=True,
+                           attention_sinks=True, sliding_window=3,
+                           full_attention_every=2),
     # Multi-head latent attention: the cache holds the latent and the rope
     # key, and decoding reads it in the absorbed form (models/mla.py).
     'mla': ModelConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=4,
@@ -76,8 +86,31 @@ def models():
         for norm in (block.attn.q_norm, block.attn.k_norm):
           norm.scale[...] = jax.random.uniform(jax.random.key(7),
                                                norm.scale.shape) + 0.5
+    if config.attention_sinks:  # Its sinks and biases start at 0 too.
+      _randomize(model, ('bo', 'sinks', 'bi', 'bi_gate', 'router_bias_logits'))
     out[name] = model
   return out
+
+
+def _name(path):
+  """A parameter's name: the last dict key of its path (then '.value')."""
+  return [p.key for p in path if hasattr(p, 'key')][-1]
+
+
+def _randomize(model, names):
+  """Draws the parameters called one of `names` at random (N(0, 0.5²))."""
+  state = nnx.state(model, nnx.Param)
+  keys = iter(jax.random.split(jax.random.key(3), 64))
+  drawn = []
+
+  def draw(path, x):
+    if _name(path) not in names:
+      return x
+    drawn.append(_name(path))
+    return jax.random.normal(next(keys), x.shape) * 0.5
+
+  nnx.update(model, jax.tree.map_with_path(draw, state))
+  assert set(drawn) == set(names), drawn  # Every one of them, by name.
 
 
 def _sequences(seed=0, length=24):
@@ -101,6 +134,7 @@ _decode_step = nnx.jit(decode_step, static_argnames='moe_config')
                                       ('learned', 'dropless'),
                                       ('window', 'dropless'),
                                       ('qk_norm', 'dropless'),
+                                      ('gpt_oss', 'dropless'),
                                       ('mla', 'dropless')])
 def test_cached_logits_equal_full_forward(models, name, moe):
   """Teacher-forced: prefill each prompt, then feed the true next tokens one
