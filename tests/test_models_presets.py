@@ -1,6 +1,8 @@
 """Architecture presets against their published sizes, and the accounting
 (counts, per-device shards, FLOPs) on a hand-computed model."""
 
+import json
+import math
 import subprocess
 import sys
 
@@ -38,6 +40,9 @@ PUBLISHED = {
     'olmoe_1b_7b': (6.9, 1.3),
     'qwen15_moe_a27b': (14.3, 2.7),
     'grok_1': (314, None),  # "25% of the weights active": checked below.
+    # Active without the input embedding, as the gpt-oss model card counts.
+    'gpt_oss_20b': (20.9, 3.6),
+    'gpt_oss_120b': (116.8, 5.1),
 }
 
 
@@ -52,6 +57,10 @@ def test_preset_matches_its_published_size(name):
   assert abs(cost.total / 1e9 - total) <= 0.01 * total, cost.total
   if name.startswith('mixtral'):  # Published as 12.9B and 39B: ±1%.
     assert abs(cost.active / 1e9 - active) <= 0.01 * active, cost.active
+  elif name.startswith('gpt_oss'):  # Less the V·D lookup table: ±1%.
+    config = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py'))
+    counted = cost.active - config.vocab_size * config.d_model
+    assert abs(counted / 1e9 - active) <= 0.01 * active, counted
   elif active is not None:
     assert abs(cost.active / 1e9 - active) <= 0.05 + 1e-9, cost.active
 
@@ -82,10 +91,12 @@ def test_tiny_preset_keeps_the_shape(name):
   full = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py'))
   tiny = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py:tiny'))
   for field in ('moe_every', 'first_dense_layers', 'tie_embeddings',
-                'qkv_bias', 'qk_norm'):
+                'qkv_bias', 'qk_norm', 'attention_sinks', 'attn_out_bias',
+                'full_attention_every'):
     assert getattr(tiny, field) == getattr(full, field), field
+  assert (tiny.sliding_window is None) == (full.sliding_window is None)
   for field in ('top_k', 'router', 'num_shared_experts', 'shared_expert_gate',
-                'router_options', 'expert_type'):
+                'router_options', 'expert_type', 'use_bias'):
     assert getattr(tiny.moe, field) == getattr(full.moe, field), field
   assert tiny.moe.num_experts == min(full.moe.num_experts, 64)
   assert (tiny.num_heads // tiny.kv_heads == full.num_heads // full.kv_heads)
@@ -96,6 +107,25 @@ def test_tiny_preset_keeps_the_shape(name):
   logits, _ = nnx.eval_shape(lambda: TransformerLM(tiny, rngs=nnx.Rngs(0))(
       jnp.zeros((2, 16), jnp.int32)))
   assert logits.shape == (2, 16, 256)
+
+
+@pytest.mark.slow
+def test_gpt_oss_tiny_trains_three_steps_through_the_cli(tmp_path):
+  # gpt-oss's sinks, biases, clamped experts and window pattern, trained
+  # and checkpointed by the command a user runs.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'moe_jax.main',
+       '--config=configs/presets/gpt_oss_20b.py:tiny', f'--workdir={tmp_path}',
+       '--config.train.num_steps=3', '--config.train.log_every=1',
+       '--config.train.final_eval_batches=2'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '(2 MoE, E=32, K=4)' in proc.stdout
+  records = [json.loads(line) for line in
+             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  losses = [r['loss'] for r in records if 'loss' in r]
+  assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+  assert (tmp_path / 'checkpoints' / '3').is_dir()
 
 
 def _hand_model():
