@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 from moe_jax.convert import hf_deepseek, hf_gpt_oss
 from moe_jax.convert.hf_families import (Family, Reader, export_family,
-                                         hf_family, read_rope_theta)
+                                         hf_family, read_rope_theta,
+                                         refuse_export)
 from moe_jax.core.config import MoEConfig
 # HF's routing is softmax top-k: this converter depends on that router.
 from moe_jax.core.routing import topk
@@ -161,9 +162,7 @@ def family_for(config: ModelConfig) -> Family:
        f'model.head_dim={c.head_dim} ({name} heads are D/H wide)'),
       *gpt_oss_features(c, name),
   ]
-  found = [text for bad, text in problems if bad]
-  if found:
-    raise UserInputError(f'cannot export as {name}: {"; ".join(found)}.')
+  refuse_export(name, problems)
   return family
 
 

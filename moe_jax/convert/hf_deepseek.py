@@ -44,7 +44,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from moe_jax.convert.hf_families import (DEEPSEEK_V2, DEEPSEEK_V3, Family,
-                                         Reader, hf_family, read_rope_theta)
+                                         Reader, hf_family, read_rope_theta,
+                                         refuse_export)
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.routing import deepseek
 from moe_jax.errors import UserInputError
@@ -172,10 +173,7 @@ def family_for(config: ModelConfig) -> Family:
            'does not renormalise)'),
           (o.bias_update_rate > 0, 'router_options.deepseek.'
            'bias_update_rate > 0 (V2 has no selection bias)')]
-  found = [text for bad, text in problems if bad]
-  if found:
-    raise UserInputError(f'cannot export model.mla as DeepSeek-V2/V3: '
-                         f'{"; ".join(found)}.')
+  refuse_export('DeepSeek-V2/V3 (model.mla)', problems)
   return family
 
 

@@ -154,6 +154,13 @@ def hf_family(hf: Mapping[str, Any]) -> Family:
   return FAMILIES[kind]
 
 
+def refuse_export(name: str, problems) -> None:
+  """One line naming every (bad, words) problem of exporting as `name`."""
+  found = [text for bad, text in problems if bad]
+  if found:
+    raise UserInputError(f'cannot export as {name}: {"; ".join(found)}.')
+
+
 def export_family(config) -> Family:
   """The family a ModelConfig without MLA exports as: its QK-norm names
   OLMoE or Qwen3-MoE; otherwise shared experts make it Qwen2-MoE, else

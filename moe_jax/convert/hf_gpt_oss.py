@@ -36,7 +36,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from moe_jax.convert.hf_families import GPT_OSS, Family, Reader
+from moe_jax.convert.hf_families import (GPT_OSS, Family, Reader,
+                                         refuse_export)
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.experts import mlp
 from moe_jax.core.routing import topk
@@ -148,10 +149,7 @@ def family_for(config: ModelConfig) -> Family:
        '(gpt-oss has neither)'),
       (c.qk_norm is not None, f'model.qk_norm={c.qk_norm!r} (gpt-oss has '
        'none)')]
-  found = [text for bad, text in problems if bad]
-  if found:
-    raise UserInputError(f'cannot export as GptOssForCausalLM: '
-                         f'{"; ".join(found)}.')
+  refuse_export(GPT_OSS.architecture, problems)
   return GPT_OSS
 
 
