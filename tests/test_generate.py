@@ -20,6 +20,7 @@ from moe_jax.generation import (GREEDY, Sampling, decode_moe_config,
                                 decode_step, filter_logits, generate,
                                 pad_prompts, prefill, sample)
 from moe_jax.models import KVCache, ModelConfig, TransformerLM
+from testlib import randomize_params
 
 V = 61
 LENGTHS = (5, 11, 2)  # Prompts of different lengths in one batch.
@@ -87,30 +88,10 @@ def models():
           norm.scale[...] = jax.random.uniform(jax.random.key(7),
                                                norm.scale.shape) + 0.5
     if config.attention_sinks:  # Its sinks and biases start at 0 too.
-      _randomize(model, ('bo', 'sinks', 'bi', 'bi_gate', 'router_bias_logits'))
+      randomize_params(model, ('bo', 'sinks', 'bi', 'bi_gate',
+                               'router_bias_logits'))
     out[name] = model
   return out
-
-
-def _name(path):
-  """A parameter's name: the last dict key of its path (then '.value')."""
-  return [p.key for p in path if hasattr(p, 'key')][-1]
-
-
-def _randomize(model, names):
-  """Draws the parameters called one of `names` at random (N(0, 0.5²))."""
-  state = nnx.state(model, nnx.Param)
-  keys = iter(jax.random.split(jax.random.key(3), 64))
-  drawn = []
-
-  def draw(path, x):
-    if _name(path) not in names:
-      return x
-    drawn.append(_name(path))
-    return jax.random.normal(next(keys), x.shape) * 0.5
-
-  nnx.update(model, jax.tree.map_with_path(draw, state))
-  assert set(drawn) == set(names), drawn  # Every one of them, by name.
 
 
 def _sequences(seed=0, length=24):

@@ -93,9 +93,9 @@ def _in(p, x, name):
 
 def _bias(params, name, inputs: ExpertInputs):
   """The bias of every row of an expert_matmul output, or 0 without one:
-  [E, 1, F] in the padded layout, [M, F] in the sorted one (row r is
-  expert e's while r < the cumulative group size; padding rows past them
-  take the last expert's, and no combine reads them)."""
+  [E, 1, F] in the padded layout, [M, F] in the sorted one (rows in
+  expert order, group_sizes[e] of expert e's; the padding rows past them
+  get some expert's bias, and no combine reads them)."""
   if 'b' + name not in params:
     return 0
   b = params['b' + name].astype(inputs.x.dtype)
