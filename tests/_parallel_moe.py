@@ -77,6 +77,11 @@ CASES = {
                        dispatcher='fused', expert_type='swiglu', **_COMMON),
     'dropless_fused': MoEConfig(router='topk', top_k=2,
                                 dispatcher='dropless_fused', **_COMMON),
+    # gpt-oss: input biases split with their experts (and F over 'model'),
+    # the router bias and the output bias, added once after the psum.
+    'gpt_oss': MoEConfig(router='topk', top_k=2, dispatcher='dropless',
+                         expert_type='swiglu_clamped', use_bias=True,
+                         **_COMMON),
     # Soft MoE: its dense plan runs through run_experts, so its slots
     # ([E, G·P, D], P = 2 per chunk of 8) cross devices like capacity buffers.
     'soft': MoEConfig(router='soft', causal_chunk=8, expert_type='swiglu',
@@ -87,7 +92,7 @@ CASES = {
 CASE_MESHES = {'dropless': HLO_MESHES, 'dropless_ragged': ((2, 4, 1),),
                'dropless_skewed': ((2, 4, 1),),
                'fused': ((4, 1, 2), (2, 4, 1)),
-               'dropless_fused': ((2, 4, 1),),
+               'dropless_fused': ((2, 4, 1),), 'gpt_oss': ((2, 2, 2),),
                'soft': HLO_MESHES + ((2, 2, 2),)}
 ZERO_ROUTER = ('dropless_skewed',)
 
@@ -129,7 +134,8 @@ def _inputs(config, zero_router=False):
   params = {}
   for name, var in state.items():
     shape = var.get_value().shape
-    params[name] = (rng.normal(size=shape) / np.sqrt(shape[-2])).astype(
+    fan_in = shape[-2] if len(shape) > 1 else 1  # Biases [E] too.
+    params[name] = (rng.normal(size=shape) / np.sqrt(fan_in)).astype(
         np.float32)
   if zero_router:
     params['router_kernel'] = np.zeros_like(params['router_kernel'])

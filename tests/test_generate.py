@@ -20,6 +20,7 @@ from moe_jax.generation import (GREEDY, Sampling, decode_moe_config,
                                 decode_step, filter_logits, generate,
                                 pad_prompts, prefill, sample)
 from moe_jax.models import KVCache, ModelConfig, TransformerLM
+from testlib import randomize_params
 
 V = 61
 LENGTHS = (5, 11, 2)  # Prompts of different lengths in one batch.
@@ -56,6 +57,16 @@ CONFIGS = {
                         num_kv_heads=2, d_ff=48, max_len=32, moe=_MOE,
                         moe_every=1, rope_scaling=dict(
                             factor=4.0, original_max_len=4)),
+    # gpt-oss: sinks, q/k/v/o biases, a window in layer 0 and full attention
+    # in layer 1, clamped SwiGLU experts with router and expert biases.
+    'gpt_oss': ModelConfig(vocab_size=V, d_model=32, num_layers=2,
+                           num_heads=4, num_kv_heads=2, d_ff=48, max_len=32,
+                           moe=dataclasses.replace(
+                               _MOE, expert_type='swiglu_clamped',
+                               use_bias=True),
+                           moe_every=1, qkv_bias=True, attn_out_bias=True,
+                           attention_sinks=True, sliding_window=3,
+                           full_attention_every=2),
     # Multi-head latent attention: the cache holds the latent and the rope
     # key, and decoding reads it in the absorbed form (models/mla.py).
     'mla': ModelConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=4,
@@ -82,6 +93,9 @@ def models():
         for norm in (block.attn.q_norm, block.attn.k_norm):
           norm.scale[...] = jax.random.uniform(jax.random.key(7),
                                                norm.scale.shape) + 0.5
+    if config.attention_sinks:  # Its sinks and biases start at 0 too.
+      randomize_params(model, ('bo', 'sinks', 'bi', 'bi_gate',
+                               'router_bias_logits'))
     out[name] = model
   return out
 
@@ -108,6 +122,7 @@ _decode_step = nnx.jit(decode_step, static_argnames='moe_config')
                                       ('window', 'dropless'),
                                       ('qk_norm', 'dropless'),
                                       ('yarn', 'dropless'),
+                                      ('gpt_oss', 'dropless'),
                                       ('mla', 'dropless')])
 def test_cached_logits_equal_full_forward(models, name, moe):
   """Teacher-forced: prefill each prompt, then feed the true next tokens one

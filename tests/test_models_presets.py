@@ -1,6 +1,8 @@
 """Architecture presets against their published sizes, and the accounting
 (counts, per-device shards, FLOPs) on a hand-computed model."""
 
+import json
+import math
 import subprocess
 import sys
 
@@ -42,15 +44,21 @@ PUBLISHED = {
     'qwen3_235b_a22b': (235, 22),
     'deepseek_v2_lite': (15.7, 2.4),
     'deepseek_v3': (671, 37),  # The main model; without the 14B MTP module.
+    # Active without the input embedding, as the gpt-oss model card counts.
+    'gpt_oss_20b': (20.9, 3.6),
+    'gpt_oss_120b': (116.8, 5.1),
 }
 # Active figures published to two significant figures, checked relatively.
 # DeepSeek counts them without the input embedding (a lookup, not a
 # matmul): V2-Lite's 2.4B is 2.45B that way and 2.66B with it; V3's 37B is
 # 36.63B (37.55B with it). Qwen3-30B-A3B's 3.3B is 3.35B here, every width
 # as in its config.json (its total matches to 0.1%).
+# gpt-oss's model card counts active parameters without it too (±1%).
 ACTIVE_RELATIVE = {'qwen3_30b_a3b': 0.02, 'qwen3_235b_a22b': 0.01,
-                   'deepseek_v2_lite': 0.025, 'deepseek_v3': 0.015}
-WITHOUT_INPUT_EMBEDDING = ('deepseek_v2_lite', 'deepseek_v3')
+                   'deepseek_v2_lite': 0.025, 'deepseek_v3': 0.015,
+                   'gpt_oss_20b': 0.01, 'gpt_oss_120b': 0.01}
+WITHOUT_INPUT_EMBEDDING = ('deepseek_v2_lite', 'deepseek_v3', 'gpt_oss_20b',
+                           'gpt_oss_120b')
 
 
 def test_every_preset_is_checked():
@@ -102,18 +110,20 @@ def test_tiny_preset_keeps_the_shape(name):
   full = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py'))
   tiny = model_config(load_config_file(f'{REPO}/configs/presets/{name}.py:tiny'))
   for field in ('moe_every', 'first_dense_layers', 'tie_embeddings',
-                'qkv_bias', 'qk_norm', 'rope_scaling'):
+                'qkv_bias', 'qk_norm', 'rope_scaling', 'attention_sinks',
+                'attn_out_bias', 'full_attention_every'):
     assert getattr(tiny, field) == getattr(full, field), field
+  assert (tiny.sliding_window is None) == (full.sliding_window is None)
   for field in ('mla', 'head_dim'):  # Shrunk, but present or absent alike.
     assert (getattr(tiny, field) is None) == (getattr(full, field) is None)
-  if full.head_dim is not None:  # Qwen3's H·Dh / D.
+  if full.head_dim is not None:  # Qwen3's and gpt-oss's H·Dh / D.
     assert (tiny.num_heads * tiny.head_dim * full.d_model ==
             full.num_heads * full.head_dim * tiny.d_model)
   if full.mla is not None:
     assert ((tiny.mla.q_lora_rank is None) ==
             (full.mla.q_lora_rank is None))
   for field in ('top_k', 'router', 'num_shared_experts', 'shared_expert_gate',
-                'router_options', 'expert_type'):
+                'router_options', 'expert_type', 'use_bias'):
     assert getattr(tiny.moe, field) == getattr(full.moe, field), field
   assert tiny.moe.num_experts == min(full.moe.num_experts, 64)
   assert (tiny.num_heads // tiny.kv_heads == full.num_heads // full.kv_heads)
@@ -124,6 +134,25 @@ def test_tiny_preset_keeps_the_shape(name):
   logits, _ = nnx.eval_shape(lambda: TransformerLM(tiny, rngs=nnx.Rngs(0))(
       jnp.zeros((2, 16), jnp.int32)))
   assert logits.shape == (2, 16, 256)
+
+
+@pytest.mark.slow
+def test_gpt_oss_tiny_trains_three_steps_through_the_cli(tmp_path):
+  # gpt-oss's sinks, biases, clamped experts and window pattern, trained
+  # and checkpointed by the command a user runs.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'moe_jax.main',
+       '--config=configs/presets/gpt_oss_20b.py:tiny', f'--workdir={tmp_path}',
+       '--config.train.num_steps=3', '--config.train.log_every=1',
+       '--config.train.final_eval_batches=2'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '(2 MoE, E=32, K=4)' in proc.stdout
+  records = [json.loads(line) for line in
+             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  losses = [r['loss'] for r in records if 'loss' in r]
+  assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+  assert (tmp_path / 'checkpoints' / '3').is_dir()
 
 
 def _hand_model():

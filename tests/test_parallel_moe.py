@@ -87,6 +87,12 @@ def test_soft_moe_output_and_gradients_match_one_device(results, mesh):
   _assert_matches_one_device(results, 'soft', mesh)
 
 
+def test_gpt_oss_biases_match_one_device(results):
+  """moe.use_bias and the clamped experts on expert:2 x model:2: the
+  output bias is added once, not once per F shard."""
+  _assert_matches_one_device(results, 'gpt_oss', '2x2x2')
+
+
 @pytest.mark.parametrize('case', sorted({c for c, _ in DROPLESS}))
 def test_dropless_reference_drops_nothing(results, case):
   ref = _load(results, case, 'single')

@@ -92,6 +92,26 @@ def moe_params(seed: int, d: int, f: int, e: int, expert_type: str = 'gelu'):
           for k, s in shapes.items()}
 
 
+def randomize_params(model, names, seed: int = 3) -> None:
+  """Draws a module's parameters named one of `names` from N(0, 0.5²), for
+  those that start at 0 or 1 (biases, sinks), where a misplaced one would
+  not show. Every name must be found."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  keys = iter(jax.random.split(jax.random.key(seed), 256))
+  drawn = []
+
+  def draw(path, x):
+    name = [p.key for p in path if hasattr(p, 'key')][-1]  # Then '.value'.
+    if name not in names:
+      return x
+    drawn.append(name)
+    return jax.random.normal(next(keys), x.shape) * 0.5
+
+  nnx.update(model, jax.tree.map_with_path(draw, nnx.state(model, nnx.Param)))
+  assert set(drawn) == set(names), drawn
+
+
 def positions_changed_by_later_tokens(fn, x, rng) -> list[int]:
   """Positions t whose output changed when only the tokens after t did.
 

@@ -112,6 +112,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.model.qkv_bias = False  # Biases on q, k, v (Qwen2-MoE).
   # W: attend to the last W positions only (Mixtral); unset: full context.
   c.model.sliding_window = config_dict.placeholder(int)
+  # With the window: layers i with (i+1) % this == 0 attend to all (gpt-oss: 2).
+  c.model.full_attention_every = 0
+  c.model.attention_sinks = False  # A learned logit per head (gpt-oss).
+  c.model.attn_out_bias = False  # Bias on the attention output (gpt-oss).
   c.model.head_dim = config_dict.placeholder(int)  # Dh; unset = D / H.
   # RMSNorm on q and k: 'per_head' (Qwen3) | 'all_heads' (OLMoE); unset: none.
   c.model.qk_norm = config_dict.placeholder(str)
@@ -137,7 +141,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.moe.router_options = router_options()
   # 'index' | 'einsum' | 'dropless' | 'dropless_ragged' (see MoEConfig).
   c.moe.dispatcher = 'index'
-  c.moe.expert_type = 'gelu'  # 'gelu' | 'swiglu' (also the dense FFN's).
+  # 'gelu' | 'swiglu' | 'swiglu_clamped' (gpt-oss); also the dense FFN's.
+  c.moe.expert_type = 'gelu'
+  # Biases on the router logits and the routed experts' projections (gpt-oss).
+  c.moe.use_bias = False
   c.moe.d_ff = 512  # F, per expert.
   c.moe.capacity_factor = 1.25  # Train cf (ST-MoE).
   c.moe.eval_capacity_factor = 2.0  # Eval cf (ST-MoE).

@@ -14,12 +14,24 @@ from moe_jax.config.default_config import (check_variant, get_default_config,
                                           shrink_for_tests)
 
 # The tiny twin's head width and the most experts it keeps (GShard's 2048
-# would make even a tiny model large).
+# would make even a tiny model large), and its longest window (tiny runs
+# are 32 tokens: a longer one would never mask anything).
 _TINY_HEAD_DIM = 8
 _TINY_MAX_EXPERTS = 64
 # Heads the tiny twin may have: two kv heads unless their groups would make
 # more (Qwen3-235B's 16 query heads per kv head: then one kv head).
 _TINY_MAX_HEADS = 16
+_TINY_WINDOW = 8
+
+# gpt-oss's architecture, both sizes (configs/presets/gpt_oss_*.py cite it);
+# they differ in num_layers and num_experts only.
+GPT_OSS_MODEL = dict(
+    vocab_size=201088, d_model=2880, num_heads=64, num_kv_heads=8,
+    head_dim=64, d_ff=2880, moe_every=1, norm_eps=1e-5, rope_theta=150000.0,
+    qkv_bias=True, attn_out_bias=True, attention_sinks=True,
+    sliding_window=128, full_attention_every=2)
+GPT_OSS_MOE = dict(top_k=4, router='topk', expert_type='swiglu_clamped',
+                   d_ff=2880, use_bias=True)
 
 
 def preset_config(model: dict, moe: dict) -> ml_collections.ConfigDict:
@@ -44,18 +56,22 @@ def shrink_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   Kept: top_k, router, moe_every, first_dense_layers, shared experts and
   their gate, tied embeddings, qkv biases, num_heads / num_kv_heads,
   d_ff / d_model and moe.d_ff / d_model, H·Dh / D where head_dim is set,
-  MLA (at widths of 8 per head) and RoPE scaling. Shrunk: layers (first
-  dense ones + two MoE layers), heads (two kv heads, or one for groups of
-  more than 8), V (256 bytes) and the training run (shrink_for_tests).
+  MLA (at widths of 8 per head), RoPE scaling, and gpt-oss's sinks, biases
+  and window pattern. Shrunk: layers (first dense ones + two MoE layers),
+  heads (two kv heads, or one for groups of more than 8; a head_dim set
+  apart from D/H becomes 8), the window (to 8 at most), V (256 bytes) and
+  the training run (shrink_for_tests).
   """
   m, moe = c.model, c.moe
   group = m.num_heads // (m.num_kv_heads or m.num_heads)
   kv_heads = 2 if 2 * group <= _TINY_MAX_HEADS else 1
   heads = kv_heads * group
   d_model = heads * _TINY_HEAD_DIM
-  if m.head_dim is not None:  # Qwen3: H·Dh apart from D; keep their ratio.
+  if m.head_dim is not None:  # Qwen3, gpt-oss: H·Dh apart from D; keep D / (H·Dh).
     d_model = round(d_model * m.d_model / (m.num_heads * m.head_dim))
     m.head_dim = _TINY_HEAD_DIM
+  if m.sliding_window is not None:
+    m.sliding_window = min(m.sliding_window, _TINY_WINDOW)
   ratio = lambda width: max(1, round(width * d_model / m.d_model))
   moe_d_ff, d_ff = ratio(moe.d_ff), ratio(m.d_ff)
   shrink_for_tests(c)  # Data, batch and steps; its model sizes are replaced.

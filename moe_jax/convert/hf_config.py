@@ -1,7 +1,7 @@
 """Hugging Face config.json <-> moe_jax's ModelConfig, for the MoE families
 of hf_families.py (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE here; DeepSeek-V2/V3,
-whose attention is MLA, in hf_deepseek.py, which the three public functions
-hand them to).
+whose attention is MLA, in hf_deepseek.py, and gpt-oss in hf_gpt_oss.py,
+which the three public functions hand them to).
 
 A config.json field that moe_jax cannot honour is refused in one line that
 names it; hf_moe.py's docstring lists them with the weight conventions.
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from moe_jax.convert import hf_deepseek
+from moe_jax.convert import hf_deepseek, hf_gpt_oss
 from moe_jax.convert.hf_families import (Family, Reader, export_family,
-                                         hf_family, read_rope, rope_to_hf)
+                                         hf_family, read_rope, rope_to_hf,
+                                         refuse_export)
 from moe_jax.core.config import MoEConfig
 # HF's routing is softmax top-k: this converter depends on that router.
 from moe_jax.core.routing import topk
@@ -69,9 +70,19 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
   moe_overrides: MoEConfig fields to change, e.g. dispatcher='index' and
   eval_capacity_factor=1.0 for the capacity counterfactual.
   """
+  quantized = hf.get('quantization_config')
+  if quantized:
+    method = (quantized.get('quant_method') if hasattr(quantized, 'get')
+              else quantized)
+    raise UserInputError(
+        f'config.json has quantization_config (quant_method={method!r}): '
+        'quantized weights (e.g. gpt-oss\'s MXFP4 experts) are not read; '
+        'dequantize the checkpoint to bf16/f32 first.')
   family = hf_family(hf)
   if family.mla:
     return hf_deepseek.config_from_hf(hf, family, **moe_overrides)
+  if family.gpt_oss:
+    return hf_gpt_oss.config_from_hf(hf, family, **moe_overrides)
   get = Reader(hf, family)
   d, heads = get('hidden_size'), get('num_attention_heads')
   _refuse(get, d, heads)
@@ -119,6 +130,8 @@ def config_from_hf(hf: Mapping[str, Any], **moe_overrides) -> ModelConfig:
 
 def family_for(config: ModelConfig) -> Family:
   """The HF architecture that can hold `config`, or a one-line error."""
+  if config.moe.expert_type == 'swiglu_clamped':  # Only gpt-oss has it.
+    return hf_gpt_oss.family_for(config)
   if config.mla is not None:
     return hf_deepseek.family_for(config)
   c, m = config, config.moe
@@ -148,15 +161,27 @@ def family_for(config: ModelConfig) -> Family:
        f'model.sliding_window ({name} has no window in every layer)'),
       (not family.head_dim and c.head_width != c.d_model // c.num_heads,
        f'model.head_dim={c.head_dim} ({name} heads are D/H wide)'),
+      *gpt_oss_features(c, name),
   ]
-  found = [text for bad, text in problems if bad]
-  if found:
-    raise UserInputError(f'cannot export as {name}: {"; ".join(found)}.')
+  refuse_export(name, problems)
   return family
+
+
+def gpt_oss_features(c: ModelConfig, name: str) -> list[tuple[bool, str]]:
+  """(present, words) of the gpt-oss features only gpt-oss exports hold."""
+  return [
+      (c.attention_sinks, f'model.attention_sinks ({name} has no sinks)'),
+      (c.attn_out_bias, f'model.attn_out_bias ({name} has no o_proj bias)'),
+      (c.moe.use_bias, f'moe.use_bias ({name} has no router or expert '
+       'biases)'),
+      (c.full_attention_every > 0, 'model.full_attention_every (per-layer '
+       f'windows; {name} has one pattern)')]
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
   """The config.json of `config`, in the family family_for picks."""
+  if family_for(config).gpt_oss:
+    return hf_gpt_oss.config_to_hf(config)
   if config.mla is not None:
     return hf_deepseek.config_to_hf(config)
   c, m = config, config.moe

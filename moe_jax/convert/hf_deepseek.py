@@ -47,7 +47,7 @@ import numpy as np
 
 from moe_jax.convert.hf_families import (DEEPSEEK_V2, DEEPSEEK_V3, Family,
                                          Reader, hf_family, read_rope,
-                                         rope_to_hf)
+                                         refuse_export, rope_to_hf)
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.routing import deepseek
 from moe_jax.errors import UserInputError
@@ -160,7 +160,8 @@ def family_for(config: ModelConfig) -> Family:
       (m.num_shared_experts < 1 or m.shared_expert_gate,
        'moe.num_shared_experts < 1 or moe.shared_expert_gate (DeepSeek has '
        '>= 1 un-gated shared expert)'),
-      (m.num_null_experts > 0, 'moe.num_null_experts (not in DeepSeek)')]
+      (m.num_null_experts > 0, 'moe.num_null_experts (not in DeepSeek)'),
+      (m.use_bias, 'moe.use_bias (DeepSeek has no router or expert biases)')]
   if m.spec is deepseek.SPEC:
     if o.score == 'sigmoid':
       family = DEEPSEEK_V3
@@ -175,10 +176,7 @@ def family_for(config: ModelConfig) -> Family:
            'does not renormalise)'),
           (o.bias_update_rate > 0, 'router_options.deepseek.'
            'bias_update_rate > 0 (V2 has no selection bias)')]
-  found = [text for bad, text in problems if bad]
-  if found:
-    raise UserInputError(f'cannot export model.mla as DeepSeek-V2/V3: '
-                         f'{"; ".join(found)}.')
+  refuse_export('DeepSeek-V2/V3 (model.mla)', problems)
   return family
 
 

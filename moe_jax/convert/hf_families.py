@@ -46,6 +46,10 @@ class Family:
       the config, and none of the fields above from qk_norm on applies).
     router_bias: the router's selection bias, `gate.e_score_correction_bias`
       (DeepSeek-V3), is our router_bias.
+    router_name: the router's module inside moe_prefix.
+    gpt_oss: gpt-oss's layout (hf_gpt_oss.py converts the config, and none
+      of the fields above from qk_norm on applies; its experts are fused
+      and interleaved, with biases).
   """
   model_type: str
   architecture: str
@@ -63,6 +67,8 @@ class Family:
   shared_prefix: str = 'shared_expert.'
   mla: bool = False
   router_bias: bool = False
+  router_name: str = 'gate'
+  gpt_oss: bool = False
 
 
 _SWIGLU = ('gate_proj', 'up_proj', 'down_proj')
@@ -120,8 +126,21 @@ DEEPSEEK_V3 = Family(
         norm_topk_prob=True, routed_scaling_factor=2.5, rope_interleave=True),
     shared_prefix='shared_experts.', mla=True, router_bias=True)
 
+# The rest are GptOssConfig's defaults (rope_theta: its default_theta; the
+# absent rope_parameters, which it reads as YaRN, hf_gpt_oss.py refuses).
+GPT_OSS = Family(
+    'gpt_oss', 'GptOssForCausalLM', 'mlp.',
+    ('gate_up_proj', 'gate_up_proj', 'down_proj'), 'num_local_experts',
+    'intermediate_size', dict(
+        hidden_act='silu', tie_word_embeddings=False, rope_theta=150000.0,
+        rms_norm_eps=1e-5, max_position_embeddings=131072,
+        num_key_value_heads=8, head_dim=64, sliding_window=128,
+        layer_types=None, attention_bias=True, router_aux_loss_coef=0.001,
+        swiglu_alpha=1.702, swiglu_limit=7.0),
+    router_name='router', gpt_oss=True)
+
 FAMILIES = {f.model_type: f for f in (MIXTRAL, QWEN2_MOE, OLMOE, QWEN3_MOE,
-                                      DEEPSEEK_V2, DEEPSEEK_V3)}
+                                      DEEPSEEK_V2, DEEPSEEK_V3, GPT_OSS)}
 # The two spellings of E: transformers maps each to the other per family.
 NUM_EXPERTS_KEYS = ('num_experts', 'num_local_experts')
 
@@ -134,6 +153,13 @@ def hf_family(hf: Mapping[str, Any]) -> Family:
         f'config.json model_type={kind!r} is not supported; import one of '
         f'{sorted(FAMILIES)}.')
   return FAMILIES[kind]
+
+
+def refuse_export(name: str, problems) -> None:
+  """One line naming every (bad, words) problem of exporting as `name`."""
+  found = [text for bad, text in problems if bad]
+  if found:
+    raise UserInputError(f'cannot export as {name}: {"; ".join(found)}.')
 
 
 def export_family(config) -> Family:

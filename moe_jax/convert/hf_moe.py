@@ -1,6 +1,8 @@
-"""Hugging Face Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE and DeepSeek-V2/V3
-checkpoints <-> moe_jax, without PyTorch (hf_deepseek.py's docstring gives
-what DeepSeek's latent attention and routing add to the list below).
+"""Hugging Face Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE, DeepSeek-V2/V3 and
+gpt-oss checkpoints <-> moe_jax, without PyTorch (hf_deepseek.py's and
+hf_gpt_oss.py's docstrings give what DeepSeek's latent attention and
+routing, and gpt-oss's sinks, biases and interleaved experts, add to the
+list below).
 
 A Hugging Face model folder (`config.json` + `*.safetensors`) becomes a
 ModelConfig and the TransformerLM's parameters, and back. The conventions
@@ -42,8 +44,9 @@ activations other than SiLU, non-prefix mlp_only_layers, Qwen2-MoE's
 use_sliding_window (per-layer windows), attention_bias=true (an o_proj
 bias), OLMoE's clip_qkv, and a head_dim apart from D/H in Qwen2-MoE and
 OLMoE. A checkpoint whose tensors do not match its config.json (missing,
-extra, or of another shape) or that holds non-float tensors is refused
-before anything is converted.
+extra, or of another shape), that holds non-float tensors or that is
+quantized (a quantization_config, or MXFP4 `*_blocks` / `*_scales`
+tensors as gpt-oss was released) is refused before anything is converted.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from moe_jax.convert import hf_deepseek
+from moe_jax.convert import hf_deepseek, hf_gpt_oss
 # The config half of the converter, re-exported: hf_moe is the public entry.
 from moe_jax.convert.hf_config import (config_from_hf, config_to_hf,  # pylint: disable=unused-import
                                        family_for)
@@ -72,6 +75,8 @@ from moe_jax.models.transformer import TransformerLM
 # Buffers some older checkpoints saved; they hold nothing we need.
 _IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)
 _FLOAT_DTYPES = ('F16', 'BF16', 'F32', 'F64')
+# MXFP4 weights: 4-bit values packed in *_blocks, power-of-two *_scales.
+_MXFP4_SUFFIXES = ('_blocks', '_scales')
 
 
 def _get(tree, path):
@@ -97,6 +102,12 @@ def _check_tensors(reader: TensorReader, wanted: dict[str, tuple],
   or not a float, before anything is read. Names starting with one of
   `unused` (V3's multi-token-prediction layers) are not extra."""
   names = reader.names()
+  mxfp4 = sorted(n for n in names if n.endswith(_MXFP4_SUFFIXES))
+  if mxfp4:
+    raise UserInputError(
+        f'the checkpoint has MXFP4-quantized tensors ({mxfp4[0]!r}, '
+        f'{len(mxfp4)} in all; gpt-oss\'s released experts), which are not '
+        'read; dequantize the checkpoint to bf16/f32 first.')
   missing = sorted(set(wanted) - names)
   if missing:
     raise UserInputError(
@@ -206,7 +217,10 @@ def export_checkpoint(config: ModelConfig, params, directory: str | pathlib.Path
   tensors = {}
   for link in links(config, FAMILIES[hf['model_type']]):
     array = np.asarray(_get(params, link.path)).astype(dtype)
-    tensors.update(zip(link.hf, to_theirs(link, array)))
+    if link.kind in hf_gpt_oss.INTERLEAVED:  # Two of ours, one of theirs.
+      hf_gpt_oss.put_interleaved(tensors, link.hf[0], array, link.kind)
+    else:
+      tensors.update(zip(link.hf, to_theirs(link, array)))
   hf['torch_dtype'] = np.dtype(dtype).name
   directory = pathlib.Path(directory)
   if (directory.is_dir() and not (directory / 'config.json').is_file()

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from moe_jax.convert import hf_gpt_oss
 from moe_jax.convert.hf_families import Family
 from moe_jax.models.config import ModelConfig
 
@@ -34,7 +35,9 @@ class Link:
   'linear<n>' (HF W [out, in]; ours [in..., out...] with n input axes),
   'experts' (one HF W [out, in] per expert, ours stacked [E, in, out]), or
   in the fused layout 'fused_gate' / 'fused_up' (the two halves of
-  gate_up_proj [E, 2F, D]) and 'fused_down' (down_proj [E, D, F]).
+  gate_up_proj [E, 2F, D]) and 'fused_down' (down_proj [E, D, F]), or
+  gpt-oss's 'even' / 'odd' (the interleaved halves of gate_up_proj
+  [E, D, 2F] or its bias [E, 2F]; hf_gpt_oss.py).
   """
   hf: tuple[str, ...]
   path: tuple
@@ -55,6 +58,12 @@ def _attention(c: ModelConfig, p: str, b: tuple) -> list[Link]:
     if c.qkv_bias:
       links.append(Link((p + f'self_attn.{n}_proj.bias',),
                         b + ('attn', 'b' + n), 'vector'))
+  if c.attn_out_bias:
+    links.append(Link((p + 'self_attn.o_proj.bias',), b + ('attn', 'bo'),
+                      'vector'))
+  if c.attention_sinks:
+    links.append(Link((p + 'self_attn.sinks',), b + ('attn', 'sinks'),
+                      'vector'))
   if c.qk_norm is not None:
     links += [Link((p + f'self_attn.{n}_norm.weight',),
                    b + ('attn', f'{n}_norm', 'scale'), 'vector') for n in 'qk']
@@ -79,6 +88,14 @@ def _mla(c: ModelConfig, p: str, b: tuple) -> list[Link]:
 
 
 def _experts(m, q: str, ffn: tuple, family: Family, fused: bool):
+  if family.gpt_oss:  # Fused, interleaved, with biases (hf_gpt_oss.py).
+    gate_up, down = q + 'experts.gate_up_proj', q + 'experts.down_proj'
+    return [Link((gate_up,), ffn + ('wi_gate',), 'even'),
+            Link((gate_up,), ffn + ('wi',), 'odd'),
+            Link((gate_up + '_bias',), ffn + ('bi_gate',), 'even'),
+            Link((gate_up + '_bias',), ffn + ('bi',), 'odd'),
+            Link((down,), ffn + ('wo',), 'same'),
+            Link((down + '_bias',), ffn + ('bo',), 'same')]
   if fused:
     gate_up = (q + 'experts.gate_up_proj',)
     return [Link(gate_up, ffn + ('wi_gate',), 'fused_gate'),
@@ -110,8 +127,12 @@ def links(config: ModelConfig, family: Family, fused: bool = False
               for ours, h in zip(FFN_NAMES, DENSE_HF)]
       continue
     q = p + ('mlp.' if fused else family.moe_prefix)
-    out.append(Link((q + 'gate.weight',), ffn + ('router_kernel',),
+    router = q + family.router_name
+    out.append(Link((router + '.weight',), ffn + ('router_kernel',),
                     'linear1'))
+    if m.use_bias:
+      out.append(Link((router + '.bias',), ffn + ('router_bias_logits',),
+                      'vector'))
     if family.router_bias:
       out.append(Link((q + 'gate.e_score_correction_bias',),
                       ffn + ('router_bias',), 'vector'))
@@ -139,6 +160,8 @@ def hf_shapes(link: Link, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     return [(shape[0], 2 * shape[2], shape[1])]
   if link.kind == 'fused_down':  # [E, F, D] -> [E, D, F].
     return [(shape[0], shape[2], shape[1])]
+  if link.kind in hf_gpt_oss.INTERLEAVED:  # [..., F] -> [..., 2F].
+    return [tuple(shape[:-1]) + (2 * shape[-1],)]
   return [tuple(shape)]
 
 
@@ -152,6 +175,8 @@ def to_ours(link: Link, arrays: list[np.ndarray], shape) -> np.ndarray:
     return arrays[0][:, half].transpose(0, 2, 1)
   if link.kind == 'fused_down':
     return arrays[0].transpose(0, 2, 1)
+  if link.kind in hf_gpt_oss.INTERLEAVED:
+    return hf_gpt_oss.interleaved_half(arrays[0], link.kind)
   if link.kind.startswith('linear'):
     return arrays[0].T.reshape(shape)
   return arrays[0].reshape(shape)
@@ -159,7 +184,8 @@ def to_ours(link: Link, arrays: list[np.ndarray], shape) -> np.ndarray:
 
 def to_theirs(link: Link, array: np.ndarray) -> list[np.ndarray]:
   """The HF tensors of link.hf from our parameter (original layout only:
-  exports never write the fused one)."""
+  exports never write the fused one; gpt-oss's interleaved halves are
+  merged by hf_gpt_oss.put_interleaved instead)."""
   if link.kind == 'experts':
     return [w.T for w in array]
   if link.kind.startswith('linear'):

@@ -44,7 +44,8 @@ class MoEConfig:
       (no capacity: sort + jax.lax.ragged_dot, for backends with a grouped
       matmul kernel). Index, fused and einsum give the same results; the
       dropless ones match them when nothing is dropped.
-    expert_type: 'gelu' or 'swiglu' expert MLP.
+    expert_type: 'gelu', 'swiglu' or 'swiglu_clamped' (gpt-oss's) expert
+      MLP (core/experts/mlp.py).
     d_ff: F, each expert's hidden width.
     capacity_factor: train capacity factor (ST-MoE recommends 1.25).
     eval_capacity_factor: capacity factor when train=False (ST-MoE: 2.0).
@@ -111,6 +112,9 @@ class MoEConfig:
       (each layer counts them, aux 'ep_overflow_rows'): 'retry' (the train
       step is rerun with the worst-case buffers, so nothing is dropped:
       moe_jax/train/ep_retry.py) or 'drop' (dropped like capacity drops).
+    use_bias: biases on the router's logits (router_bias_logits [E]) and
+      on the routed experts' projections (bi, bi_gate [E, F], bo [E, D];
+      gpt-oss); shared experts have none.
   """
 
   num_experts: int = 8
@@ -140,6 +144,7 @@ class MoEConfig:
   adaptive_balance: Any = None
   ep_buffer_factor: float | None = None
   ep_overflow: str = 'retry'
+  use_bias: bool = False
 
   def __post_init__(self):
     check_positive('num_experts', self.num_experts)

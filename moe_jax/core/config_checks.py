@@ -99,7 +99,8 @@ def check_shared_fields(config, spec: routing.RouterSpec) -> None:
       config.num_shared_experts < 0):
     raise UserInputError(
         f'num_shared_experts={config.num_shared_experts!r} must be an int >= 0.')
-  for name in ('shared_expert_gate', 'causal_routing', 'allow_noncausal'):
+  for name in ('shared_expert_gate', 'causal_routing', 'allow_noncausal',
+               'use_bias'):
     check_bool(name, getattr(config, name))
   if config.shared_expert_gate and not config.num_shared_experts:
     raise UserInputError(
@@ -110,3 +111,10 @@ def check_shared_fields(config, spec: routing.RouterSpec) -> None:
         f'causal {config.router} routes each sequence as its own group; '
         f'unset group_size (now {config.group_size}) or set '
         'causal_routing=False.')
+  if config.use_bias and not spec.discrete:
+    # bo is added per chosen expert after the combine (core/moe.py), which
+    # needs a plan of (expert, weight) choices.
+    raise UserInputError(
+        f'use_bias=True needs a router that picks experts per token, but '
+        f'router={config.router!r} mixes tokens instead; use a token-choice '
+        'router (e.g. topk) or set use_bias=False.')

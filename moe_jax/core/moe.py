@@ -9,14 +9,15 @@ from moe_jax.core import adaptive_balance
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.dispatch import (DISPATCHERS, ExpertInputs, RunExperts,
                                    run_local)
-from moe_jax.core.experts import EXPERT_FNS
+from moe_jax.core.experts import EXPERT_FNS, is_gated
 from moe_jax.core.plan import ROUTED, RoutingPlan
 from moe_jax.core.routing import RouterInputs
 from moe_jax.core.routing.common import multiplicative_jitter
 from moe_jax.errors import UserInputError
 
-# The stacked expert weights; the other params feed the router.
-EXPERT_PARAMS = ('wi', 'wi_gate', 'wo')
+# The stacked expert weights (and input biases) the expert functions read;
+# the other params feed the router, or bo the combine's bias term.
+EXPERT_PARAMS = ('wi', 'wi_gate', 'wo', 'bi', 'bi_gate')
 
 
 def group_tokens(x: jax.Array, group_size: int | None) -> jax.Array:
@@ -44,13 +45,26 @@ def shared_experts(params: dict[str, jax.Array], xg: jax.Array,
       + shared_gate [D, 1] for the Qwen-MoE gate).
     xg: [G, S, D].
   """
-  names = ('wi', 'wo') + (('wi_gate',) if expert_type == 'swiglu' else ())
+  names = ('wi', 'wo') + (('wi_gate',) if is_gated(expert_type) else ())
   weights = {n: params['shared_' + n][None] for n in names}  # E = 1
   flat = xg.reshape(1, -1, xg.shape[-1])
   out = EXPERT_FNS[expert_type](weights, ExpertInputs(flat)).reshape(xg.shape)
   if 'shared_gate' in params:  # Qwen-MoE: a per-token sigmoid gate [G, S, 1].
     out = out * jax.nn.sigmoid(xg @ params['shared_gate'].astype(xg.dtype))
   return out
+
+
+def output_bias(bo: jax.Array, plan: RoutingPlan, dtype) -> jax.Array:
+  """Σ_k w_k · bo[e_k], the output biases of each token's experts [G, S, D].
+
+  An expert's output bias is scaled by its gate like the rest of its
+  output (gpt-oss adds it before the gate), and adding it here, after the
+  combine, keeps it out of every dispatcher layout and of the partial sums
+  over a split F. Dropped choices weigh 0; a null choice (index >= E)
+  reads a clipped row and weighs 0 too.
+  """
+  rows = jnp.take(bo.astype(dtype), plan.expert_index, axis=0, mode='clip')
+  return jnp.einsum('gsk,gskd->gsd', plan.combine_weights.astype(dtype), rows)
 
 
 def route(params: dict[str, jax.Array], logits: jax.Array,
@@ -111,7 +125,8 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   Args:
     params: router_kernel [D, N] (N = config.num_router_outputs: E, or
       Soft MoE's E·P slot logits) plus the expert weights (wi, wo, and
-      wi_gate for SwiGLU; see core/experts/); the router's extra arrays
+      wi_gate for SwiGLU; see core/experts/; with moe.use_bias also bi,
+      bi_gate, bo and router_bias_logits [N]); the router's extra arrays
       (config.extra_params: e.g. noise_kernel [D, E] for noisy top-k,
       router_bias [E] for loss-free balancing, a state whose gradient is
       cut); shared_wi/shared_wo (and shared_wi_gate) for shared experts.
@@ -164,6 +179,8 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
       raise UserInputError('jitter_eps > 0 needs a PRNG key in training.')
     router_in = multiplicative_jitter(router_in, jitter_key, config.jitter_eps)
   logits = router_in @ params['router_kernel'].astype(jnp.float32)  # [G,S,N]
+  if 'router_bias_logits' in params:  # moe.use_bias (gpt-oss's router).
+    logits = logits + params['router_bias_logits'].astype(jnp.float32)
   if token_ids is not None:
     token_ids = group_tokens(token_ids[..., None],
                              config.group_size)[..., 0]  # [G, S]
@@ -180,6 +197,8 @@ def moe_apply(params: dict[str, jax.Array], x: jax.Array, config: MoEConfig, *,
   out = run_experts(xg.astype(dtype), plan, expert_params, dispatcher,
                     EXPERT_FNS[config.expert_type])
 
+  if 'bo' in params:
+    out = out + output_bias(params['bo'], plan, dtype)
   if 'shared_wi' in params:  # Always-on shared experts: one dense FFN.
     out = out + shared_experts(params, xg.astype(dtype), config.expert_type)
 

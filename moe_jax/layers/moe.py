@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.core.config import MoEConfig
-from moe_jax.core.experts import PARAM_AXES
+from moe_jax.core.experts import PARAM_AXES, is_gated
 from moe_jax.layers.params import param, scaled_init
 # The layer sits above core and parallel: it runs the core's moe_apply with
 # the expert-parallel exchange, which is the one-device path without a mesh.
@@ -21,6 +21,14 @@ from moe_jax.parallel.expert_parallel import parallel_moe_apply
 ROUTER_AXES = ('embed', None)  # Small; replicated everywhere.
 EXPERT_IN_AXES = PARAM_AXES['wi']  # wi, wi_gate [E, D, F]
 EXPERT_OUT_AXES = PARAM_AXES['wo']  # wo [E, F, D]
+
+
+def _bias_names(config: MoEConfig) -> list[str]:
+  """The bias parameters of moe.use_bias: the router's, then the experts'."""
+  if not config.use_bias:
+    return []
+  gate = ['bi_gate'] if is_gated(config.expert_type) else []
+  return ['router_bias_logits', 'bi', *gate, 'bo']
 
 
 class RouterBias(nnx.Variable):
@@ -50,9 +58,17 @@ class MoELayer(nnx.Module):
     self.router_kernel = param(rngs, scaled_init(config.init_scale),
                                (d, config.num_router_outputs), ROUTER_AXES)
     self.wi = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
-    if config.expert_type == 'swiglu':
+    if is_gated(config.expert_type):
       self.wi_gate = param(rngs, init, (e, d, f), EXPERT_IN_AXES)
     self.wo = param(rngs, init, (e, f, d), EXPERT_OUT_AXES)
+    if config.use_bias:  # gpt-oss's biases, zero at init.
+      zeros = nnx.initializers.zeros
+      self.router_bias_logits = param(rngs, zeros,
+                                      (config.num_router_outputs,), (None,))
+      self.bi = param(rngs, zeros, (e, f), PARAM_AXES['bi'])
+      if is_gated(config.expert_type):
+        self.bi_gate = param(rngs, zeros, (e, f), PARAM_AXES['bi_gate'])
+      self.bo = param(rngs, zeros, (e, d), ('expert', 'embed'))
     # The router's own arrays, as its spec declares them (RNG draws in
     # declaration order, after the experts': the order fixes the init).
     for extra in config.extra_params:
@@ -66,7 +82,7 @@ class MoELayer(nnx.Module):
       fs = config.num_shared_experts * f
       dense = scaled_init(config.init_scale)
       self.shared_wi = param(rngs, dense, (d, fs), ('embed', 'mlp'))
-      if config.expert_type == 'swiglu':
+      if is_gated(config.expert_type):
         self.shared_wi_gate = param(rngs, dense, (d, fs), ('embed', 'mlp'))
       self.shared_wo = param(rngs, dense, (fs, d), ('mlp', 'embed'))
       if config.shared_expert_gate:
@@ -75,11 +91,12 @@ class MoELayer(nnx.Module):
 
   def params(self) -> dict[str, jax.Array]:
     names = ['router_kernel', 'wi', 'wo']
-    if self.config.expert_type == 'swiglu':
+    if is_gated(self.config.expert_type):
       names.append('wi_gate')
+    names += _bias_names(self.config)
     if self.config.num_shared_experts:
       names += ['shared_wi', 'shared_wo']
-      if self.config.expert_type == 'swiglu':
+      if is_gated(self.config.expert_type):
         names.append('shared_wi_gate')
       if self.config.shared_expert_gate:
         names.append('shared_gate')

@@ -1,5 +1,5 @@
 """Causal self-attention (multi-head or grouped-query) with optional rotary
-positions, sliding window and QK-norm."""
+positions, sliding window, QK-norm, attention sinks and biases."""
 
 from __future__ import annotations
 
@@ -45,6 +45,21 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0,
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
+def softmax_with_sinks(scores: jax.Array, sinks: jax.Array | None):
+  """softmax over the last axis of float32 scores, with a sink logit.
+
+  A sink (gpt-oss; Xiao et al. 2023's attention sinks, learned) is one more
+  logit per head in the softmax's denominator that has no value: the
+  weights over the real keys sum to 1 / (1 + e^{s - logsumexp(scores)}) < 1,
+  so a head can attend to nothing. sinks: None (plain softmax), or float
+  logits broadcastable to scores[..., :1] (one per head).
+  """
+  if sinks is None:
+    return jax.nn.softmax(scores, axis=-1)
+  sink = jnp.broadcast_to(sinks.astype(scores.dtype), scores[..., :1].shape)
+  return jax.nn.softmax(jnp.concatenate([scores, sink], -1), axis=-1)[..., :-1]
+
+
 class CausalSelfAttention(nnx.Module):
   """Attention where position i attends to positions <= i.
 
@@ -55,7 +70,9 @@ class CausalSelfAttention(nnx.Module):
 
   head_dim: Dh when it is not D / H (Qwen3); qk_norm: None, 'per_head' or
   'all_heads' (models/norm.py), with ε = norm_eps; rope_scaling: YaRN
-  (models/yarn.py) or None.
+  (models/yarn.py) or None. sinks: a learned logit per head in the softmax
+  (softmax_with_sinks; gpt-oss); out_bias: a bias on the output projection
+  (gpt-oss, with qkv_bias).
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope: bool,
@@ -63,7 +80,8 @@ class CausalSelfAttention(nnx.Module):
                num_kv_heads: int | None = None, rope_theta: float = 10000.0,
                qkv_bias: bool = False, sliding_window: int | None = None,
                head_dim: int | None = None, qk_norm: str | None = None,
-               norm_eps: float = 1e-6, rope_scaling: YarnConfig | None = None):
+               norm_eps: float = 1e-6, rope_scaling: YarnConfig | None = None,
+               sinks: bool = False, out_bias: bool = False):
     h, dh = num_heads, head_dim or d_model // num_heads
     hkv = num_kv_heads or num_heads
     # W: position i attends to j with i - W < j <= i (Mistral/Mixtral's
@@ -89,6 +107,13 @@ class CausalSelfAttention(nnx.Module):
     out_init = nnx.initializers.variance_scaling(
         init_scale, 'fan_in', 'truncated_normal', in_axis=(0, 1), out_axis=2)
     self.wo = param(rngs, out_init, (h, dh, d_model), ('heads', 'kv', 'embed'))
+    self.out_bias = out_bias
+    if out_bias:
+      self.bo = param(rngs, nnx.initializers.zeros, (d_model,), ('embed',))
+    # One logit per query head; 0 at init (as if one more key scored 0).
+    self.has_sinks = sinks
+    if sinks:
+      self.sinks = param(rngs, nnx.initializers.zeros, (h,), ('heads',))
     # RMSNorm of q and k after the projection, before RoPE (OLMoE: over all
     # heads at once; Qwen3: per head); models/norm.py.
     self.qk_norm = qk_norm
@@ -130,9 +155,16 @@ class CausalSelfAttention(nnx.Module):
                                  1 - self.sliding_window)
     # Softmax in float32: bf16 exponentials lose too much for long rows.
     scores = jnp.where(causal, scores.astype(jnp.float32), -1e30)
-    weights = jax.nn.softmax(scores, axis=-1).astype(dt)
+    sinks = self.sinks[...][:, None, None] if self.has_sinks else None
+    weights = softmax_with_sinks(scores, sinks).astype(dt)
     out = jnp.einsum('bhlm,bmhk->blhk', weights, v)
-    return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
+    return self._out(out)
+
+  def _out(self, out):
+    """Heads [B, L, H, Dh] -> [B, L, D] through wo (and its bias)."""
+    dt = self.dtype
+    y = jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
+    return y + self.bo[...].astype(dt) if self.out_bias else y
 
   def cached(self, x: jax.Array, positions: jax.Array, k_cache: jax.Array,
              v_cache: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -180,8 +212,8 @@ class CausalSelfAttention(nnx.Module):
           self.sliding_window)
     scores = jnp.where(visible[:, None, None], scores.astype(jnp.float32),
                        -1e30)
-    weights = jax.nn.softmax(scores, axis=-1).astype(dt)
+    sinks = (self.sinks[...].reshape(hkv, h // hkv)[:, :, None, None]
+             if self.has_sinks else None)  # Query head g·R + r's, as above.
+    weights = softmax_with_sinks(scores, sinks).astype(dt)
     out = jnp.einsum('bgrlm,bmgk->blgrk', weights, v_cache.astype(dt))
-    out = out.reshape(b, length, h, dh)
-    y = jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
-    return y, k_cache, v_cache
+    return self._out(out.reshape(b, length, h, dh)), k_cache, v_cache

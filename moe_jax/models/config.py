@@ -56,6 +56,14 @@ class ModelConfig:
       RoPE: 'per_head' (Qwen3: each head over its Dh, one [Dh] scale) or
       'all_heads' (OLMoE: the whole H·Dh projection, an [H, Dh] scale);
       None: no norm.
+    full_attention_every: with sliding_window, layers i with (i + 1) %
+      full_attention_every == 0 attend to the whole context and the others
+      through the window (gpt-oss: 2, windows in even layers; Hugging
+      Face's layer_types); 0: the window in every layer.
+    attention_sinks: a learned logit per head joins each softmax's
+      denominator and takes no value (gpt-oss; models/attention.py).
+    attn_out_bias: a bias on the attention output projection (gpt-oss,
+      whose q, k and v have biases too: qkv_bias).
     mla: multi-head latent attention (DeepSeek-V2/V3, models/mla.py) in
       place of the q/k/v attention: an MLAConfig, or a mapping of its
       fields; None: the usual attention.
@@ -84,6 +92,9 @@ class ModelConfig:
   sliding_window: int | None = None
   head_dim: int | None = None
   qk_norm: str | None = None
+  full_attention_every: int = 0
+  attention_sinks: bool = False
+  attn_out_bias: bool = False
   mla: Any = None
   rope_scaling: Any = None
 
@@ -108,6 +119,12 @@ class ModelConfig:
     if self.sliding_window is not None:
       check_positive('model.sliding_window', self.sliding_window,
                      fix='or leave it unset for full attention')
+    check_non_negative('model.full_attention_every', self.full_attention_every,
+                       fix='0 puts the window in every layer')
+    require(not self.full_attention_every or self.sliding_window is not None,
+            'model.full_attention_every', self.full_attention_every,
+            'come with model.sliding_window (the other layers\' window)',
+            fix='or set it to 0')
     self._check_architecture()
     self._check_mla()
     self._check_rope_scaling()
@@ -121,7 +138,8 @@ class ModelConfig:
             'model.num_kv_heads', kv,
             f'be a positive int dividing model.num_heads={self.num_heads} '
             '(or unset for multi-head)')
-    for name in ('tie_embeddings', 'qkv_bias'):
+    for name in ('tie_embeddings', 'qkv_bias', 'attention_sinks',
+                 'attn_out_bias'):
       check_bool(f'model.{name}', getattr(self, name))
     for name, example in (('norm_eps', '1e-5'), ('rope_theta', '10000.0')):
       value = getattr(self, name)
@@ -150,7 +168,10 @@ class ModelConfig:
                (self.qk_norm is not None, 'model.qk_norm (MLA norms its '
                 'latents instead; leave it unset)'),
                (self.head_dim is not None, 'model.head_dim (MLA sets its '
-                'widths in model.mla; leave it unset)')]
+                'widths in model.mla; leave it unset)'),
+               (self.attention_sinks or self.attn_out_bias,
+                'model.attention_sinks and model.attn_out_bias (not '
+                'modelled with MLA; leave them False)')]
     found = [text for bad, text in clashes if bad]
     if found:
       raise UserInputError(f'model.mla is set, which excludes {found[0]}.')
@@ -182,6 +203,11 @@ class ModelConfig:
   def is_moe_layer(self, i: int) -> bool:
     return (self.moe_every > 0 and i >= self.first_dense_layers and
             (i + 1) % self.moe_every == 0)
+
+  def layer_window(self, i: int) -> int | None:
+    """Layer i's sliding window W, or None where it attends to all."""
+    every = self.full_attention_every
+    return None if every and (i + 1) % every == 0 else self.sliding_window
 
   @property
   def kv_heads(self) -> int:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moe_jax.core.dispatch import ExpertInputs
-from moe_jax.core.experts import EXPERT_FNS
+from moe_jax.core.experts import EXPERT_FNS, is_gated
 from moe_jax.errors import UserInputError
 from moe_jax.layers.moe import MoELayer
 from moe_jax.layers.params import param, scaled_init
@@ -33,12 +33,12 @@ class DenseFFN(nnx.Module):
     self.dtype = dtype
     init = scaled_init(init_scale)
     self.wi = param(rngs, init, (d_model, d_ff), ('embed', 'mlp'))
-    if expert_type == 'swiglu':
+    if is_gated(expert_type):
       self.wi_gate = param(rngs, init, (d_model, d_ff), ('embed', 'mlp'))
     self.wo = param(rngs, init, (d_ff, d_model), ('mlp', 'embed'))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    names = ['wi', 'wo'] + (['wi_gate'] if self.expert_type == 'swiglu' else [])
+    names = ['wi', 'wo'] + (['wi_gate'] if is_gated(self.expert_type) else [])
     params = {n: getattr(self, n)[...][None] for n in names}  # E = 1
     flat = x.astype(self.dtype).reshape(1, -1, x.shape[-1])
     y = EXPERT_FNS[self.expert_type](params, ExpertInputs(flat))
@@ -61,9 +61,10 @@ class Block(nnx.Module):
           c.d_model, c.num_heads, rope=c.position == 'rope',
           init_scale=c.init_scale, rngs=rngs, dtype=dt,
           num_kv_heads=c.kv_heads, rope_theta=c.rope_theta,
-          qkv_bias=c.qkv_bias, sliding_window=c.sliding_window,
+          qkv_bias=c.qkv_bias, sliding_window=c.layer_window(layer),
           head_dim=c.head_width, qk_norm=c.qk_norm, norm_eps=c.norm_eps,
-          rope_scaling=c.rope_scaling)
+          rope_scaling=c.rope_scaling, sinks=c.attention_sinks,
+          out_bias=c.attn_out_bias)
     self.ffn_norm = RMSNorm(c.d_model, rngs=rngs, eps=c.norm_eps)
     self.is_moe = c.is_moe_layer(layer)
     if self.is_moe:

@@ -8,4 +8,5 @@ A new expert type is one function here and one EXPERT_FNS entry.
 """
 
 from moe_jax.core.experts.mlp import (EXPERT_FNS, EXPERT_TYPES, PARAM_AXES,
+                                      clamped_swiglu_mlp, is_gated,
                                       expert_matmul, gelu_mlp, swiglu_mlp)
