@@ -1,6 +1,7 @@
 """gpt-oss checkpoints without PyTorch: export -> import is bitwise, the
-interleaved expert layout by hand, config.json's fields, and one-line
-errors (quantized weights, YaRN, fields and tensors that do not fit).
+interleaved expert layout by hand, config.json's fields (YaRN included),
+and one-line
+errors (quantized weights, fields and tensors that do not fit).
 
 (The comparison against `transformers` itself is
 tests/test_convert_gpt_oss_hf_torch.py.)
@@ -18,6 +19,7 @@ from moe_jax.convert import hf_moe
 from moe_jax.core.config import MoEConfig
 from moe_jax.errors import UserInputError
 from moe_jax.models.config import ModelConfig
+from moe_jax.models.yarn import YarnConfig
 from tests.test_convert_hf import _params, mixtral_like
 
 
@@ -96,12 +98,45 @@ def test_config_json_fields(exported):
       hf, layer_types=['sliding_attention'] * n)).full_attention_every == 0
 
 
+# A small YaRN, as in the transformers test: L0 = 8, s = 4, no truncation.
+_YARN = YarnConfig(factor=4.0, original_max_len=8, truncate=False)
+
+
+def test_yarn_config_round_trip():
+  config = gpt_oss_like(rope_scaling=_YARN)
+  hf = hf_moe.config_to_hf(config)
+  rope = hf['rope_parameters']
+  assert (rope['rope_type'], rope['rope_theta'], rope['factor'],
+          rope['original_max_position_embeddings'], rope['truncate']) == (
+              'yarn', 5e5, 4.0, 8, False)
+  assert hf_moe.config_from_hf(hf) == config
+  # The released config.json's form: rope_theta beside rope_scaling.
+  released = {k: v for k, v in hf.items() if k != 'rope_parameters'}
+  released.update(rope_theta=5e5, rope_scaling={
+      k: v for k, v in rope.items() if k != 'rope_theta'})
+  assert hf_moe.config_from_hf(released) == config
+
+
+def test_absent_rope_parameters_is_transformers_yarn():
+  # GptOssConfig fills this YaRN in (tests/test_convert_gpt_oss_hf_torch.py
+  # checks it against transformers itself).
+  hf = hf_moe.config_to_hf(gpt_oss_like())
+  del hf['rope_parameters']
+  config = hf_moe.config_from_hf(hf)
+  assert config.rope_theta == 150000.0
+  assert config.rope_scaling == YarnConfig(
+      factor=32.0, original_max_len=4096, beta_fast=32.0, beta_slow=1.0,
+      truncate=False)
+  # And a model without YaRN writes rope_type 'default' explicitly.
+  assert hf_moe.config_to_hf(gpt_oss_like())['rope_parameters'] == {
+      'rope_theta': 5e5, 'rope_type': 'default'}
+
+
 @pytest.mark.parametrize('change,match', [
     ({'quantization_config': {'quant_method': 'mxfp4'}},
      "quantization_config \\(quant_method='mxfp4'\\)"),
-    ({'rope_parameters': {'rope_type': 'yarn', 'factor': 32.0}},
-     "RoPE scaling 'yarn' is not modelled"),
-    ({'rope_parameters': None}, 'no rope_parameters.*YaRN'),
+    ({'rope_parameters': {'rope_type': 'linear', 'factor': 2.0}},
+     "rope_scaling type 'linear' is not modelled"),
     ({'swiglu_limit': 10.0}, 'swiglu_limit=10.0 is not modelled'),
     ({'swiglu_alpha': 1.0}, 'swiglu_alpha=1.0 is not modelled'),
     ({'layer_types': ['full_attention', 'sliding_attention',
@@ -111,8 +146,6 @@ def test_config_json_fields(exported):
 def test_config_fields_we_cannot_honour_are_named(change, match):
   hf = hf_moe.config_to_hf(gpt_oss_like())
   hf.update(change)
-  if hf['rope_parameters'] is None:  # Absent, as in an old config.json.
-    del hf['rope_parameters']
   with pytest.raises(UserInputError, match=match) as e:
     hf_moe.config_from_hf(hf)
   assert '\n' not in str(e.value)

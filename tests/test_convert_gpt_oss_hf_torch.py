@@ -1,7 +1,8 @@
 """Against `transformers` itself: a tiny random gpt-oss (GptOssForCausalLM:
 sinks, q/k/v/o biases, a router bias, fused interleaved experts with
 biases, the clamped SwiGLU, windows in layers 0 and 2 and full attention in
-layer 1) imports and exports with the same float32 logits, and greedy
+layer 1) imports and exports with the same float32 logits, with the
+default rotary embedding and with YaRN (truncate=False), and greedy
 generation past the window equals transformers' generate. The family's
 defaults are GptOssConfig's.
 
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_jax.convert import hf_families, hf_moe
+from moe_jax.convert import hf_families, hf_gpt_oss, hf_moe
 from moe_jax.core.experts import mlp
 from moe_jax.generation import generate
 from tests import _hf_models
@@ -29,7 +30,15 @@ VOCAB, WINDOW, NEW = 64, 8, 12
 TOKENS = np.random.default_rng(0).integers(0, VOCAB, (2, 24))
 
 
-def _model():
+DEFAULT_ROPE = {'rope_type': 'default', 'rope_theta': 5e5}
+# A small YaRN: 24 tokens run 3x past its pretraining context of 8, so the
+# stretch and the attention factor both change the logits.
+YARN = {'rope_type': 'yarn', 'rope_theta': 5e5, 'factor': 4.0,
+        'original_max_position_embeddings': 8, 'beta_fast': 32.0,
+        'beta_slow': 1.0, 'truncate': False}
+
+
+def _model(rope=None):
   """The tiny model, seeded, with every bias, sink and norm drawn at random
   (transformers starts expert biases at 0 and norms at 1, where a misplaced
   one would not show) and gate_up_proj scaled so that the clamps bite."""
@@ -38,9 +47,8 @@ def _model():
       vocab_size=VOCAB, hidden_size=32, intermediate_size=24,
       num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
       head_dim=12, num_local_experts=4, num_experts_per_tok=2,
-      sliding_window=WINDOW, max_position_embeddings=64,
-      # No YaRN (not modelled yet): the default rotary embedding.
-      rope_parameters={'rope_type': 'default', 'rope_theta': 5e5},
+      sliding_window=WINDOW, max_position_embeddings=32,
+      rope_parameters=rope or DEFAULT_ROPE,
       initializer_range=0.1, rms_norm_eps=1e-5, eos_token_id=2)
   model = transformers.GptOssForCausalLM(config).eval()
   gen = torch.Generator().manual_seed(1)
@@ -100,7 +108,8 @@ def test_import_matches_transformers(saved):
   assert _clamped_share(saved.hf) > 0.01
 
 
-def test_export_matches_transformers(saved):
+def _exported(saved):
+  """transformers' model of our export of saved's checkpoint."""
   config, params = hf_moe.import_checkpoint(saved.path / 'hf')
   hf_moe.export_checkpoint(config, params, saved.path / 'back')
   back, info = transformers.GptOssForCausalLM.from_pretrained(
@@ -108,8 +117,31 @@ def test_export_matches_transformers(saved):
   assert not any(info[k] for k in ('missing_keys', 'unexpected_keys',
                                    'mismatched_keys')), info
   assert back.config.layer_types == saved.hf.config.layer_types
-  _close(_hf_models.logits(torch, back.eval(), TOKENS), saved.ours,
+  return back.eval()
+
+
+def test_export_matches_transformers(saved):
+  _close(_hf_models.logits(torch, _exported(saved), TOKENS), saved.ours,
          'gpt-oss ours -> HF')
+
+
+def test_yarn_both_ways_matches_transformers(tmp_path):
+  hf = _model(YARN)
+  hf.save_pretrained(tmp_path / 'hf')
+  model = hf_moe.load_model(tmp_path / 'hf')
+  assert model.config.rope_scaling.truncate is False
+  ref = _hf_models.logits(torch, hf, TOKENS)
+  _close(model(jnp.asarray(TOKENS))[0], ref, 'gpt-oss YaRN HF -> ours')
+  back = _exported(types.SimpleNamespace(hf=hf, path=tmp_path))
+  # rope_to_hf also writes the legacy 'type' key, which transformers keeps.
+  drop_type = lambda d: {k: v for k, v in d.items() if k != 'type'}
+  assert (drop_type(back.config.rope_parameters) ==
+          drop_type(hf.config.rope_parameters))
+  _close(_hf_models.logits(torch, back, TOKENS), ref,
+         'gpt-oss YaRN ours -> HF')
+  # Not a degenerate test: YaRN moves the logits well past the tolerance.
+  plain = _hf_models.logits(torch, _model(), TOKENS)
+  assert np.abs(plain - ref).max() / np.abs(ref).max() > 1e-2
 
 
 def _hf_greedy(model, prompt):
@@ -139,6 +171,6 @@ def test_defaults_for_absent_keys_are_transformers_defaults():
     theirs = (transformers.GptOssConfig.default_theta if key == 'rope_theta'
               else fields[key])
     assert ours == theirs, (key, ours, theirs)
-  # An absent rope_parameters is YaRN to transformers (refused by us).
-  assert transformers.GptOssConfig(
-      num_hidden_layers=1).rope_parameters['rope_type'] == 'yarn'
+  # An absent rope_parameters is YaRN to transformers, and to us.
+  rope = transformers.GptOssConfig(num_hidden_layers=1).rope_parameters
+  assert rope == {**hf_gpt_oss.YARN_DEFAULTS, 'rope_theta': 150000.0}

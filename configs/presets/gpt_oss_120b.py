@@ -13,13 +13,13 @@ Published figures:
   - Shape and constants: transformers 5.23's GptOssConfig, whose defaults
     are this model (intermediate_size 2880, RMSNorm ε 1e-5, RoPE θ 150000,
     attention_bias true, swiglu_alpha 1.702, swiglu_limit 7.0, untied
-    embeddings, layer_types sliding in even layers).
+    embeddings, layer_types sliding in even layers, rope_scaling YaRN with
+    factor 32 over 4096 positions, β 32 / 1, truncate false).
   moe_jax counts 116.83B total and 5.71B active; the model card's active
   count leaves out the input embedding (a lookup, V·D = 0.58B), and
   5.71B - 0.58B = 5.13B (tests/test_models_presets.py).
-Left out: YaRN RoPE scaling (factor 32 over 4096 positions for 131,072):
-  RoPE here is unscaled, right for contexts up to 4096. The released
-  weights are MXFP4 (the converter refuses them; dequantize first). Routing:
+Left out: nothing that holds parameters (YaRN, factor 32 over 4096
+  positions, is model.rope_scaling and adds none). The released weights are MXFP4 (the converter refuses them; dequantize first). Routing:
   softmax over the top-4 router logits is router='topk' (renormalize);
   gpt-oss trains dropless (add --config.moe.dispatcher=dropless to match).
 Tiny variant (same pattern: 64 experts, top-4, 16 heads / 2 kv heads): :tiny

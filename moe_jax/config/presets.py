@@ -29,7 +29,10 @@ GPT_OSS_MODEL = dict(
     vocab_size=201088, d_model=2880, num_heads=64, num_kv_heads=8,
     head_dim=64, d_ff=2880, moe_every=1, norm_eps=1e-5, rope_theta=150000.0,
     qkv_bias=True, attn_out_bias=True, attention_sinks=True,
-    sliding_window=128, full_attention_every=2)
+    sliding_window=128, full_attention_every=2,
+    # The released YaRN (config.json rope_scaling; GptOssConfig's default).
+    rope_scaling=dict(factor=32.0, original_max_len=4096, beta_fast=32.0,
+                      beta_slow=1.0, truncate=False))
 GPT_OSS_MOE = dict(top_k=4, router='topk', expert_type='swiglu_clamped',
                    d_ff=2880, use_bias=True)
 

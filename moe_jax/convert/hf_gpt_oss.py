@@ -21,9 +21,13 @@ modeling_gpt_oss.py by tests/test_convert_gpt_oss_hf_torch.py, both ways):
   wo and bo (moe.use_bias). The activation is the clamped SwiGLU
   (expert_type='swiglu_clamped', α = 1.702, limit 7).
 
-Refused with one line naming the field: RoPE scaling (the released
-checkpoints use YaRN, and a config.json without rope_parameters means
-YaRN to transformers), a swiglu_alpha or swiglu_limit other than the
+RoPE: YaRN (model.rope_scaling, truncate=False in the released
+checkpoints) or the default rotary embedding, read and written as
+rope_parameters; a config.json without rope_parameters is YaRN with
+GptOssConfig's defaults (YARN_DEFAULTS), as transformers reads it.
+
+Refused with one line naming the field: a RoPE scaling other than YaRN,
+a swiglu_alpha or swiglu_limit other than the
 modelled ones, and a layer_types list that is not "full every n-th layer,
 windows elsewhere". MXFP4-quantized experts (`*_blocks`, `*_scales`, as
 OpenAI released them; hf_moe.py refuses them for every family) must be
@@ -37,7 +41,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from moe_jax.convert.hf_families import (GPT_OSS, Family, Reader,
-                                         refuse_export)
+                                         read_rope, refuse_export,
+                                         rope_to_hf)
 from moe_jax.core.config import MoEConfig
 from moe_jax.core.experts import mlp
 from moe_jax.core.routing import topk
@@ -47,6 +52,11 @@ from moe_jax.models.config import ModelConfig
 SLIDING, FULL = 'sliding_attention', 'full_attention'
 # Our halves of a fused, interleaved tensor: column parity per parameter.
 INTERLEAVED = {'even': 0, 'odd': 1}
+# What transformers 5.23's GptOssConfig fills in for a config.json without
+# rope_parameters (θ from its default_theta, 150000): the released YaRN.
+YARN_DEFAULTS = {'rope_type': 'yarn', 'factor': 32.0, 'beta_fast': 32.0,
+                 'beta_slow': 1.0, 'truncate': False,
+                 'original_max_position_embeddings': 4096}
 
 
 def _pattern(num_layers: int, every: int) -> list[str]:
@@ -74,22 +84,20 @@ def _windows(get: Reader) -> tuple[int | None, int]:
   return get('sliding_window'), every
 
 
-def _rope_theta(hf: Mapping[str, Any], family: Family) -> float:
-  params = hf.get('rope_parameters') or hf.get('rope_scaling')
-  if params is None:
-    raise UserInputError(
-        'config.json has no rope_parameters, which transformers reads as '
-        "gpt-oss's YaRN scaling; YaRN is not modelled yet (write "
-        "rope_parameters={'rope_type': 'default', 'rope_theta': ...} for "
-        'short contexts).')
-  kind = params.get('rope_type') or params.get('type') or 'default'
-  if kind != 'default':
-    raise UserInputError(
-        f'config.json RoPE scaling {kind!r} is not modelled yet; only the '
-        'default rotary embedding imports (rope_type "default" for short '
-        'contexts).')
-  return float(params.get('rope_theta', hf.get(
-      'rope_theta', family.defaults['rope_theta'])))
+def _rope(hf: Mapping[str, Any], family: Family):
+  """(θ, YaRN or None); an absent rope_parameters is YaRN_DEFAULTS, as in
+  transformers, and a scaling other than YaRN is refused in one line."""
+  if not (hf.get('rope_parameters') or hf.get('rope_scaling')):
+    hf = {**hf, 'rope_parameters': YARN_DEFAULTS}
+  return read_rope(hf, family.defaults['rope_theta'])
+
+
+def _rope_to_hf(config: ModelConfig) -> dict[str, Any]:
+  """rope_parameters always: without it transformers assumes YaRN."""
+  hf = rope_to_hf(config)
+  return {'rope_parameters': {
+      'rope_theta': hf['rope_theta'],
+      **hf.get('rope_scaling', {'rope_type': 'default'})}}
 
 
 def config_from_hf(hf: Mapping[str, Any], family: Family,
@@ -102,6 +110,7 @@ def config_from_hf(hf: Mapping[str, Any], family: Family,
       raise UserInputError(f'config.json {key}={get(key)} is not modelled; '
                            f'the clamped SwiGLU uses {ours}.')
   window, every = _windows(get)
+  theta, rope_scaling = _rope(hf, family)
   moe = dict(
       num_experts=get.num_experts(), top_k=get('num_experts_per_tok'),
       router=topk.SPEC.name, router_options=topk.Options(renormalize=True),
@@ -121,7 +130,7 @@ def config_from_hf(hf: Mapping[str, Any], family: Family,
       d_ff=get(family.expert_width_key),
       max_len=get('max_position_embeddings'), position='rope', moe_every=1,
       norm_eps=float(get('rms_norm_eps')),
-      rope_theta=_rope_theta(hf, family),
+      rope_theta=theta, rope_scaling=rope_scaling,
       tie_embeddings=bool(get('tie_word_embeddings')), qkv_bias=bias,
       attn_out_bias=bias, attention_sinks=True, sliding_window=window,
       full_attention_every=every,
@@ -148,9 +157,7 @@ def family_for(config: ModelConfig) -> Family:
       (m.num_shared_experts or m.num_null_experts, 'shared or null experts '
        '(gpt-oss has neither)'),
       (c.qk_norm is not None, f'model.qk_norm={c.qk_norm!r} (gpt-oss has '
-       'none)'),
-      (c.rope_scaling is not None, 'model.rope_scaling (YaRN is not yet '
-       'read or written for gpt-oss)')]
+       'none)')]
   refuse_export(GPT_OSS.architecture, problems)
   return GPT_OSS
 
@@ -171,7 +178,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       'sliding_window': c.sliding_window or c.max_len,
       'layer_types': _pattern(c.num_layers, every),
       'max_position_embeddings': c.max_len, 'rms_norm_eps': c.norm_eps,
-      'rope_parameters': {'rope_type': 'default', 'rope_theta': c.rope_theta},
+      **_rope_to_hf(c),
       'tie_word_embeddings': c.tie_embeddings, 'attention_bias': c.qkv_bias,
       'router_aux_loss_coef': m.load_balance_weight,
       'swiglu_alpha': mlp.CLAMP_ALPHA, 'swiglu_limit': mlp.CLAMP_LIMIT,
