@@ -26,7 +26,7 @@ Tiny variant (same pattern: MLA without a query latent, YaRN, dense layer 0,
   2 shared + 64 routed, top-6): :tiny
 """
 
-from moe_jax.config.presets import get_preset
+from moe_jax.config.presets import deepseek_mla, deepseek_yarn, get_preset
 
 
 def get_config(arg: str | None = None):
@@ -34,12 +34,8 @@ def get_config(arg: str | None = None):
       model=dict(vocab_size=102400, d_model=2048, num_layers=27, num_heads=16,
                  d_ff=10944, moe_every=1, first_dense_layers=1,
                  norm_eps=1e-6, rope_theta=1e4,
-                 mla=dict(kv_lora_rank=512, qk_nope_head_dim=128,
-                          qk_rope_head_dim=64, v_head_dim=128,
-                          q_lora_rank=None),
-                 rope_scaling=dict(factor=40.0, original_max_len=4096,
-                                   beta_fast=32.0, beta_slow=1.0,
-                                   mscale=0.707, mscale_all_dim=0.707)),
+                 mla=deepseek_mla(q_lora_rank=None),
+                 rope_scaling=deepseek_yarn(mscale=0.707)),
       moe=dict(num_experts=64, top_k=6, router='deepseek',
                expert_type='swiglu', d_ff=1408, num_shared_experts=2,
                router_options=dict(deepseek=dict(

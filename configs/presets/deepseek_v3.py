@@ -32,7 +32,7 @@ Tiny variant (same pattern: MLA with a query latent, YaRN, 3 dense layers,
   1 shared + 64 routed in 8 groups, top-8): :tiny
 """
 
-from moe_jax.config.presets import get_preset
+from moe_jax.config.presets import deepseek_mla, deepseek_yarn, get_preset
 
 
 def get_config(arg: str | None = None):
@@ -40,12 +40,8 @@ def get_config(arg: str | None = None):
       model=dict(vocab_size=129280, d_model=7168, num_layers=61, num_heads=128,
                  d_ff=18432, moe_every=1, first_dense_layers=3,
                  norm_eps=1e-6, rope_theta=1e4,
-                 mla=dict(kv_lora_rank=512, qk_nope_head_dim=128,
-                          qk_rope_head_dim=64, v_head_dim=128,
-                          q_lora_rank=1536),
-                 rope_scaling=dict(factor=40.0, original_max_len=4096,
-                                   beta_fast=32.0, beta_slow=1.0,
-                                   mscale=1.0, mscale_all_dim=1.0)),
+                 mla=deepseek_mla(q_lora_rank=1536),
+                 rope_scaling=deepseek_yarn(mscale=1.0)),
       moe=dict(num_experts=256, top_k=8, router='deepseek',
                expert_type='swiglu', d_ff=2048, num_shared_experts=1,
                router_options=dict(deepseek=dict(

@@ -37,6 +37,18 @@ GPT_OSS_MOE = dict(top_k=4, router='topk', expert_type='swiglu_clamped',
                    d_ff=2880, use_bias=True)
 
 
+# DeepSeek-V2/V3's latent attention widths and YaRN settings, which both
+# DeepSeek presets share (configs/presets/deepseek_*.py cite them); V2-Lite
+# has no query latent, and the two differ in YaRN's mscale.
+def deepseek_mla(q_lora_rank: int | None) -> dict:
+  return dict(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+              v_head_dim=128, q_lora_rank=q_lora_rank)
+
+
+def deepseek_yarn(mscale: float) -> dict:
+  return dict(factor=40.0, original_max_len=4096, beta_fast=32.0,
+              beta_slow=1.0, mscale=mscale, mscale_all_dim=mscale)
+
 def preset_config(model: dict, moe: dict) -> ml_collections.ConfigDict:
   """The default config with these model.* and moe.* fields set.
 
