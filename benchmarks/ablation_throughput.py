@@ -8,10 +8,12 @@ fresh process and results folder, and times the whole command:
 
   * threads: one run at a time, XLA:CPU's default threading (how the
     ablations ran until 2026-12);
-  * jobs2: two runs at a time (--jobs 2), one single-threaded process each
-    (what experiments/scheduler.py does now);
-  * jobs1: one run at a time, single-threaded: the same numbers as jobs2
-    are expected, bit for bit, since each run computes alone on one thread.
+  * jobs2_unpinned: two runs at a time (--jobs 2 --unpinned), one
+    single-threaded process each, free to use every CPU (2026-12-01 to -06);
+  * jobs2: the same, each process pinned to one CPU before jax starts (what
+    experiments/scheduler.py does since 2026-12-06);
+  * jobs1: one pinned run at a time: the same numbers as jobs2 are
+    expected, bit for bit, since each run computes alone on one CPU.
 
 Prints a table and writes JSON. Run it on an otherwise idle machine.
 """
@@ -30,23 +32,25 @@ import time
 from benchmarks import common
 from experiments import scheduler
 
+# mode: (XLA_FLAGS, --jobs, pinned). An empty XLA_FLAGS: the default threading.
 MODES = {
-    'threads': ('', 1),  # An empty XLA_FLAGS: the default threading.
-    'jobs2': (scheduler.RUN_XLA_FLAGS, 2),
-    'jobs1': (scheduler.RUN_XLA_FLAGS, 1),
+    'threads': ('', 1, False),
+    'jobs2_unpinned': (scheduler.RUN_XLA_FLAGS, 2, False),
+    'jobs2': (scheduler.RUN_XLA_FLAGS, 2, True),
+    'jobs1': (scheduler.RUN_XLA_FLAGS, 1, True),
 }
 COMPARED = ('eval_loss', 'eval_bits_per_byte', 'eval_max_violation')
 
 
 def run_mode(mode: str, steps: int, seeds: int, out: pathlib.Path) -> dict:
-  flags, jobs = MODES[mode]
+  flags, jobs, pinned = MODES[mode]
   env = dict(os.environ, XLA_FLAGS=flags,
              # No compilation cache: every mode compiles, as a fresh run does.
              JAX_COMPILATION_CACHE_DIR=str(out / 'xla_cache'))
   command = [sys.executable, '-m', 'experiments.run', 'regime',
              '--variants', 'dense,switch_top1', '--seeds', str(seeds),
              '--steps', str(steps), '--jobs', str(jobs), '--fresh',
-             '--out', str(out / mode)]
+             '--out', str(out / mode)] + ([] if pinned else ['--unpinned'])
   start = time.perf_counter()
   subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
   wall = time.perf_counter() - start
@@ -54,6 +58,7 @@ def run_mode(mode: str, steps: int, seeds: int, out: pathlib.Path) -> dict:
     rows = list(csv.DictReader(f))
   tokens = sum(int(r['steps']) for r in rows) * 16 * 128
   return {'mode': mode, 'xla_flags': flags or '(default)', 'jobs': jobs,
+          'pinned': pinned,
           'runs': len(rows), 'wall_s': round(wall, 1),
           'tokens_per_wall_s': round(tokens / wall),
           'rows': {f'{r["variant"]}/{r["seed"]}': {c: r[c] for c in COMPARED}
@@ -64,7 +69,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--steps', type=int, default=1000)
   parser.add_argument('--seeds', type=int, default=2)
-  parser.add_argument('--modes', default='threads,jobs2,jobs1')
+  parser.add_argument('--modes', default='threads,jobs2_unpinned,jobs2,jobs1')
   parser.add_argument('--out', default=common.default_out(
       'ablation_throughput'))
   args = parser.parse_args()
@@ -75,13 +80,14 @@ def main() -> None:
   base = results[0]['tokens_per_wall_s']
   for r in results:
     r['speedup'] = round(r['tokens_per_wall_s'] / base, 2)
-  common.print_table(results, ['mode', 'xla_flags', 'jobs', 'runs', 'wall_s',
-                               'tokens_per_wall_s', 'speedup'])
+  common.print_table(results, ['mode', 'xla_flags', 'jobs', 'pinned', 'runs',
+                               'wall_s', 'tokens_per_wall_s', 'speedup'])
   by_mode = {r['mode']: r['rows'] for r in results}
-  if 'jobs1' in by_mode and 'jobs2' in by_mode:
-    same = by_mode['jobs1'] == by_mode['jobs2']
-    print(f'jobs1 and jobs2 metrics bit-identical ({", ".join(COMPARED)} of '
-          f'every run): {same}')
+  # jobs1 = jobs2 is expected; pinned against unpinned is not (scheduler.py).
+  for a, b in (('jobs1', 'jobs2'), ('jobs2', 'jobs2_unpinned')):
+    if a in by_mode and b in by_mode:
+      print(f'{a} and {b} metrics bit-identical ({", ".join(COMPARED)} of '
+            f'every run): {by_mode[a] == by_mode[b]}')
   common.write_json(args.out, {
       'steps': args.steps, 'seeds': args.seeds, 'results': results,
       'environment': common.environment(),

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from experiments import scheduler
 from experiments.run_hash import (config_hash, legacy_config_hash,
                                   record_defaults)
 from experiments.run_store import read_csv
@@ -83,6 +84,9 @@ def train_run(ab, variant: str, seed: int, config,
       # XLA:CPU's threading sets the matmuls' summation order, so a run is
       # bit-reproducible only with the same flags (experiments/README.md).
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      # So does the CPU count the process saw when jax started
+      # (experiments/scheduler.py): 1 for a pinned run.
+      'cpus': scheduler.process_cpus(),
       'expert_fraction': json.dumps(
           [[round(x, 4) for x in f] for f in fractions]),
   }
@@ -112,24 +116,28 @@ def extra_evals(ab, config, workdir: pathlib.Path) -> dict:
   return row
 
 
-def find_finished(results_root: pathlib.Path, config,
-                  exclude: pathlib.Path) -> tuple[dict, list[dict],
-                                                  pathlib.Path] | None:
+def find_finished(results_root: pathlib.Path, config, exclude: pathlib.Path,
+                  cpus: int) -> tuple[dict, list[dict], pathlib.Path] | None:
   """A finished run with this exact config in another ablation's results.
 
   Ablations share runs (switch_top1 at the regime is also α = 1e-2, c_z =
   1e-3, E = 8 and train cf 1.25); the config hash covers every field, steps
-  and seed included, so a match is the same computation.
+  and seed included; with the same XLA flags and `cpus` (the CPU count the
+  run would train with), a match is the same computation.
 
   Returns:
     (its runs.csv row, its curves, its workdir) or None.
   """
   hashes = (config_hash(config), legacy_config_hash(config))
+  # The same computation also needs the same threading (scheduler.py): a
+  # row without a CPU count was made unpinned, before 2026-12-06.
+  threading = (os.environ.get('XLA_FLAGS', ''), cpus)
   for csv_path in sorted(pathlib.Path(results_root).glob('*/runs.csv')):
     if csv_path.parent.resolve() == pathlib.Path(exclude).resolve():
       continue
     for r in read_csv(csv_path):
-      if r.get('config_hash') in hashes and r.get('status') == 'ok':
+      if (r.get('config_hash') in hashes and r.get('status') == 'ok'
+          and (r.get('xla_flags', ''), r.get('cpus')) == threading):
         curves = [c for c in read_csv(csv_path.parent / 'curves.csv')
                   if c['variant'] == r['variant'] and c['seed'] == r['seed']]
         workdir = (csv_path.parent / 'workdirs' / r['variant'] /

@@ -176,6 +176,19 @@ def _environment() -> str:
           f'Python {m["python"]}, jax {m["jax"]} on {m["backend"]}')
 
 
+def _cpus_note(rows) -> str:
+  """How many CPUs each run could use (experiments/scheduler.py)."""
+  counts = sorted({int(r['cpus']) for r in rows if isinstance(
+      r.get('cpus'), (int, float)) and r['cpus'] == r['cpus']})
+  unknown = sum(1 for r in rows if not isinstance(r.get('cpus'), (int, float))
+                or r['cpus'] != r['cpus'])
+  parts = [f'{c} CPU(s) per run' + (' (pinned)' if c == 1 else '')
+           for c in counts]
+  if unknown:
+    parts.append(f'{unknown} runs unpinned (made before 2026-12-06)')
+  return ', '.join(parts) or 'no runs'
+
+
 def _distinct(rows, column: str) -> list[str]:
   seen = []
   for r in rows:
@@ -222,7 +235,7 @@ def write(ab, rows, curves, out: pathlib.Path) -> None:
               '(not recorded: rows made before 2026-12-05)') + '  ',
       f'Machine: {_environment()}; XLA_FLAGS of the runs: '
       + (', '.join(f'`{f}`' for f in _distinct(rows, 'xla_flags')) or
-         'none recorded') + '  ',
+         'none recorded') + '; ' + _cpus_note(rows) + '  ',
       f'Written: {datetime.date.today().isoformat()}; {len(rows)} runs, '
       f'steps {steps}, seeds {seeds}.', '',
       setup_line(ab, rows), '']

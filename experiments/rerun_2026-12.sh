@@ -11,27 +11,31 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PYTHON:-python}
 run() { $P -m experiments.run "$@" --jobs 2; }
+# The steps up to the long regime ran before runs were pinned to one CPU
+# each (experiments/scheduler.py, 2026-12-06): they resume unpinned, as made.
+old() { run "$@" --unpinned; }
 
-run regime --seeds 5
-run regime --variants dense,switch_top1 --seeds 5 --data-seed 0 \
+old regime --seeds 5
+old regime --variants dense,switch_top1 --seeds 5 --data-seed 0 \
   --out experiments/results/seed_sources_init
-run regime --variants dense,switch_top1 --seeds 5 --init-seed 0 \
+old regime --variants dense,switch_top1 --seeds 5 --init-seed 0 \
   --out experiments/results/seed_sources_data
 # The other-text check (issue 24): the short regime's claims on a corpus that
 # is not code. Tests and this check may read ../shared; nothing else needs it.
-run regime --seeds 5 --config.data.kind=text \
+old regime --seeds 5 --config.data.kind=text \
   --config.data.path=../shared/data/tinyshakespeare.txt \
   --out experiments/results/regime_shakespeare
 # The short top-1 vs top-2 ablation next: its claims were 0.05 apart in the
 # pilot, so it can decide them in about 1.5 core-hours.
-run top1_vs_top2
+old top1_vs_top2
 # The long regime (about 8 core-hours): it resumes from its checkpoints.
-run regime_long --seeds 6
+old regime_long --seeds 6
 # The six older ablations in the short regime next (about 2 hours of the
 # machine; most of their verdicts were inconclusive), then the long
 # top-1 vs top-2 runs (about 9 core-hours for the cf 1.25 and FLOP-matched
-# variants; dense is copied from regime_long). The fifth session moved the
-# short reruns ahead of the long top-1 vs top-2 runs.
+# variants). The fifth session moved the short reruns ahead of the long
+# top-1 vs top-2 runs; from here on every run is pinned to one CPU, so
+# regime_long's dense runs are retrained for top1_vs_top2_long, not copied.
 for ablation in capacity aux_weight z_loss num_experts routing_schemes \
     upcycling; do
   run "$ablation"

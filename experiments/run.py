@@ -2,7 +2,7 @@
 
   python -m experiments.run <ablation> [--seeds 3] [--steps N] [--quick]
       [--jobs J] [--init-seed K | --data-seed K] [--out DIR]
-      [--variants a,b] [--report-only] [--fresh]
+      [--variants a,b] [--report-only] [--fresh] [--unpinned]
       [--config.<field>=<value> ...]
 
 <ablation> is a file experiments/<ablation>.py defining ABLATION. The
@@ -11,9 +11,12 @@
 experiments/results/<ablation>/ (…-quick/ for --quick): runs.csv,
 curves.csv, summary.md and PNG plots; each run trains in its own workdir
 under workdirs/. --jobs J trains J runs at a time, each in its own
-single-threaded process (experiments/scheduler.py); the numbers do not
-depend on J. A rerun skips runs already in runs.csv and resumes an
-interrupted one from its checkpoint. A run with the same config as one in
+single-threaded process pinned to one CPU (experiments/scheduler.py); the
+numbers depend on neither J nor the machine's core count. --unpinned leaves
+the CPUs free, as the runs made before 2026-12-06 were (their rows have no
+`cpus` column; on the 2-core machine they reproduce with --unpinned). A
+rerun skips runs already in runs.csv and resumes an interrupted one from its
+checkpoint. A run with the same config, XLA flags and CPU count as one in
 another ablation's results is copied from there, unless --fresh (which,
 with --out to a new folder, retrains everything from scratch).
 """
@@ -72,6 +75,10 @@ def parse_args(argv):
                       help='comma-separated subset of variants to run now')
   parser.add_argument('--report-only', action='store_true',
                       help='only rebuild summary.md and plots from runs.csv')
+  parser.add_argument('--unpinned', action='store_true',
+                      help='do not pin each run to one CPU (how runs were '
+                      'made before 2026-12-06; the numbers then depend on '
+                      "the machine's core count)")
   parser.add_argument('--fresh', action='store_true',
                       help="train every run; copy none from other ablations' "
                       'results (a from-scratch rerun; pair it with --out)')
@@ -115,15 +122,19 @@ def plan_runs(ab: Ablation, *, seeds: Seeds, steps: int, out: pathlib.Path,
 def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
                  out: pathlib.Path, overrides: dict, command: str,
                  only: list[str] | None = None, reuse: bool = True,
-                 jobs: int = 1) -> list[dict]:
+                 jobs: int = 1, pin: bool = False) -> list[dict]:
   """Trains what runs.csv lacks (of `only`'s variants, if given); returns all
   rows. Rebuilds the report. With reuse, a run that another ablation's
-  results already hold (same config hash) is copied, not retrained."""
+  results already hold (same config hash, XLA flags and CPU count) is
+  copied, not retrained. pin: every run trains in a worker process pinned
+  to one CPU, also at jobs = 1 (scheduler.run_all)."""
   store = run_store.RunStore(out)
   plan = plan_runs(ab, seeds=seeds, steps=steps, out=out, overrides=overrides)
   configs = {(r.variant, r.seed): r.config(ab) for r in plan}
   for (name, s), c in configs.items():
     store.check_same_config(name, s, c)  # Before training anything.
+  cpus = 1 if pin else scheduler.process_cpus()
+  store.check_same_cpus(cpus, pin)
   store.save()  # Keeps rows relabelled from the legacy hash.
   for name in only or ():
     ab.variant(name)  # An unknown name raises KeyError: one error line.
@@ -146,7 +157,8 @@ def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
   to_train = []
   for spec in todo:
     config = configs[spec.variant, spec.seed]
-    found = records.find_finished(RESULTS, config, out) if reuse else None
+    found = records.find_finished(RESULTS, config, out,
+                                  cpus) if reuse else None
     try:
       if found is None:
         raise FileNotFoundError
@@ -161,9 +173,10 @@ def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
   if ab.init_run is not None and to_train:
     # Each seed's init run first, so that no two workers train the same one.
     firsts = list({spec.seed: spec for spec in to_train}.values())
-    for _ in scheduler.run_all(scheduler.train_init_run, firsts, jobs, ab):
+    for _ in scheduler.run_all(scheduler.train_init_run, firsts, jobs, ab,
+                               pin):
       pass
-  runs = scheduler.run_all(scheduler.train, to_train, jobs, ab)
+  runs = scheduler.run_all(scheduler.train, to_train, jobs, ab, pin)
   for i, (spec, (row, curves)) in enumerate(runs):
     row['command'] = command
     store.add(row, curves)
@@ -180,14 +193,18 @@ def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
   return rows
 
 
-def _cache_compilations() -> None:
+def _cache_compilations(cpus: int) -> None:
   """Seeds of one variant compile the same programs: compile them once.
 
   JAX's persistent cache only skips recompiling; results are unchanged. Set
   here and in the environment, which worker processes read when they start.
+  One folder per CPU count (cpus: what each run may use): XLA:CPU's
+  programs for 1 and 2 CPUs differ (scheduler.py) and the cache's key does
+  not say so.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  options = {'jax_compilation_cache_dir': str(RESULTS / '.xla_cache'),
+  options = {'jax_compilation_cache_dir': str(RESULTS / '.xla_cache' /
+                                              f'cpus{cpus}'),
              'jax_persistent_cache_min_compile_time_secs': 0.5}
   for name, value in options.items():
     os.environ.setdefault(name.upper(), str(value))
@@ -242,11 +259,12 @@ def main(argv=None) -> int:
               overrides=overrides)[0].config(ab)  # A bad override fails here,
     # before this process's environment and jax settings are touched.
     scheduler.use_run_flags()  # Before jax starts, here and in the workers.
-    _cache_compilations()
+    pin = not args.unpinned
+    _cache_compilations(1 if pin else scheduler.process_cpus())
     run_ablation(ab, seeds=seeds, steps=steps, out=out, overrides=overrides,
                  command='python -m experiments.run ' + ' '.join(argv),
                  only=args.variants.split(',') if args.variants else None,
-                 reuse=not args.fresh, jobs=jobs)
+                 reuse=not args.fresh, jobs=jobs, pin=pin)
   except (UserInputError, KeyError) as e:
     # A KeyError's str() is its message in quotes.
     message = str(e).strip(chr(39)) if isinstance(e, KeyError) else str(e)

@@ -59,6 +59,26 @@ class RunStore:
         'config (other steps or overrides); pass a new --out, or delete '
         'that folder to start over.')
 
+  def check_same_cpus(self, cpus: int, pinned: bool) -> None:
+    """Raises unless the recorded runs trained with `cpus` CPUs each.
+
+    XLA:CPU's programs depend on the CPU count (experiments/scheduler.py),
+    so one folder holds one kind. A row without a count was made unpinned,
+    before 2026-12-06: it goes with unpinned runs only.
+    """
+    for r in self._rows:
+      recorded = r.get('cpus')
+      known = isinstance(recorded, (int, float)) and recorded == recorded
+      if (int(recorded) == cpus) if known else not pinned:
+        continue
+      what = (f'on {int(recorded)} CPU(s) each' if known
+              else 'unpinned, before 2026-12-06')
+      raise UserInputError(
+          f'{self.csv_path} holds runs trained {what}, and this command '
+          f'would train on {cpus} CPU(s) each, which changes the numbers '
+          f'bit for bit; {"add" if pinned else "drop"} --unpinned, or pass '
+          'a new --out.')
+
   def stale_defaults(self) -> list[str]:
     """What differs between the defaults of the recorded runs and today's:
     for each older defaults_hash, the fields whose default value changed

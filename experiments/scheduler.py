@@ -1,11 +1,20 @@
 """Which runs an ablation needs, and training them in parallel processes.
 
-Every run trains single-threaded (RUN_XLA_FLAGS), whether one process or
-several train at a time. XLA:CPU's thread count sets the summation order of
-its matmuls, so this is what makes a run's numbers independent of --jobs and
-of the machine's core count; with --jobs equal to the cores, the cores are
-used by whole runs instead of by threads fighting over one small model's
-matmuls (benchmarks/ablation_throughput.py measures the gain).
+Every run trains on one thread and, since 2026-12-06, on one CPU, whether
+one process or several train at a time:
+
+  * RUN_XLA_FLAGS makes the matmuls single-threaded;
+  * pin_to_one_cpu() restricts the process to one CPU before jax's backend
+    starts. XLA:CPU sizes its thread pool from the CPUs a process may use at
+    that moment and splits its loop fusions over the pool; with 2 CPUs the
+    regime model's parameters after 43 steps differed from a 1-CPU process's
+    by 2.4e-7, so without the pin a run's numbers would depend on the
+    machine's core count. Pinned, they depend on neither --jobs nor the
+    machine, and two runs no longer share their cores' time slices (about
+    15% less CPU per step; benchmarks/ablation_throughput.py measures it).
+
+With --jobs equal to the cores, the cores are used by whole runs instead of
+by threads fighting over one small model's matmuls.
 """
 
 from __future__ import annotations
@@ -31,6 +40,42 @@ def use_run_flags() -> str:
   """Sets XLA_FLAGS for this process and its workers (before jax starts)."""
   os.environ.setdefault('XLA_FLAGS', RUN_XLA_FLAGS)
   return os.environ['XLA_FLAGS']
+
+
+def can_pin() -> bool:
+  return hasattr(os, 'sched_setaffinity')  # Linux; not macOS or Windows.
+
+
+def process_cpus() -> int:
+  """How many CPUs this process may run on (what a run's row records)."""
+  return len(os.sched_getaffinity(0)) if can_pin() else (os.cpu_count() or 1)
+
+
+def pin_to_one_cpu(slot: int, cpus: list[int] | None = None) -> int | None:
+  """Restricts this process to one CPU: run slot `slot` takes `cpus` (by
+  default the CPUs this process may use) in turn. Returns the CPU, or None
+  where the OS cannot pin.
+
+  Call it before jax's backend starts (see the module docstring): a pin set
+  later leaves XLA's thread pool, and so the numbers, as they were.
+  """
+  if not can_pin():
+    return None
+  cpus = cpus or sorted(os.sched_getaffinity(0))
+  cpu = cpus[slot % len(cpus)]
+  os.sched_setaffinity(0, {cpu})
+  return cpu
+
+
+def _start_worker(counter, cpus: list[int] | None) -> None:
+  """A worker process's first act: take the next slot's CPU (cpus=None:
+  unpinned). Runs before the worker's jax backend starts."""
+  if cpus is None:
+    return
+  with counter.get_lock():
+    slot = counter.value
+    counter.value += 1
+  pin_to_one_cpu(slot, cpus)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,22 +187,30 @@ def train(spec: RunSpec,
   return row, records.read_curves(workdir, spec.variant, spec.seed)
 
 
-def run_all(fn, specs: list[RunSpec], jobs: int, ab: Ablation):
+def run_all(fn, specs: list[RunSpec], jobs: int, ab: Ablation,
+            pin: bool = False):
   """Yields (spec, fn(spec)) as runs finish, `jobs` processes at a time.
 
-  jobs = 1 trains in this process, with `ab` as given. Otherwise each worker
-  is a fresh process (spawned, so no jax state is inherited) that loads the
-  ablation by name and trains one run at a time. A worker's exception (e.g.
-  TrainingInterrupted) propagates here after the runs already started have
-  finished or saved.
+  Unpinned, jobs = 1 trains in this process, with `ab` as given. Otherwise
+  each worker is a fresh process (spawned, so no jax state is inherited)
+  that loads the ablation by name and trains one run at a time; with `pin`,
+  worker i runs on CPU i of this process's CPUs (modulo their count), so
+  even jobs = 1 trains in a worker: this process's jax may have started. A
+  worker's exception (e.g. TrainingInterrupted) propagates here after the
+  runs already started have finished or saved.
   """
-  if jobs <= 1 or len(specs) <= 1:
+  if not specs:
+    return
+  if not pin and (jobs <= 1 or len(specs) <= 1):
     for spec in specs:
       yield spec, fn(spec, ab)
     return
   context = multiprocessing.get_context('spawn')
+  cpus = sorted(os.sched_getaffinity(0)) if pin and can_pin() else None
   with concurrent.futures.ProcessPoolExecutor(
-      max_workers=min(jobs, len(specs)), mp_context=context) as pool:
+      max_workers=min(jobs, len(specs)), mp_context=context,
+      initializer=_start_worker,
+      initargs=(context.Value('i', 0), cpus)) as pool:
     futures = {pool.submit(fn, spec): spec for spec in specs}
     try:
       for future in concurrent.futures.as_completed(futures):

@@ -295,9 +295,9 @@ def test_cli_rejects_unknown_ablation_and_bad_override(capsys):
 
 @pytest.mark.slow
 def test_parallel_workers_train_and_record_every_run(tmp_path, monkeypatch):
-  # Two runs at once, each in a spawned single-threaded process that loads
-  # the ablation by name (benchmarks/ablation_throughput.py shows their
-  # numbers equal one-at-a-time runs bit for bit).
+  # Two runs at once, each in a spawned single-threaded process pinned to one
+  # CPU that loads the ablation by name (benchmarks/ablation_throughput.py
+  # shows their numbers equal one-at-a-time runs bit for bit).
   monkeypatch.setenv('XLA_FLAGS', scheduler.RUN_XLA_FLAGS)
   monkeypatch.setattr(run, 'RESULTS', tmp_path)
   tiny = {'model.d_model': 16, 'model.d_ff': 32, 'moe.d_ff': 32,
@@ -308,11 +308,12 @@ def test_parallel_workers_train_and_record_every_run(tmp_path, monkeypatch):
   rows = run.run_ablation(run.load_ablation('regime'), seeds=Seeds(1),
                           steps=2, out=tmp_path / 'r', overrides=tiny,
                           command='cmd', only=['dense', 'switch_top1'],
-                          jobs=2)
+                          jobs=2, pin=True)
   assert sorted(r['variant'] for r in rows) == ['dense', 'switch_top1']
   for r in rows:
     assert r['status'] == 'ok' and 0 < r['eval_loss'] < 8  # ln 256 = 5.5.
     assert r['xla_flags'] == scheduler.RUN_XLA_FLAGS
+    assert r['cpus'] == (1 if scheduler.can_pin() else os.cpu_count())
     assert (r['command'], r['init_seed'], r['data_seed']) == ('cmd', 0, 0)
     assert r['data'] == 'stdlib' and 'documents' in r['held_out']
   summary = (tmp_path / 'r' / 'summary.md').read_text()
