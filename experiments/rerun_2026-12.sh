@@ -30,12 +30,18 @@ old regime --seeds 5 --config.data.kind=text \
 old top1_vs_top2
 # The long regime (about 8 core-hours): it resumes from its checkpoints.
 old regime_long --seeds 6
+# From here on every run is pinned to one CPU (sixth session). First the
+# other-text check of the top-1 vs top-2 claims decided on code (issue 24's
+# "done when"): 24 short runs, about half an hour of the machine.
+run top1_vs_top2 --config.data.kind=text \
+  --config.data.path=../shared/data/tinyshakespeare.txt \
+  --out experiments/results/top1_vs_top2_shakespeare
 # The six older ablations in the short regime next (about 2 hours of the
 # machine; most of their verdicts were inconclusive), then the long
 # top-1 vs top-2 runs (about 9 core-hours for the cf 1.25 and FLOP-matched
 # variants). The fifth session moved the short reruns ahead of the long
-# top-1 vs top-2 runs; from here on every run is pinned to one CPU, so
-# regime_long's dense runs are retrained for top1_vs_top2_long, not copied.
+# top-1 vs top-2 runs. Being pinned, top1_vs_top2_long retrains its dense
+# runs instead of copying regime_long's unpinned ones.
 for ablation in capacity aux_weight z_loss num_experts routing_schemes \
     upcycling; do
   run "$ablation"
