@@ -12,7 +12,7 @@ import pytest
 from experiments import ablation
 from moe_jax.config import default_config, renames
 from moe_jax.errors import UserInputError
-from moe_jax.train import checkpoint
+from moe_jax.train import saved_config
 from testlib import REPO, multi_device_env
 
 # The flat names as checkpoints and configs held them before the registry.
@@ -50,13 +50,13 @@ def test_an_old_checkpoint_config_compares_equal_and_rebuilds():
   today.moe.router_options.sigmoid.bias_update_rate = 1e-3
   old = _old_layout(today.to_dict())
   assert old['moe']['bias_update_rate'] == 1e-3
-  assert checkpoint.config_differences(old, today.to_dict()) == []
+  assert saved_config.config_differences(old, today.to_dict()) == []
   # A real difference is still one, under today's name.
   changed = today.to_dict()
   changed['moe']['router_options']['sigmoid']['bias_update_rate'] = 0.0
-  assert checkpoint.config_differences(old, changed) == [
+  assert saved_config.config_differences(old, changed) == [
       'moe.router_options.sigmoid.bias_update_rate: 0.001 -> 0.0']
-  rebuilt = checkpoint.saved_config(old)
+  rebuilt = saved_config.saved_config(old)
   assert rebuilt.moe.router_options.sigmoid.bias_update_rate == 1e-3
   assert 'bias_update_rate' not in rebuilt.moe
 
@@ -125,7 +125,7 @@ def test_old_checkpoint_resumes_evaluates_and_traces(tmp_path):
   assert evaluated.returncode == 0, evaluated.stderr[-2000:]
 
   from moe_jax.analysis import trace as trace_lib  # pylint: disable=g-import-not-at-top
-  config = checkpoint.saved_config(saved['config'])
+  config = saved_config.saved_config(saved['config'])
   trace = trace_lib.trace_checkpoint(config, str(workdir))
   assert trace.meta['router'] == 'sigmoid' and trace.num_tokens > 0
 
@@ -144,6 +144,6 @@ def test_other_routers_options_do_not_make_configs_differ():
   today = default_config.get_default_config().to_dict()
   other = json.loads(json.dumps(today))
   other['moe']['router_options']['plugin_only'] = {'salt': 0}
-  assert checkpoint.config_differences(other, today) == []
-  assert checkpoint.config_differences(today, other) == []
-  assert 'plugin_only' not in checkpoint.saved_config(other).moe.router_options
+  assert saved_config.config_differences(other, today) == []
+  assert saved_config.config_differences(today, other) == []
+  assert 'plugin_only' not in saved_config.saved_config(other).moe.router_options

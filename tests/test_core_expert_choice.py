@@ -185,13 +185,13 @@ def test_checkpoints_from_before_the_new_fields_stay_compatible():
   # A checkpoint saved before the zoo's fields existed resumes when they are
   # left at their defaults, and is refused when one is set.
   from moe_jax.config import default_config
-  from moe_jax.train import checkpoint
+  from moe_jax.train import saved_config
   current = default_config.get_default_config().to_dict()
   saved = default_config.get_default_config().to_dict()
   for name in ('fixed_capacity', 'causal_routing', 'allow_noncausal',
                'causal_chunk'):
     del saved['moe'][name]
-  assert checkpoint.config_differences(saved, current) == []
+  assert saved_config.config_differences(saved, current) == []
   current['moe']['causal_chunk'] = 8
-  assert checkpoint.config_differences(saved, current) == [
+  assert saved_config.config_differences(saved, current) == [
       "moe.causal_chunk: '<absent>' -> 8"]

@@ -151,16 +151,16 @@ def test_stdlib_validation_is_code_from_across_the_library():
 
 def test_a_checkpoint_from_before_the_split_field_meant_the_tail():
   from moe_jax.config import default_config
-  from moe_jax.train import checkpoint
+  from moe_jax.train import saved_config
   today = default_config.get_default_config().to_dict()
   old = default_config.get_default_config().to_dict()
   del old['data']['split'], old['data']['seed']
   # Resuming an old run on today's default split would change its data.
-  assert checkpoint.config_differences(old, today) == [
+  assert saved_config.config_differences(old, today) == [
       "data.split: '<absent>' -> 'documents'"]
   today['data']['split'] = 'tail'
-  assert checkpoint.config_differences(old, today) == []
+  assert saved_config.config_differences(old, today) == []
   # Evaluating or merging it rebuilds the config it trained with.
-  config = checkpoint.saved_config(old)
+  config = saved_config.saved_config(old)
   assert config.data.split == 'tail' and config.data.seed is None
-  assert checkpoint.saved_config(today).data.split == 'tail'
+  assert saved_config.saved_config(today).data.split == 'tail'

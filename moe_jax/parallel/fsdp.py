@@ -56,7 +56,9 @@ def gather_data(w: jax.Array, spec) -> jax.Array:
     if axes == DATA_AXIS:
       w = jax.lax.all_gather(w, DATA_AXIS, axis=dim, tiled=True)
     elif isinstance(axes, tuple) and DATA_AXIS in axes:
-      # No rule set splits a weight dim over data and another axis.
+      # A guard on FSDP_RULES, not a case a config can reach: no rule set
+      # splits one weight dim over data and another axis. A rule set that
+      # does must gather over both axes here, in the order of `axes`.
       raise NotImplementedError(f'{spec}: a weight dim split over data and '
                                 'another axis.')
   return w

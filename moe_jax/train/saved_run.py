@@ -5,13 +5,13 @@ from __future__ import annotations
 import pathlib
 
 from moe_jax.errors import UserInputError
-from moe_jax.train import checkpoint
+from moe_jax.train import checkpoint, saved_config
 
 
 def latest_config(workdir: str | pathlib.Path):
   """(step, ConfigDict) of the workdir's latest readable checkpoint.
 
-  Old field names are translated (checkpoint.saved_config). A workdir with
+  Old field names are translated (saved_config.py). A workdir with
   no checkpoints folder, or none that reads, is a one-line UserInputError.
   """
   if not (pathlib.Path(workdir) / 'checkpoints').is_dir():
@@ -26,4 +26,4 @@ def latest_config(workdir: str | pathlib.Path):
     raise UserInputError(f'no checkpoint in {workdir} can be read; pass the '
                          '--workdir of a training run')
   step, meta = found
-  return step, checkpoint.saved_config(meta['config'])
+  return step, saved_config.saved_config(meta['config'])

@@ -45,7 +45,7 @@ def merge_run(workdir: str, out: str) -> pathlib.Path:
   """
   # Imported here so `--help` and argument errors stay fast.
   from moe_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from moe_jax.train import checkpoint, init_from, setup  # pylint: disable=g-import-not-at-top
+  from moe_jax.train import checkpoint, init_from, saved_config, setup  # pylint: disable=g-import-not-at-top
   from moe_jax.train.lora import adapters, run  # pylint: disable=g-import-not-at-top
 
   if checkpoint.has_checkpoint(out):
@@ -55,7 +55,7 @@ def merge_run(workdir: str, out: str) -> pathlib.Path:
   if not base:
     raise UserInputError(f'{workdir} is not a LoRA run (its checkpoint names '
                          'no base); pass the --workdir of a lora.rank > 0 run')
-  config = checkpoint.saved_config(meta['config'])
+  config = saved_config.saved_config(meta['config'])
   _, params = init_from.read_params(base['workdir'], base['step'])
   merged = adapters.merge(params, state['params'], run.scale(config))
   plain = merged_config(meta['config'])
