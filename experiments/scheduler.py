@@ -10,8 +10,9 @@ one process or several train at a time:
     regime model's parameters after 43 steps differed from a 1-CPU process's
     by 2.4e-7, so without the pin a run's numbers would depend on the
     machine's core count. Pinned, they depend on neither --jobs nor the
-    machine, and two runs no longer share their cores' time slices (about
-    15% less CPU per step; benchmarks/ablation_throughput.py measures it).
+    machine, and no process keeps a second thread busy (5% more tokens
+    per second at --jobs 2 on a quiet 2-core machine, more when loaded;
+    benchmarks/ablation_throughput.py).
 
 With --jobs equal to the cores, the cores are used by whole runs instead of
 by threads fighting over one small model's matmuls.
