@@ -11,7 +11,7 @@ one process or several train at a time:
     by 2.4e-7, so without the pin a run's numbers would depend on the
     machine's core count. Pinned, they depend on neither --jobs nor the
     machine, and no process keeps a second thread busy (5% more tokens
-    per second at --jobs 2 on a quiet 2-core machine, more when loaded;
+    per second at --jobs 2 on a quiet 2-core machine;
     benchmarks/ablation_throughput.py).
 
 With --jobs equal to the cores, the cores are used by whole runs instead of
