@@ -8,8 +8,8 @@ one process or several train at a time:
     starts. XLA:CPU sizes its thread pool from the CPUs a process may use at
     that moment and splits its loop fusions over the pool; with 2 CPUs the
     regime model's parameters after 43 steps differed from a 1-CPU process's
-    by 2.4e-7, so without the pin a run's numbers would depend on the
-    machine's core count. Pinned, they depend on neither --jobs nor the
+    by 2.4e-7 (benchmarks/cpu_count_numerics.py), so without the pin a
+    run's numbers would depend on the machine's core count. Pinned, they depend on neither --jobs nor the
     machine, and no process keeps a second thread busy (5% more tokens
     per second at --jobs 2 on a quiet 2-core machine;
     benchmarks/ablation_throughput.py).
