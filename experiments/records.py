@@ -18,7 +18,7 @@ import numpy as np
 from experiments import scheduler
 from experiments.run_hash import (config_hash, legacy_config_hash,
                                   record_defaults)
-from experiments.run_store import read_csv
+from experiments.run_store import read_csv, recorded_cpus
 
 # Eval metrics copied into runs.csv as eval_<name> (see train/step.py).
 EVAL_FIELDS = ('loss', 'bits_per_byte', 'dropped_fraction',
@@ -131,13 +131,14 @@ def find_finished(results_root: pathlib.Path, config, exclude: pathlib.Path,
   hashes = (config_hash(config), legacy_config_hash(config))
   # The same computation also needs the same threading (scheduler.py): a
   # row without a CPU count was made unpinned, before 2026-12-06.
-  threading = (os.environ.get('XLA_FLAGS', ''), cpus)
+  xla_flags = os.environ.get('XLA_FLAGS', '')
   for csv_path in sorted(pathlib.Path(results_root).glob('*/runs.csv')):
     if csv_path.parent.resolve() == pathlib.Path(exclude).resolve():
       continue
     for r in read_csv(csv_path):
       if (r.get('config_hash') in hashes and r.get('status') == 'ok'
-          and (r.get('xla_flags', ''), r.get('cpus')) == threading):
+          and r.get('xla_flags', '') == xla_flags
+          and recorded_cpus(r) == cpus):
         curves = [c for c in read_csv(csv_path.parent / 'curves.csv')
                   if c['variant'] == r['variant'] and c['seed'] == r['seed']]
         workdir = (csv_path.parent / 'workdirs' / r['variant'] /

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from flax import traverse_util
 
-from experiments import derived
+from experiments import derived, run_store
 from experiments.judge import by_seed, verdicts
 from moe_jax import machine
 
@@ -178,10 +178,9 @@ def _environment() -> str:
 
 def _cpus_note(rows) -> str:
   """How many CPUs each run could use (experiments/scheduler.py)."""
-  counts = sorted({int(r['cpus']) for r in rows if isinstance(
-      r.get('cpus'), (int, float)) and r['cpus'] == r['cpus']})
-  unknown = sum(1 for r in rows if not isinstance(r.get('cpus'), (int, float))
-                or r['cpus'] != r['cpus'])
+  recorded = [run_store.recorded_cpus(r) for r in rows]
+  counts = sorted({c for c in recorded if c is not None})
+  unknown = recorded.count(None)
   parts = [f'{c} CPU(s) per run' + (' (pinned)' if c == 1 else '')
            for c in counts]
   if unknown:

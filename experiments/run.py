@@ -133,7 +133,7 @@ def run_ablation(ab: Ablation, *, seeds: Seeds, steps: int,
   configs = {(r.variant, r.seed): r.config(ab) for r in plan}
   for (name, s), c in configs.items():
     store.check_same_config(name, s, c)  # Before training anything.
-  cpus = 1 if pin else scheduler.process_cpus()
+  cpus = scheduler.run_cpus(pin)
   store.check_same_cpus(cpus, pin)
   store.save()  # Keeps rows relabelled from the legacy hash.
   for name in only or ():
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     # before this process's environment and jax settings are touched.
     scheduler.use_run_flags()  # Before jax starts, here and in the workers.
     pin = not args.unpinned
-    _cache_compilations(1 if pin else scheduler.process_cpus())
+    _cache_compilations(scheduler.run_cpus(pin))
     run_ablation(ab, seeds=seeds, steps=steps, out=out, overrides=overrides,
                  command='python -m experiments.run ' + ' '.join(argv),
                  only=args.variants.split(',') if args.variants else None,

@@ -67,11 +67,10 @@ class RunStore:
     before 2026-12-06: it goes with unpinned runs only.
     """
     for r in self._rows:
-      recorded = r.get('cpus')
-      known = isinstance(recorded, (int, float)) and recorded == recorded
-      if (int(recorded) == cpus) if known else not pinned:
+      recorded = recorded_cpus(r)
+      if (recorded == cpus) if recorded is not None else not pinned:
         continue
-      what = (f'on {int(recorded)} CPU(s) each' if known
+      what = (f'on {recorded} CPU(s) each' if recorded is not None
               else 'unpinned, before 2026-12-06')
       raise UserInputError(
           f'{self.csv_path} holds runs trained {what}, and this command '
@@ -110,6 +109,15 @@ class RunStore:
     self.out.mkdir(parents=True, exist_ok=True)
     _write_csv(self.csv_path, self._rows)
     _write_csv(self.curves_path, self._curves)
+
+
+def recorded_cpus(row: dict) -> int | None:
+  """The CPU count a row's run trained with, or None for a row made before
+  rows recorded it (2026-12-06; read back from runs.csv as NaN)."""
+  value = row.get('cpus')
+  if isinstance(value, (int, float)) and value == value:
+    return int(value)
+  return None
 
 
 def read_csv(path: pathlib.Path) -> list[dict]:

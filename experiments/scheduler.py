@@ -9,10 +9,10 @@ one process or several train at a time:
     that moment and splits its loop fusions over the pool; with 2 CPUs the
     regime model's parameters after 43 steps differed from a 1-CPU process's
     by 2.4e-7 (benchmarks/cpu_count_numerics.py), so without the pin a
-    run's numbers would depend on the machine's core count. Pinned, they depend on neither --jobs nor the
-    machine, and no process keeps a second thread busy (5% more tokens
-    per second at --jobs 2 on a quiet 2-core machine;
-    benchmarks/ablation_throughput.py).
+    run's numbers would depend on the machine's core count. Pinned, they
+    depend on neither --jobs nor the machine, and no process keeps a second
+    thread busy (5% more tokens per second at --jobs 2 on a quiet 2-core
+    machine; benchmarks/ablation_throughput.py).
 
 With --jobs equal to the cores, the cores are used by whole runs instead of
 by threads fighting over one small model's matmuls.
@@ -50,6 +50,12 @@ def can_pin() -> bool:
 def process_cpus() -> int:
   """How many CPUs this process may run on (what a run's row records)."""
   return len(os.sched_getaffinity(0)) if can_pin() else (os.cpu_count() or 1)
+
+
+def run_cpus(pin: bool) -> int:
+  """The CPU count each run of this process's ablation trains with: 1 when
+  pinned (where the OS can pin), else every CPU this process may use."""
+  return 1 if pin and can_pin() else process_cpus()
 
 
 def pin_to_one_cpu(slot: int, cpus: list[int] | None = None) -> int | None:
