@@ -25,21 +25,38 @@ END = '<!-- verdicts: end -->'
 ARCHIVE = pathlib.Path(__file__).parent / 'results_2026-11'
 
 
-def _before(name: str, ab, claim: str) -> str:
-  """The claim's difference and verdict on the runs made before 2026-12
-  (experiments/results_2026-11), by today's rule; '–' if it had none."""
+def _before(name: str, ab, claim: str):
+  """The claim's verdict on the runs made before 2026-12
+  (experiments/results_2026-11), by today's rule; None if it had none."""
   store = run_store.RunStore(ARCHIVE / name)
   rows = store.rows()
   for j in judge.verdicts(ab, rows, store.curves()) if rows else ():
     if j.comparison.claim == claim and (j.better and j.worse):
-      return f'{j.verdict.difference:+.4f} {j.verdict.verdict}'
-  return '–'
+      return j.verdict
+  return None
+
+
+def tally(now: list[str], before: list[str | None]) -> str:
+  """One line counting the verdicts: all of today's, then those claims that
+  also have a verdict before 2026-12, then and now, so that the two counts
+  cover the same claims."""
+  def count(verdicts):
+    return ', '.join(f'{sum(v == kind for v in verdicts)} {word}'
+                     for kind, word in (('agrees', 'agree'),
+                                        ('disagrees', 'disagree'),
+                                        ('inconclusive', 'inconclusive')))
+  both = [i for i, b in enumerate(before) if b is not None]
+  return (f'Verdicts of the {len(now)} claims: {count(now)}. Of the '
+          f'{len(both)} that also have runs from before 2026-12: then '
+          f'{count([before[i] for i in both])}; now '
+          f'{count([now[i] for i in both])}.')
 
 
 def table() -> list[str]:
   lines = ['| ablation | claim (source) | basis | claimed better | claimed '
            'worse | difference | p | verdict | detectable (80% power) | '
            'seeds for 0.01 | before 2026-12 |', '|---' * 11 + '|']
+  now, before = [], []
   for name in run.available():
     ab = run.load_ablation(name)
     store = run_store.RunStore(run.RESULTS / name)
@@ -48,6 +65,9 @@ def table() -> list[str]:
       continue
     for j in judge.verdicts(ab, rows, store.curves()):
       comp = j.comparison
+      old = _before(name, ab, comp.claim)
+      now.append(j.verdict.verdict)
+      before.append(old and old.verdict)
       note = f'; {j.note}' if j.note else ''
       lines.append(
           f'| [{name}](results/{name}/summary.md) | {comp.claim} '
@@ -56,8 +76,9 @@ def table() -> list[str]:
           f'{report.side(comp.worse, j.worse)} | '
           f'{j.verdict.difference:+.4f} | {j.verdict.p_value:.3g} | '
           f'**{j.verdict.verdict}** | {report.mde_text(j.mde)} | '
-          f'{j.seeds_for_001 or "–"} | {_before(name, ab, comp.claim)} |')
-  return lines
+          f'{j.seeds_for_001 or "–"} | '
+          f'{f"{old.difference:+.4f} {old.verdict}" if old else "–"} |')
+  return lines + ['', tally(now, before)]
 
 
 def main() -> None:
