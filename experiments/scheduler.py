@@ -37,6 +37,26 @@ RUN_XLA_FLAGS = ('--xla_cpu_multi_thread_eigen=false '
                  'intra_op_parallelism_threads=1')
 
 
+# glibc's allocator for the worker processes: one arena, no mmap'd chunks,
+# no trimming. With its defaults each thread's arena hands freed buffers back
+# to the kernel, and XLA:CPU's kernels fault them in again every step: a
+# pinned worker spent about a third of its CPU time in the kernel on ~200k
+# minor page faults a second. The numbers do not change (only where buffers
+# live): benchmarks/malloc_arenas.py checks that and measures the saving.
+ALLOCATOR_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
+                 'MALLOC_TRIM_THRESHOLD_': str(1 << 34)}
+
+
+def use_allocator_env() -> None:
+  """Sets ALLOCATOR_ENV for the processes started from here on (glibc reads
+  it when a process starts, so it cannot change this one). A user's own
+  MALLOC_* values win; MOE_JAX_KEEP_ALLOCATOR=1 leaves glibc's defaults."""
+  if os.environ.get('MOE_JAX_KEEP_ALLOCATOR'):
+    return
+  for key, value in ALLOCATOR_ENV.items():
+    os.environ.setdefault(key, value)
+
+
 def use_run_flags() -> str:
   """Sets XLA_FLAGS for this process and its workers (before jax starts)."""
   os.environ.setdefault('XLA_FLAGS', RUN_XLA_FLAGS)
@@ -212,6 +232,7 @@ def run_all(fn, specs: list[RunSpec], jobs: int, ab: Ablation,
     for spec in specs:
       yield spec, fn(spec, ab)
     return
+  use_allocator_env()
   context = multiprocessing.get_context('spawn')
   cpus = sorted(os.sched_getaffinity(0)) if pin and can_pin() else None
   with concurrent.futures.ProcessPoolExecutor(
