@@ -77,3 +77,20 @@ def test_one_folder_holds_runs_of_one_cpu_count(tmp_path):
   pinned = run_store.RunStore(tmp_path / 'p')
   pinned.add({'variant': 'v', 'seed': 0, 'cpus': 1}, [])
   pinned.check_same_cpus(1, pinned=True)
+
+
+def test_allocator_env_is_a_default_that_a_user_can_override_or_refuse(
+    monkeypatch):
+  for key in scheduler.ALLOCATOR_ENV:
+    monkeypatch.delenv(key, raising=False)
+  monkeypatch.delenv('MOE_JAX_KEEP_ALLOCATOR', raising=False)
+  monkeypatch.setenv('MALLOC_ARENA_MAX', '4')  # The user's own value wins.
+  scheduler.use_allocator_env()
+  assert os.environ['MALLOC_ARENA_MAX'] == '4'
+  assert os.environ['MALLOC_MMAP_MAX_'] == '0'
+  assert os.environ['MALLOC_TRIM_THRESHOLD_'] == str(1 << 34)
+  for key in scheduler.ALLOCATOR_ENV:
+    monkeypatch.delenv(key, raising=False)
+  monkeypatch.setenv('MOE_JAX_KEEP_ALLOCATOR', '1')
+  scheduler.use_allocator_env()
+  assert not any(key in os.environ for key in scheduler.ALLOCATOR_ENV)
