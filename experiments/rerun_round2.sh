@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The round-2 ablations of issue 21, in the short regime (1000 steps, 3
-# seeds, paired), cheapest claims first. None has run yet. Each command
+# seeds, paired), cheapest claims first. null_experts, remoe and balancing
+# ran on 2026-12-06 (seventh session) and are skipped. Each command
 # resumes where it stopped (finished runs are skipped, an interrupted one
 # resumes from its checkpoint), so the script can be restarted at any time.
 # Run it from a checkout that does not change while it runs (worker
