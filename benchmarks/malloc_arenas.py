@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     for r in range(args.rounds):
       for mode in MODES:  # Interleaved, so drift in the machine hits both.
         runs.append(_run(mode, args.steps, pathlib.Path(tmp) / f'{mode}{r}'))
-  print(f'| mode | train CPU s | tokens/s | minor faults | kernel s | user s |')
+  print('| mode | train CPU s | tokens/s | minor faults | kernel s | user s |')
   print('|---|---|---|---|---|---|')
   for run in runs:
     print(f"| {run['mode']} | {run['train_cpu_s']:.2f} | "

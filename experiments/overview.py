@@ -25,15 +25,15 @@ END = '<!-- verdicts: end -->'
 ARCHIVE = pathlib.Path(__file__).parent / 'results_2026-11'
 
 
-def _before(name: str, ab, claim: str):
-  """The claim's verdict on the runs made before 2026-12
-  (experiments/results_2026-11), by today's rule; None if it had none."""
+def _before(name: str, ab) -> dict:
+  """Each claim's verdict on the runs made before 2026-12
+  (experiments/results_2026-11), by today's rule; claims without one are
+  absent."""
   store = run_store.RunStore(ARCHIVE / name)
   rows = store.rows()
-  for j in judge.verdicts(ab, rows, store.curves()) if rows else ():
-    if j.comparison.claim == claim and (j.better and j.worse):
-      return j.verdict
-  return None
+  return {j.comparison.claim: j.verdict
+          for j in (judge.verdicts(ab, rows, store.curves()) if rows else ())
+          if j.better and j.worse}
 
 
 def tally(now: list[str], before: list[str | None]) -> str:
@@ -63,9 +63,10 @@ def table() -> list[str]:
     rows = store.rows()
     if not rows or not ab.comparisons:
       continue
+    earlier = _before(name, ab)
     for j in judge.verdicts(ab, rows, store.curves()):
       comp = j.comparison
-      old = _before(name, ab, comp.claim)
+      old = earlier.get(comp.claim)
       now.append(j.verdict.verdict)
       before.append(old and old.verdict)
       note = f'; {j.note}' if j.note else ''

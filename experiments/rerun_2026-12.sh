@@ -40,8 +40,9 @@ run top1_vs_top2 --config.data.kind=text \
 # machine; most of their verdicts were inconclusive), then the long
 # top-1 vs top-2 runs (about 9 core-hours for the cf 1.25 and FLOP-matched
 # variants). The fifth session moved the short reruns ahead of the long
-# top-1 vs top-2 runs; the seventh ran them and regime_scan. Being pinned, top1_vs_top2_long retrains its dense
-# runs instead of copying regime_long's unpinned ones.
+# top-1 vs top-2 runs; the seventh ran them and regime_scan. Being pinned,
+# top1_vs_top2_long retrains its dense runs instead of copying regime_long's
+# unpinned ones.
 for ablation in capacity aux_weight z_loss num_experts routing_schemes \
     upcycling; do
   run "$ablation"

@@ -259,6 +259,7 @@ def main(argv=None) -> int:
               overrides=overrides)[0].config(ab)  # A bad override fails here,
     # before this process's environment and jax settings are touched.
     scheduler.use_run_flags()  # Before jax starts, here and in the workers.
+    scheduler.use_allocator_env()  # For the workers, which start after this.
     pin = not args.unpinned
     _cache_compilations(scheduler.run_cpus(pin))
     run_ablation(ab, seeds=seeds, steps=steps, out=out, overrides=overrides,

@@ -232,7 +232,6 @@ def run_all(fn, specs: list[RunSpec], jobs: int, ab: Ablation,
     for spec in specs:
       yield spec, fn(spec, ab)
     return
-  use_allocator_env()
   context = multiprocessing.get_context('spawn')
   cpus = sorted(os.sched_getaffinity(0)) if pin and can_pin() else None
   with concurrent.futures.ProcessPoolExecutor(
