@@ -36,10 +36,11 @@ def _before(name: str, ab) -> dict:
           if j.better and j.worse}
 
 
-def tally(now: list[str], before: list[str | None]) -> str:
+def tally(now: list[str], before: list[str | None], waiting: int = 0) -> str:
   """One line counting the verdicts: all of today's, then those claims that
   also have a verdict before 2026-12, then and now, so that the two counts
-  cover the same claims."""
+  cover the same claims. `waiting` claims, whose variants have no runs yet,
+  are not counted as inconclusive: nothing was measured."""
   def count(verdicts):
     return ', '.join(f'{sum(v == kind for v in verdicts)} {word}'
                      for kind, word in (('agrees', 'agree'),
@@ -49,14 +50,16 @@ def tally(now: list[str], before: list[str | None]) -> str:
   return (f'Verdicts of the {len(now)} claims: {count(now)}. Of the '
           f'{len(both)} that also have runs from before 2026-12: then '
           f'{count([before[i] for i in both])}; now '
-          f'{count([now[i] for i in both])}.')
+          f'{count([now[i] for i in both])}.' +
+          (f' {waiting} more claims wait for runs of their variants and are '
+           'not in the table.' if waiting else ''))
 
 
 def table() -> list[str]:
   lines = ['| ablation | claim (source) | basis | claimed better | claimed '
            'worse | difference | p | verdict | detectable (80% power) | '
            'seeds for 0.01 | before 2026-12 |', '|---' * 11 + '|']
-  now, before = [], []
+  now, before, waiting = [], [], 0
   for name in run.available():
     ab = run.load_ablation(name)
     store = run_store.RunStore(run.RESULTS / name)
@@ -66,6 +69,9 @@ def table() -> list[str]:
     earlier = _before(name, ab)
     for j in judge.verdicts(ab, rows, store.curves()):
       comp = j.comparison
+      if not (j.better and j.worse):  # a partly run ablation
+        waiting += 1
+        continue
       old = earlier.get(comp.claim)
       now.append(j.verdict.verdict)
       before.append(old and old.verdict)
@@ -79,7 +85,7 @@ def table() -> list[str]:
           f'**{j.verdict.verdict}** | {report.mde_text(j.mde)} | '
           f'{j.seeds_for_001 or "–"} | '
           f'{f"{old.difference:+.4f} {old.verdict}" if old else "–"} |')
-  return lines + ['', tally(now, before)]
+  return lines + ['', tally(now, before, waiting)]
 
 
 def main() -> None:

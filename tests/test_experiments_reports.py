@@ -23,6 +23,52 @@ def test_tally_with_no_earlier_runs():
       '0 inconclusive; now 0 agree, 0 disagree, 0 inconclusive.')
 
 
+def test_tally_names_the_claims_that_wait_for_runs():
+  assert overview.tally(['agrees'], [None], waiting=2).endswith(
+      'now 0 agree, 0 disagree, 0 inconclusive. 2 more claims wait for runs '
+      'of their variants and are not in the table.')
+
+
+def test_table_leaves_out_claims_whose_variants_have_no_runs(monkeypatch):
+  # A partly run ablation (the long top-1 vs top-2 ran 3 of its 8 variants
+  # first): its claims on unrun variants have nothing measured, so they are
+  # neither rows nor inconclusive verdicts in the tally.
+  from experiments import ablation, run, run_store
+  ab = ablation.Ablation(
+      name='partial', title='t', source='s', base=None,
+      variants=(ablation.Variant('a', {}), ablation.Variant('b', {}),
+                ablation.Variant('c', {})),
+      comparisons=(ablation.Comparison('a beats b', ('a', 'eval_loss'),
+                                       ('b', 'eval_loss'), 'equal steps'),
+                   ablation.Comparison('a beats c', ('a', 'eval_loss'),
+                                       ('c', 'eval_loss'), 'equal steps')),
+      steps=10, quick_steps=2)
+  rows = [{'variant': v, 'seed': str(s), 'status': 'ok',
+           'eval_loss': str(x + 0.01 * s)}
+          for s in range(3) for v, x in (('a', 1.0), ('b', 1.1 + 0.001 * s))]
+
+  class Store:
+    def __init__(self, folder):
+      self.archived = 'results_2026-11' in str(folder)
+    def rows(self):
+      return [] if self.archived else rows
+    def curves(self):
+      return []
+
+  monkeypatch.setattr(run, 'available', lambda: ['partial'])
+  monkeypatch.setattr(run, 'load_ablation', lambda name: ab)
+  monkeypatch.setattr(run_store, 'RunStore', Store)
+  lines = overview.table()
+  body = [l for l in lines[2:] if l.startswith('| [partial]')]
+  assert len(body) == 1 and '| a beats b (s) |' in body[0]
+  assert '**agrees**' in body[0]
+  assert lines[-1] == (
+      'Verdicts of the 1 claims: 1 agree, 0 disagree, 0 inconclusive. Of the '
+      '0 that also have runs from before 2026-12: then 0 agree, 0 disagree, '
+      '0 inconclusive; now 0 agree, 0 disagree, 0 inconclusive. 1 more claims '
+      'wait for runs of their variants and are not in the table.')
+
+
 def test_regime_scan_outcome_applies_the_rule_to_the_falls():
   from experiments import regime_scan
   assert regime_scan.outcome([32, 48, 64], [0.8, 0.9, 1.2]) == (
