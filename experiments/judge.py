@@ -66,23 +66,31 @@ def at_equal_time(curves, rows, comp, seeds) -> tuple[list, list]:
   """Each side's curve value at the training time of the pair's faster run.
 
   A run's step s is at s × T / steps seconds, T its training time
-  (time_column: CPU seconds where recorded; compilation and evaluation
-  excluded); values between two evaluations are interpolated linearly.
+  (time_column of the two sides: CPU seconds where both recorded them;
+  compilation and evaluation excluded); values between two evaluations are
+  interpolated linearly.
   """
-  column = time_column(rows)
-  def curve_at(variant, column, seed, seconds):
+  # The clock of the two sides only: a third variant reused from runs that
+  # predate CPU timing (e.g. top1_vs_top2's dense rows) must not send the
+  # pair back to wall time, which other jobs inflate.
+  clock = time_column([r for r in rows
+                       if r['variant'] in (comp.better[0], comp.worse[0])])
+  # The metric is a separate name from `clock`: one name for both once made
+  # the run's eval loss its time per step, so every equal-time reading was
+  # the curves' last values (fixed 2026-12-06, eighth session).
+  def curve_at(variant, metric, seed, seconds):
     row = next(r for r in rows if r['variant'] == variant and
                int(r['seed']) == seed)
     pts = sorted((int(c['step']), float(c['value'])) for c in curves
                  if c['variant'] == variant and int(c['seed']) == seed and
-                 c['metric'] == column)
-    per_step = float(row[column]) / int(row['steps'])
+                 c['metric'] == metric)
+    per_step = float(row[clock]) / int(row['steps'])
     return float(np.interp(seconds, [s * per_step for s, _ in pts],
                            [v for _, v in pts]))
 
   a, b = [], []
   for seed in seeds:
-    times = [float(by_seed(rows, v, column)[seed])
+    times = [float(by_seed(rows, v, clock)[seed])
              for v in (comp.better[0], comp.worse[0])]
     a.append(curve_at(*comp.better, seed, min(times)))
     b.append(curve_at(*comp.worse, seed, min(times)))

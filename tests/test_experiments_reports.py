@@ -69,6 +69,32 @@ def test_table_leaves_out_claims_whose_variants_have_no_runs(monkeypatch):
       'wait for runs of their variants and are not in the table.')
 
 
+def test_equal_time_reads_each_curve_at_the_faster_runs_training_time():
+  # Hand case: 'fast' trains 100 steps in 50 CPU s, 'slow' in 100 s. At
+  # equal time (50 s) 'slow' is at step 50, halfway between its evaluations
+  # at steps 0 (3.0) and 100 (2.0): 2.5; 'fast' is at its end: 2.2.
+  from experiments import ablation, judge
+  rows = [{'variant': 'fast', 'seed': '0', 'steps': '100',
+           'train_cpu_s': '50', 'eval_loss': '2.2'},
+          {'variant': 'slow', 'seed': '0', 'steps': '100',
+           'train_cpu_s': '100', 'eval_loss': '2.0'},
+          # A third variant without CPU time (reused from older runs) and
+          # wall times that say the opposite: the pair still reads CPU time.
+          {'variant': 'dense', 'seed': '0', 'steps': '100', 'train_s': '9',
+           'train_cpu_s': '', 'eval_loss': '2.4'}]
+  rows[0]['train_s'], rows[1]['train_s'] = '100', '50'
+  curves = [{'variant': v, 'seed': '0', 'step': str(step),
+             'metric': 'eval_loss', 'value': str(x)}
+            for v, pts in (('fast', ((0, 3.0), (100, 2.2))),
+                           ('slow', ((0, 3.0), (100, 2.0))))
+            for step, x in pts]
+  comp = ablation.Comparison('fast beats slow in equal time',
+                             ('fast', 'eval_loss'), ('slow', 'eval_loss'),
+                             'equal time')
+  a, b = judge.at_equal_time(curves, rows, comp, [0])
+  assert a == [2.2] and b == [2.5]
+
+
 def test_regime_scan_outcome_applies_the_rule_to_the_falls():
   from experiments import regime_scan
   assert regime_scan.outcome([32, 48, 64], [0.8, 0.9, 1.2]) == (
