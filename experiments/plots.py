@@ -9,7 +9,6 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments.judge import time_column
 from experiments.report import plot_curves, values
 
 
@@ -23,13 +22,22 @@ def _save(fig, out, name: str) -> list[str]:
 def loss_per_second(ab, rows, curves, out) -> list[str]:
   """Validation loss against training seconds: quality per unit time."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  column = time_column(rows)
+  # CPU time where any run recorded it. A variant without it (rows reused
+  # from runs that predate CPU timing, e.g. top1_vs_top2's dense ones) is
+  # left out and named, rather than sending every curve to wall time, which
+  # other jobs inflate.
+  column = ('train_cpu_s' if any(values(rows, v.name, 'train_cpu_s')
+                                 for v in ab.variants) else 'train_s')
+  left_out = []
   for v in ab.variants:
     sec = values(rows, v.name, column)
     steps = values(rows, v.name, 'steps')
     pts = [c for c in curves if c['variant'] == v.name
            and c['metric'] == 'eval_loss']
-    if not sec or not pts:
+    if not pts:
+      continue
+    if not sec:
+      left_out.append(v.name)
       continue
     per_step = np.mean(sec) / np.mean(steps)
     xs = sorted({int(c['step']) for c in pts})
@@ -45,7 +53,9 @@ def loss_per_second(ab, rows, curves, out) -> list[str]:
   ax.set_xlabel('training ' + ('CPU ' if column == 'train_cpu_s' else '') +
                 'seconds (steps × measured s/step)')
   ax.set_ylabel('validation loss (nats/byte), mean over seeds')
-  ax.set_title(f'{ab.name}: quality per second', fontsize=9)
+  ax.set_title(f'{ab.name}: quality per second' +
+               (f' ({", ".join(left_out)}: no CPU time recorded, left out)'
+                if left_out else ''), fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return _save(fig, out, 'loss_per_second.png')
