@@ -44,6 +44,12 @@ class Judged:
   seeds_for_001: int | None  # Paired seeds to detect 0.01 (losses only).
   note: str  # Seeds left out, or the diverged run that forced Welch.
 
+  @property
+  def measured(self) -> bool:
+    """Whether both sides have runs (a partly run ablation's claims on its
+    unrun variants have nothing to judge)."""
+    return bool(self.better and self.worse)
+
 
 def _diverged(rows, variant: str) -> list[int]:
   return sorted(int(r['seed']) for r in rows if r['variant'] == variant and
@@ -75,9 +81,8 @@ def at_equal_time(curves, rows, comp, seeds) -> tuple[list, list]:
   # pair back to wall time, which other jobs inflate.
   clock = time_column([r for r in rows
                        if r['variant'] in (comp.better[0], comp.worse[0])])
-  # The metric is a separate name from `clock`: one name for both once made
-  # the run's eval loss its time per step, so every equal-time reading was
-  # the curves' last values (fixed 2026-12-06, eighth session).
+  # `metric` and `clock` must stay two names: when they were one, a run's
+  # eval loss became its time per step.
   def curve_at(variant, metric, seed, seconds):
     row = next(r for r in rows if r['variant'] == variant and
                int(r['seed']) == seed)

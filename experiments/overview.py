@@ -33,7 +33,7 @@ def _before(name: str, ab) -> dict:
   rows = store.rows()
   return {j.comparison.claim: j.verdict
           for j in (judge.verdicts(ab, rows, store.curves()) if rows else ())
-          if j.better and j.worse}
+          if j.measured}
 
 
 def tally(now: list[str], before: list[str | None], waiting: int = 0) -> str:
@@ -69,7 +69,7 @@ def table() -> list[str]:
     earlier = _before(name, ab)
     for j in judge.verdicts(ab, rows, store.curves()):
       comp = j.comparison
-      if not (j.better and j.worse):  # a partly run ablation
+      if not j.measured:  # a partly run ablation
         waiting += 1
         continue
       old = earlier.get(comp.claim)
