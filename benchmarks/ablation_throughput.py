@@ -13,7 +13,11 @@ fresh process and results folder, and times the whole command:
   * jobs2: the same, each process pinned to one CPU before jax starts (what
     experiments/scheduler.py does since 2026-12-06);
   * jobs1: one pinned run at a time: the same numbers as jobs2 are
-    expected, bit for bit, since each run computes alone on one CPU.
+    expected, bit for bit, since each run computes alone on one CPU;
+  * jobs2_glibc: jobs2 with glibc's default allocator in the workers
+    (MOE_JAX_KEEP_ALLOCATOR=1; how runs went until the allocator settings of
+    experiments/scheduler.py): bit for bit jobs2's numbers, so the
+    difference is the allocator's saving on a whole command.
 
 Prints a table and writes JSON. Run it on an otherwise idle machine.
 """
@@ -32,21 +36,30 @@ import time
 from benchmarks import common
 from experiments import scheduler
 
-# mode: (XLA_FLAGS, --jobs, pinned). An empty XLA_FLAGS: the default threading.
+# mode: (XLA_FLAGS, --jobs, pinned, glibc's default allocator). An empty
+# XLA_FLAGS: the default threading.
 MODES = {
-    'threads': ('', 1, False),
-    'jobs2_unpinned': (scheduler.RUN_XLA_FLAGS, 2, False),
-    'jobs2': (scheduler.RUN_XLA_FLAGS, 2, True),
-    'jobs1': (scheduler.RUN_XLA_FLAGS, 1, True),
+    'threads': ('', 1, False, False),
+    'jobs2_unpinned': (scheduler.RUN_XLA_FLAGS, 2, False, False),
+    'jobs2': (scheduler.RUN_XLA_FLAGS, 2, True, False),
+    'jobs1': (scheduler.RUN_XLA_FLAGS, 1, True, False),
+    'jobs2_glibc': (scheduler.RUN_XLA_FLAGS, 2, True, True),
 }
 COMPARED = ('eval_loss', 'eval_bits_per_byte', 'eval_max_violation')
 
 
 def run_mode(mode: str, steps: int, seeds: int, out: pathlib.Path) -> dict:
-  flags, jobs, pinned = MODES[mode]
+  flags, jobs, pinned, glibc = MODES[mode]
   env = dict(os.environ, XLA_FLAGS=flags,
              # No compilation cache: every mode compiles, as a fresh run does.
              JAX_COMPILATION_CACHE_DIR=str(out / 'xla_cache'))
+  # The runner sets the allocator variables only where they are unset, so
+  # none may come from this process's own environment.
+  for key in scheduler.ALLOCATOR_ENV:
+    env.pop(key, None)
+  env.pop('MOE_JAX_KEEP_ALLOCATOR', None)
+  if glibc:
+    env['MOE_JAX_KEEP_ALLOCATOR'] = '1'
   command = [sys.executable, '-m', 'experiments.run', 'regime',
              '--variants', 'dense,switch_top1', '--seeds', str(seeds),
              '--steps', str(steps), '--jobs', str(jobs), '--fresh',
@@ -58,7 +71,7 @@ def run_mode(mode: str, steps: int, seeds: int, out: pathlib.Path) -> dict:
     rows = list(csv.DictReader(f))
   tokens = sum(int(r['steps']) for r in rows) * 16 * 128
   return {'mode': mode, 'xla_flags': flags or '(default)', 'jobs': jobs,
-          'pinned': pinned,
+          'pinned': pinned, 'glibc_allocator': glibc,
           'runs': len(rows), 'wall_s': round(wall, 1),
           'tokens_per_wall_s': round(tokens / wall),
           'rows': {f'{r["variant"]}/{r["seed"]}': {c: r[c] for c in COMPARED}
@@ -80,11 +93,13 @@ def main() -> None:
   base = results[0]['tokens_per_wall_s']
   for r in results:
     r['speedup'] = round(r['tokens_per_wall_s'] / base, 2)
-  common.print_table(results, ['mode', 'xla_flags', 'jobs', 'pinned', 'runs',
+  common.print_table(results, ['mode', 'xla_flags', 'jobs', 'pinned',
+                               'glibc_allocator', 'runs',
                                'wall_s', 'tokens_per_wall_s', 'speedup'])
   by_mode = {r['mode']: r['rows'] for r in results}
   # jobs1 = jobs2 is expected; pinned against unpinned is not (scheduler.py).
-  for a, b in (('jobs1', 'jobs2'), ('jobs2', 'jobs2_unpinned')):
+  for a, b in (('jobs1', 'jobs2'), ('jobs2', 'jobs2_unpinned'),
+               ('jobs2_glibc', 'jobs2')):
     if a in by_mode and b in by_mode:
       print(f'{a} and {b} metrics bit-identical ({", ".join(COMPARED)} of '
             f'every run): {by_mode[a] == by_mode[b]}')
