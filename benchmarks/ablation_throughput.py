@@ -50,14 +50,13 @@ COMPARED = ('eval_loss', 'eval_bits_per_byte', 'eval_max_violation')
 
 def run_mode(mode: str, steps: int, seeds: int, out: pathlib.Path) -> dict:
   flags, jobs, pinned, glibc = MODES[mode]
-  env = dict(os.environ, XLA_FLAGS=flags,
+  # The runner sets the allocator variables only where they are unset, so
+  # none may come from this process's own environment (as malloc_arenas.py).
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith('MALLOC_') and k != 'MOE_JAX_KEEP_ALLOCATOR'}
+  env.update(XLA_FLAGS=flags,
              # No compilation cache: every mode compiles, as a fresh run does.
              JAX_COMPILATION_CACHE_DIR=str(out / 'xla_cache'))
-  # The runner sets the allocator variables only where they are unset, so
-  # none may come from this process's own environment.
-  for key in scheduler.ALLOCATOR_ENV:
-    env.pop(key, None)
-  env.pop('MOE_JAX_KEEP_ALLOCATOR', None)
   if glibc:
     env['MOE_JAX_KEEP_ALLOCATOR'] = '1'
   command = [sys.executable, '-m', 'experiments.run', 'regime',
